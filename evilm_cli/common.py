@@ -1,0 +1,76 @@
+"""What every command shares: stderr console and logging, progress, --json output, recipe options.
+
+Conventions (DESIGN 1): results go to stdout (one JSON object with --json), everything for
+people goes to stderr, and rich's live progress turns into plain periodic log lines when
+stderr is not a terminal (so SLURM logs stay readable).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+log = logging.getLogger("evilm")
+STATE = {"debug": False}
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger("evilm")
+    if root.handlers:
+        return
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def emit_json(obj: Any) -> None:
+    """The one machine-readable object a command prints on stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def progress(description: str) -> Iterator:
+    """Yields a callback `update(done, total, **fields)`; live bar on a TTY, log lines otherwise."""
+    if console.is_terminal:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task(description, total=None, info="")
+
+            def update(done: int, total: int | None = None, **fields):
+                info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+                bar.update(task, completed=done, total=total, info=info)
+
+            yield update
+        return
+    last = [0.0]
+
+    def update(done: int, total: int | None = None, **fields):
+        now = time.monotonic()
+        if now - last[0] < 10 and done != total:  # a line every 10 s at most, plus the last
+            return
+        last[0] = now
+        info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        log.info("%s %d/%s %s", description, done, total if total is not None else "?", info)
+
+    yield update
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

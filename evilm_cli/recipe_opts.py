@@ -1,0 +1,19 @@
+"""Recipe loading shared by the training commands: --set overrides and --print-config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from evilm_core.config import load_recipe
+from evilm_core.config.loader import dump_yaml
+
+
+def load(recipe: Path, overrides: list[str], expect: str | None = None, print_config: bool = False):
+    """Load and type-check `recipe`; with --print-config print the resolved YAML and exit 0."""
+    cfg = load_recipe(recipe, overrides, expect=expect)
+    if print_config:
+        typer.echo(dump_yaml(cfg), nl=False)
+        raise typer.Exit(0)
+    return cfg

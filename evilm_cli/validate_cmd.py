@@ -1,0 +1,29 @@
+"""`evilm validate RECIPE`: check a recipe without running it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from evilm_cli.common import console, emit_json
+from evilm_cli.recipe_opts import load
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("validate")
+    def validate(
+        recipe: Path = typer.Argument(..., help="Recipe YAML."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe."),
+        json_out: bool = typer.Option(False, "--json", help="Print {recipe, kind, valid} on stdout."),
+    ):
+        """Check a recipe's keys, types and values without running anything.
+
+        Example: evilm validate recipes/synthetic/tokenizer.yaml --set optim.lr=3e-4
+        """
+        cfg = load(recipe, overrides, print_config=print_config)
+        if json_out:
+            emit_json({"recipe": str(recipe), "kind": cfg.kind, "valid": True})
+        else:
+            console.print(f"{recipe}: valid '{cfg.kind}' recipe")

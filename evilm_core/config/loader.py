@@ -1,0 +1,250 @@
+"""YAML recipes mapped onto typed dataclasses.
+
+A recipe is plain YAML whose top-level `kind` names the dataclass it maps onto (see
+`register_recipe`). Mapping is strict: an unknown key is an error that names the key, its
+section and the closest valid keys; a value of the wrong type names the expected type. Command
+line overrides (`--set model.fusion.layers=2`) are applied to the raw mapping before it is
+typed, so they get exactly the same checks. Fields marked `path_field()` are resolved against
+the working directory at load time, so the resolved config saved in a run directory still
+points at the same files when read from elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from evilm_core.errors import RecipeError
+
+T = TypeVar("T")
+_RECIPES: dict[str, type] = {}
+# Modules whose import registers recipe kinds; imported on first use so `import evilm_core`
+# stays light and the loader never has to know the model code.
+RECIPE_MODULES = ("evilm_core.tokenizer.config",)
+
+
+def register_recipe(kind: str):
+    """Class decorator: recipes whose `kind:` is `kind` map onto this dataclass."""
+
+    def wrap(cls):
+        _RECIPES[kind] = cls
+        return cls
+
+    return wrap
+
+
+def recipe_kinds() -> dict[str, type]:
+    import importlib
+
+    for name in RECIPE_MODULES:
+        importlib.import_module(name)
+    return dict(_RECIPES)
+
+
+def path_field(default: Any = None, **kwargs) -> Any:
+    """A dataclass field holding a file system path (resolved against the cwd on load)."""
+    return dataclasses.field(default=default, metadata={"path": True}, **kwargs)
+
+
+# ---------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a', 'b', 'c'], value); the value is read as YAML (typed)."""
+    if "=" not in text:
+        raise RecipeError(f"override '{text}' is not of the form section.key=value")
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"override '{text}' names no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override '{text}': value is not valid YAML ({err})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set each dotted key in the raw mapping; unknown keys are caught later by typing."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+# ---------------------------------------------------------------------------- typing
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _fail(where: str, tp: Any, value: Any) -> RecipeError:
+    return RecipeError(f"recipe key '{where}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp` and convert where lossless (int -> float)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _fail(where, tp, value)
+        return _build(tp, value, where)
+    if origin in (Union, types.UnionType):
+        for arg in args:  # first member that accepts the value wins
+            try:
+                return _coerce(value, arg, where)
+            except RecipeError:
+                continue
+        raise _fail(where, tp, value)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise _fail(where, tp, value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _fail(where, tp, value)
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(where, tp, value)
+        return {k: _coerce(v, args[1] if args else Any, f"{where}.{k}") for k, v in value.items()}
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _fail(where, tp, value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string; accept it as the number it obviously is
+            return float(value)
+        except ValueError:
+            raise _fail(where, tp, value) from None
+    if tp in (int, str, bool, float):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise _fail(where, tp, value)
+    raise RecipeError(f"recipe key '{where}': unsupported annotation {tp!r}")
+
+
+def unknown_key_error(key: str, section: str, valid: list[str]) -> RecipeError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    where = f"section '{section}'" if section else "the top level"
+    return RecipeError(
+        f"unknown recipe key '{key}' in {where}.{hint} Valid keys: {', '.join(sorted(valid))}."
+    )
+
+
+def _build(cls: type[T], raw: dict, section: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in raw:
+        if key not in fields:
+            raise unknown_key_error(str(key), section, list(fields))
+    kwargs = {}
+    for name, value in raw.items():
+        where = f"{section}.{name}" if section else name
+        kwargs[name] = _coerce(value, hints[name], where)
+    for name in fields.keys() - kwargs.keys():  # absent sections: build defaults the same way
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], {}, f"{section}.{name}" if section else name)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as err:  # __post_init__ checks and missing required keys
+        raise RecipeError(f"recipe section '{section or 'top level'}': {err}") from None
+    for name, f in fields.items():  # defaults too, so the saved config is cwd-independent
+        value = getattr(obj, name)
+        if f.metadata.get("path") and isinstance(value, str) and value:
+            setattr(obj, name, str(Path(os.path.expanduser(value)).absolute()))
+    return obj
+
+
+def from_dict(cls: type[T], raw: dict, section: str = "") -> T:
+    """Map a plain mapping onto dataclass `cls`, strictly (see module docstring)."""
+    return _build(cls, raw, section)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, expect: str | None = None):
+    """Read a recipe file, apply `--set` overrides and map it onto its registered dataclass.
+
+    `expect` is the kind a command needs (e.g. 'tokenizer'); a recipe of another kind is an
+    error naming both, so `evilm pretrain tokenizer.yaml` fails before any work starts.
+    """
+    raw = apply_overrides(read_yaml(path), list(overrides or []))
+    kinds = recipe_kinds()
+    kind = raw.get("kind")
+    if kind not in kinds:
+        raise RecipeError(
+            f"{path}: top-level 'kind' is {kind!r}; expected one of {', '.join(sorted(kinds))}"
+        )
+    if expect is not None and kind != expect:
+        raise RecipeError(f"{path}: this command needs a '{expect}' recipe, the file is kind '{kind}'")
+    try:
+        return from_dict(kinds[kind], raw)
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass tree -> plain YAML-able structures (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False)
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    """Write the resolved config atomically (temp name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump_yaml(obj))
+    os.replace(tmp, path)

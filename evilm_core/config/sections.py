@@ -1,0 +1,70 @@
+"""Recipe sections every recipe shares, so scripts can override the same keys everywhere
+(`--set data.train=... --set output.dir=...`). Model sections live next to their models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from evilm_core.config.loader import path_field
+
+
+@dataclass
+class DataConfig:
+    train: str | None = path_field()  # training manifest (JSONL or any reader format)
+    val: str | None = path_field()  # validation manifest
+    test: str | None = path_field()  # test manifest
+    root: str | None = path_field()  # where relative video paths resolve (default: cwd)
+    format: str = "auto"  # manifest format, see `evilm data check --help`
+    num_frames: int = 4  # T frames sampled per clip, one per equal segment
+    image_size: int = 256  # frames are resized to image_size x image_size in the decoder
+    batch_size: int = 32  # clips per step per process
+    num_workers: int = 2  # DataLoader decode workers per process
+    hflip: bool = True  # random horizontal flip in training (targets are mirrored)
+    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength in training
+
+    def __post_init__(self):
+        if self.num_frames < 1:
+            raise ValueError(f"data.num_frames must be >= 1, got {self.num_frames}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"data.image_size must be a positive multiple of 32, got {self.image_size}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # applied to 2-D+ weights only
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
+    grad_clip: float = 1.0  # max global grad norm (0 disables)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1  # passes over the training manifest
+    max_steps: int = 0  # stop after this many optimizer steps (0: epochs decide)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast where supported
+    log_every: int = 10  # steps between metrics.jsonl rows
+    eval_every: int = 0  # steps between evaluations (0: at the end of each epoch)
+    save_every: int = 0  # steps between checkpoints (0: at the end of each epoch)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept on disk
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class OutputConfig:
+    dir: str = path_field("runs/default")  # the run directory
+
+
+@dataclass
+class RunSections:
+    """Fields shared by training recipes; concrete recipes subclass it."""
+
+    kind: str = ""  # recipe kind (tokenizer, pretrain, finetune)
+    seed: int = 0  # global seed (python, numpy, torch, data order)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

@@ -1,0 +1,132 @@
+"""Checkpoint directories (DESIGN 7): `model.safetensors`, `config.yaml`, `vocab.txt`,
+`trainer_state.pt`. Written under a temporary name and renamed, so a crash never leaves a half
+checkpoint; `trainer_state.pt` holds only tensors and plain values and is read with
+`weights_only=True`, so loading never unpickles arbitrary objects."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from evilm_core.config.loader import save_yaml
+from evilm_core.data.vocab import VOCAB_FILE, read_vocab, save_vocab
+from evilm_core.errors import EvilmError
+
+WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    # safetensors refuses shared/non-contiguous storage: give each tensor its own
+    save_file({k: v.detach().contiguous().cpu().clone() for k, v in state.items()}, str(path))
+
+
+def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], config: Any,
+                     vocab: list[str] | None = None, trainer_state: dict | None = None) -> Path:
+    """Write a complete checkpoint directory atomically (temp dir, then rename)."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(weights, tmp / WEIGHTS)
+    save_yaml(config, tmp / CONFIG)
+    if vocab is not None:
+        save_vocab(vocab, tmp)
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / STATE)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def is_checkpoint(directory: str | Path) -> bool:
+    d = Path(directory)
+    return (d / WEIGHTS).is_file() and (d / CONFIG).is_file()
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    directory = Path(directory)
+    if not is_checkpoint(directory):
+        raise EvilmError(f"{directory} is not a checkpoint directory (needs {WEIGHTS} and {CONFIG})")
+    return load_file(str(directory / WEIGHTS))
+
+
+def read_trainer_state(directory: str | Path) -> dict:
+    path = Path(directory) / STATE
+    if not path.is_file():
+        raise EvilmError(f"{directory} has no {STATE}; it cannot be resumed from")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint_vocab(directory: str | Path) -> list[str]:
+    return read_vocab(Path(directory) / VOCAB_FILE)
+
+
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete `step_XXXXXXXX` checkpoints in a run directory, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [d for d in run_dir.iterdir() if _STEP_DIR.match(d.name) and is_checkpoint(d)]
+    return sorted(found, key=lambda d: int(_STEP_DIR.match(d.name).group(1)))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = step_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    for old in step_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rng_state() -> dict:
+    """All RNG streams as tensors/plain values (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import ast
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_yaml_config(directory: str | Path) -> dict:
+    import yaml
+
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise EvilmError(f"{directory} has no {CONFIG}")
+    return yaml.safe_load(path.read_text()) or {}

@@ -1,0 +1,255 @@
+"""The project's one training loop (tokenizer and pre-training use it; tasks plug in).
+
+A `TrainTask` owns the model and says how to compute a loss on a batch, how to evaluate and
+what to export at the end; the trainer owns everything else: data order, AdamW + schedule,
+gradient accumulation and clipping, bf16 autocast, DDP, metrics.jsonl, atomic checkpoints,
+`--resume` to the exact batch, and SIGINT/SIGTERM -> checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from evilm_core.config.loader import save_yaml
+from evilm_core.config.sections import RunSections
+from evilm_core.data.dataset import collate_clips
+from evilm_core.engine import checkpoint as ckpt
+from evilm_core.engine.distributed import DistInfo, barrier
+from evilm_core.engine.optim import build_optimizer, lr_at
+from evilm_core.engine.sampler import ResumableSampler
+from evilm_core.errors import EvilmError, TrainingInterrupted
+
+log = logging.getLogger("evilm.train")
+
+
+class TrainTask(Protocol):
+    model: nn.Module
+    vocab: list[str]
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+    def export(self, model: nn.Module, directory: Path) -> Path: ...
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch: int = 0  # micro-batches of this epoch already consumed
+    skipped: int = 0  # clips skipped so far (undecodable)
+
+
+class Trainer:
+    def __init__(self, recipe: RunSections, task: TrainTask, dataset: Dataset, info: DistInfo,
+                 progress: Callable[..., None] | None = None):
+        self.recipe, self.task, self.dataset, self.info = recipe, task, dataset, info
+        self.progress = progress
+        self.run_dir = Path(recipe.output.dir)
+        self.model = task.model.to(info.device)
+        self.optimizer = build_optimizer(self.model, recipe.optim)
+        self.wrapped = self.model
+        if info.world > 1:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.sampler = ResumableSampler(len(dataset), recipe.seed, info.rank, info.world)
+        t = recipe.train
+        micro_per_epoch = math.ceil(len(self.sampler) / recipe.data.batch_size)
+        self.steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)
+        self.total_steps = t.epochs * self.steps_per_epoch
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps) if t.epochs else t.max_steps
+        self.pos = Position()
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ state
+    def _trainer_state(self) -> dict:
+        p = self.pos
+        return {"step": p.step, "epoch": p.epoch, "batch": p.batch, "skipped": p.skipped,
+                "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(), "world": self.info.world}
+
+    def save(self) -> Path | None:
+        path = None
+        if self.info.is_main:
+            path = ckpt.write_checkpoint(self.run_dir / f"step_{self.pos.step:08d}", self.model.state_dict(),
+                                         self.recipe, self.task.vocab, self._trainer_state())
+            ckpt.prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
+            log.info("checkpoint %s", path)
+        barrier()
+        return path
+
+    def resume(self) -> bool:
+        last = ckpt.latest_checkpoint(self.run_dir)
+        if last is None:
+            log.info("no checkpoint in %s; starting from scratch", self.run_dir)
+            return False
+        state = ckpt.read_trainer_state(last)
+        self.model.load_state_dict(ckpt.read_weights(last))
+        self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        self.pos = Position(state["step"], state["epoch"], state["batch"], state["skipped"])
+        if self.info.is_main:
+            self._truncate_metrics(self.pos.step)
+        log.info("resumed from %s (step %d, epoch %d)", last, self.pos.step, self.pos.epoch)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
+            path.write_text("".join(r + "\n" for r in rows))
+
+    def _log_row(self, row: dict) -> None:
+        if self.info.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    def _signal(self, signum, _frame) -> None:
+        log.warning("signal %d: finishing this step, writing a checkpoint, then stopping", signum)
+        self._stop_signal = signum
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_signal else 0.0])
+        if self.info.world > 1:
+            flag = flag.to(self.info.device)
+            dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def _loader(self) -> DataLoader:
+        d = self.recipe.data
+        self.sampler.set_epoch(self.pos.epoch, skip=self.pos.batch * d.batch_size)
+        self.dataset.set_epoch(self.pos.epoch)
+        return DataLoader(self.dataset, batch_size=d.batch_size, sampler=self.sampler, collate_fn=collate_clips,
+                          num_workers=d.num_workers, pin_memory=self.info.device.type == "cuda",
+                          persistent_workers=False, multiprocessing_context="spawn" if d.num_workers else None)
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and ckpt.latest_checkpoint(self.run_dir) is not None:
+            raise EvilmError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
+                             "or set output.dir to a new directory")
+        if resume:
+            self.resume()
+        elif self.info.is_main:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if self.info.is_main:
+            save_yaml(self.recipe, self.run_dir / "config.yaml")
+        old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            metrics = self._run()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        return metrics
+
+    def _run(self) -> dict[str, Any]:
+        t = self.recipe.train
+        last_eval: dict[str, float] = {}
+        while self.pos.step < self.total_steps:
+            self._epoch()
+            if self._stop_signal is not None or self.pos.step >= self.total_steps:
+                break
+            self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+            if t.eval_every == 0:
+                last_eval = self._evaluate()
+            if t.save_every == 0:
+                self.save()
+        if self._stop_signal is not None:
+            path = self.save()
+            raise TrainingInterrupted(f"stopped by signal {self._stop_signal} at step {self.pos.step}; "
+                                      f"checkpoint {path or self.run_dir}; continue with --resume")
+        if not last_eval or t.eval_every:
+            last_eval = self._evaluate()
+        self.save()
+        final = self.task.export(self.model, self.run_dir / "final") if self.info.is_main else None
+        barrier()
+        return {"checkpoint": str(final or self.run_dir / "final"), "step": self.pos.step,
+                "skipped": self.pos.skipped, "metrics": last_eval}
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics = {}
+        if self.info.is_main:
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                metrics = self.task.evaluate(self.model)
+            self.model.train()
+            self._log_row({"step": self.pos.step, "epoch": self.pos.epoch, "split": "val", **metrics})
+            log.info("eval step %d: %s", self.pos.step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        barrier()
+        return metrics
+
+    def _autocast(self):
+        enabled = self.recipe.train.precision == "bf16"
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _epoch(self) -> None:
+        t, accum = self.recipe.train, self.recipe.train.grad_accum
+        self.model.train()
+        window: dict[str, float] = {}
+        clips, tic, micro = 0, time.perf_counter(), 0
+        for batch in self._loader():
+            self.pos.batch += 1
+            self._count_skips(batch)
+            if batch["size"] == 0:
+                continue
+            sync = (micro + 1) % accum == 0
+            ctx = self.wrapped.no_sync() if (self.info.world > 1 and not sync) else nullcontext()
+            with ctx, self._autocast():
+                loss, parts = self.task.loss(self.wrapped, _to(batch, self.info.device))
+            with ctx:
+                (loss / accum).backward()
+            micro, clips = micro + 1, clips + batch["size"] * self.info.world
+            for k, v in parts.items():
+                window[k] = window.get(k, 0.0) + v / accum
+            if not sync:
+                continue
+            self._optimizer_step()
+            if self.pos.step % t.log_every == 0 or self.pos.step == self.total_steps:
+                rate = clips / max(1e-9, time.perf_counter() - tic)
+                row = {"step": self.pos.step, "epoch": self.pos.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                       **{k: v / t.log_every for k, v in window.items()}, "clips_per_s": rate,
+                       "skipped": self.pos.skipped}
+                self._log_row(row)
+                window, clips, tic = {}, 0, time.perf_counter()
+            if self.progress:
+                self.progress(self.pos.step, self.total_steps, loss=float(parts.get("loss", loss.item())))
+            if t.eval_every and self.pos.step % t.eval_every == 0:
+                self._evaluate()
+            if t.save_every and self.pos.step % t.save_every == 0:
+                self.save()
+            if self.pos.step >= self.total_steps or self._should_stop():
+                return
+
+    def _optimizer_step(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.pos.step, self.total_steps, self.recipe.optim)
+        if self.recipe.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+
+    def _count_skips(self, batch: dict) -> None:
+        for video, reason, detail in batch["skipped"]:
+            self.pos.skipped += 1
+            if self.pos.skipped <= 20:
+                log.warning("skipped %s (%s%s)", video, reason, f": {detail}" if detail else "")
+            elif self.pos.skipped == 21:
+                log.warning("more clips skipped; the count goes on in metrics.jsonl")
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,30 @@
+"""Error types. `EvilmError` and its children are user errors: the CLI prints their message
+(one paragraph, no traceback) and exits non-zero. Anything else is a bug and keeps its traceback."""
+
+
+class EvilmError(Exception):
+    """A problem with the user's input: a file, a key, a value. The message names it."""
+
+
+class RecipeError(EvilmError):
+    """A recipe (YAML) is malformed: unknown key, wrong type, bad override."""
+
+
+class ManifestError(EvilmError):
+    """A manifest file cannot be read in the format asked for."""
+
+
+class VideoDecodeError(EvilmError):
+    """One clip cannot be used: missing, empty, undecodable or with zero frames.
+
+    `reason` is one of "missing", "corrupt", "short" so callers can count problems by kind.
+    Datasets turn this into skip-and-count; it never ends a training run.
+    """
+
+    def __init__(self, path: str, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class TrainingInterrupted(EvilmError):
+    """SIGINT/SIGTERM arrived during training; a checkpoint was written and the run stopped."""
