@@ -18,7 +18,7 @@ def synth(
     videos: int = typer.Option(200, "--videos", min=3, help="Number of clips."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same dataset."),
     frames: int = typer.Option(16, "--frames", min=1, help="Frames per clip."),
-    size: int = typer.Option(128, "--size", min=16, help="Frame height and width in pixels (even)."),
+    size: int = typer.Option(128, "--size", min=32, help="Frame height and width in pixels (even)."),
     fps: int = typer.Option(8, "--fps", min=1, help="Frames per second."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9),
     test_fraction: float = typer.Option(0.2, "--test-fraction", min=0.0, max=0.9),

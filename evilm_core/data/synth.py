@@ -40,20 +40,12 @@ from evilm_core.errors import EvilmError
 
 # Saturated and far apart in RGB so they survive yuv420p subsampling and resizing.
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 30, 30),
-    "green": (40, 190, 60),
-    "blue": (40, 80, 240),
-    "yellow": (245, 225, 40),
-    "purple": (160, 50, 210),
-    "orange": (255, 140, 0),
-    "white": (245, 245, 245),
+    "red": (225, 30, 30), "green": (40, 190, 60), "blue": (40, 80, 240), "yellow": (245, 225, 40),
+    "purple": (160, 50, 210), "orange": (255, 140, 0), "white": (245, 245, 245),
 }
 # Darker than every shape colour so each shape stands out on each background.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "black": (12, 12, 12),
-    "gray": (120, 120, 120),
-    "brown": (100, 62, 30),
-    "navy": (18, 26, 88),
+    "black": (12, 12, 12), "gray": (120, 120, 120), "brown": (100, 62, 30), "navy": (18, 26, 88),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 # motion key (also the QA answer) -> (caption phrase, action label)

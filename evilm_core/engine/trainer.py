@@ -39,7 +39,7 @@ class TrainTask(Protocol):
     model: nn.Module
     vocab: list[str]
 
-    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, model: nn.Module, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
     def export(self, model: nn.Module, directory: Path) -> Path: ...
 
@@ -132,7 +132,9 @@ class Trainer:
         d = self.recipe.data
         self.sampler.set_epoch(self.pos.epoch, skip=self.pos.batch * d.batch_size)
         self.dataset.set_epoch(self.pos.epoch)
+        # An explicit generator: creating the loader must not consume the global RNG (resume exactness).
         return DataLoader(self.dataset, batch_size=d.batch_size, sampler=self.sampler, collate_fn=collate_clips,
+                          generator=torch.Generator().manual_seed(self.recipe.seed + self.pos.epoch),
                           num_workers=d.num_workers, pin_memory=self.info.device.type == "cuda",
                           persistent_workers=False, multiprocessing_context="spawn" if d.num_workers else None)
 
@@ -208,7 +210,7 @@ class Trainer:
             sync = (micro + 1) % accum == 0
             ctx = self.wrapped.no_sync() if (self.info.world > 1 and not sync) else nullcontext()
             with ctx, self._autocast():
-                loss, parts = self.task.loss(self.wrapped, _to(batch, self.info.device))
+                loss, parts = self.task.loss(self.wrapped, _to(batch, self.info.device), self._generator())
             with ctx:
                 (loss / accum).backward()
             micro, clips = micro + 1, clips + batch["size"] * self.info.world
@@ -232,6 +234,13 @@ class Trainer:
                 self.save()
             if self.pos.step >= self.total_steps or self._should_stop():
                 return
+
+    def _generator(self) -> torch.Generator:
+        """Randomness of this micro-batch's step (masks, negatives): a function of the position
+        only, so a resumed run draws what the interrupted one would have."""
+        p = self.pos
+        seed = hash((self.recipe.seed, p.epoch, p.batch, self.info.rank)) % (2**63)
+        return torch.Generator().manual_seed(seed)
 
     def _optimizer_step(self) -> None:
         for group in self.optimizer.param_groups:

@@ -40,7 +40,7 @@ class TokenizerTask:
         self.recipe, self.vocab, self.val, self.train_freq = recipe, vocab, val, train_freq
         self.model = SemanticTokenizer(recipe.model, recipe.codebook)
 
-    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         logits, codes, vq = model(batch["pixels"])
         word = self._word_loss(logits, batch["word_targets"])
         w = self.recipe.loss
@@ -84,10 +84,14 @@ class TokenizerTask:
         return metrics
 
     def export(self, model: nn.Module, directory: Path) -> Path:
-        """Encoder + projection + codebook only: the tokenizer used for MVM targets."""
-        tok = _unwrap(model)
-        cfg = {"format": EXPORT_FORMAT, "model": {**to_dict(tok.cfg), "pretrained": False}}
-        return ckpt.write_checkpoint(directory, tok.tokenizer_state_dict(), cfg, self.vocab)
+        return export_tokenizer(_unwrap(model), self.vocab, directory)
+
+
+def export_tokenizer(tok: SemanticTokenizer, vocab: list[str], directory: str | Path) -> Path:
+    """Write encoder + projection + codebook only: the tokenizer used for MVM targets.
+    `pretrained` is stored as false: the weights are in the file, loading must not download."""
+    cfg = {"format": EXPORT_FORMAT, "model": {**to_dict(tok.cfg), "pretrained": False}}
+    return ckpt.write_checkpoint(directory, tok.tokenizer_state_dict(), cfg, vocab)
 
 
 def word_frequencies(captions: list[str], targets: WordTargets) -> torch.Tensor:

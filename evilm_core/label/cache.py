@@ -1,0 +1,367 @@
+"""The offline MVM label cache (DESIGN 5): on-disk format, writer and reader (the shard merge,
+`merge_shards`, lives with the labelling run in labeler.py).
+
+Layout of a cache directory (every array fixed-size and positional, row r = line r of keys.txt):
+
+    meta.json     format_version, tokenizer_sha256, codebook_size, image_size, grid, ...
+    keys.txt      the distinct video keys, one per line, in row order
+    codes.u16     uint16 [N, V, F, g, g]   tokenizer codes (V variants: orig[, hflip])
+    frames.i32    int32  [N, F]            the decoded frame index of each candidate
+    nframes.i32   int32  [N]               frames in the video
+    status.u8     uint8  [N]               0 pending, 1 ok, 2 missing, 3 corrupt
+
+Crash safety: the data files are preallocated (sparse) before meta.json is written, and a
+batch's rows are written and flushed before its status bytes, which are flushed after. A
+SIGKILL at any point therefore leaves each row either complete or pending (status 0), and a
+re-run only labels pending rows. Rows of skipped clips are zero-filled, so a resumed, sharded or
+merged cache is byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evilm_core.errors import EvilmError
+
+log = logging.getLogger("evilm.label")
+
+FORMAT_VERSION = 1
+META, KEYS = "meta.json", "keys.txt"
+CODES, FRAMES, NFRAMES, STATUS = "codes.u16", "frames.i32", "nframes.i32", "status.u8"
+PENDING, OK, MISSING, CORRUPT = 0, 1, 2, 3
+STATUS_NAMES = {PENDING: "pending", OK: "ok", MISSING: "missing", CORRUPT: "corrupt"}
+CANDIDATE_RULE = "segment-centres"
+VARIANTS = ("orig", "hflip")
+# meta fields that must agree between a resumed run and its cache, and between merged shards
+IDENTITY = ("format_version", "tokenizer_sha256", "codebook_size", "image_size", "grid", "num_candidates",
+            "candidate_rule", "variants", "dtype", "num_keys")
+_SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
+CHUNK_ROWS = 4096  # rows per chunk when scanning or copying whole arrays
+
+
+class CacheKeyError(EvilmError, KeyError):
+    """A key that is not in the cache, or whose row is not labelled."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def shard_dir_name(index: int, count: int) -> str:
+    return f"shard-{index}-of-{count}"
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/n' -> (i, n) with 0 <= i < n; None stays None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise EvilmError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4 ... 3/4), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def make_meta(tok_info: dict, num_candidates: int, flips: bool, num_keys: int,
+              shard: tuple[int, int] | None, source: dict | None) -> dict:
+    """The meta.json record of a new cache."""
+    if tok_info["codebook_size"] > np.iinfo(np.uint16).max + 1:
+        raise EvilmError(f"codebook size {tok_info['codebook_size']} does not fit the cache's uint16 codes")
+    if num_candidates < 1:
+        raise EvilmError(f"--candidates must be at least 1, got {num_candidates}")
+    return {
+        "format_version": FORMAT_VERSION, "tokenizer_sha256": tok_info["sha256"],
+        "tokenizer_dir": str(tok_info["dir"]), "codebook_size": int(tok_info["codebook_size"]),
+        "image_size": int(tok_info["image_size"]), "grid": int(tok_info["grid"]),
+        "num_candidates": int(num_candidates), "candidate_rule": CANDIDATE_RULE,
+        "variants": list(VARIANTS[: 2 if flips else 1]), "dtype": "uint16", "num_keys": int(num_keys),
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source or {},
+    }
+
+
+def _shapes(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
+    n, v, f, g = meta["num_keys"], len(meta["variants"]), meta["num_candidates"], meta["grid"]
+    return {CODES: ((n, v, f, g, g), "<u2"), FRAMES: ((n, f), "<i4"), NFRAMES: ((n,), "<i4"), STATUS: ((n,), "u1")}
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    _atomic_write(directory / META, json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(directory: Path) -> dict:
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise EvilmError(f"{directory / META}: cannot read the label cache metadata ({err})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise EvilmError(f"{directory}: label cache format version {meta.get('format_version')!r}, but this "
+                         f"evilm reads version {FORMAT_VERSION}; re-run `evilm label` to rebuild it")
+    return meta
+
+
+def read_keys(directory: Path) -> list[str]:
+    path = directory / KEYS
+    if not path.is_file():
+        raise EvilmError(f"{directory}: label cache has meta.json but no {KEYS}")
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def _check_keys(keys: list[str]) -> None:
+    bad = next((k for k in keys if not k or "\n" in k or "\r" in k), None)
+    if bad is not None:
+        raise EvilmError(f"video key {bad!r} cannot be stored in keys.txt (empty or contains a line break)")
+
+
+def allocate(directory: Path, meta: dict, keys: list[str]) -> None:
+    """Create keys.txt and the preallocated (sparse, zero = pending) data files; not meta.json."""
+    _check_keys(keys)
+    if len(keys) != meta["num_keys"]:
+        raise ValueError("meta num_keys differs from the key list")
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / KEYS, "".join(k + "\n" for k in keys))
+    for name, (shape, dtype) in _shapes(meta).items():
+        with open(directory / name, "wb") as f:
+            f.truncate(_nbytes(shape, dtype))
+            os.fsync(f.fileno())
+
+
+def open_arrays(directory: Path, meta: dict, mode: str = "r") -> dict[str, np.memmap]:
+    """Memory-map the data files, checking their sizes against meta."""
+    arrays = {}
+    for name, (shape, dtype) in _shapes(meta).items():
+        path = directory / name
+        want = _nbytes(shape, dtype)
+        have = path.stat().st_size if path.is_file() else None
+        if have != want:
+            raise EvilmError(f"{path}: {'missing' if have is None else f'{have} bytes'}, expected {want} bytes "
+                             f"for {meta['num_keys']} keys (truncated, or not part of this cache)")
+        arrays[name] = np.memmap(path, dtype=dtype, mode=mode, shape=shape)
+    return arrays
+
+
+def mismatch(a: dict, b: dict, fields, a_name: str = "cache", b_name: str = "this run") -> list[str]:
+    return [f"{k}: {a_name} has {a.get(k)!r}, {b_name} has {b.get(k)!r}" for k in fields if a.get(k) != b.get(k)]
+
+
+def key_difference(old: list[str], new: list[str]) -> str:
+    if len(old) != len(new):
+        return f"the cache has {len(old)} keys, this run has {len(new)}"
+    row = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+    return f"row {row} is {old[row]!r} in the cache but {new[row]!r} in this run"
+
+
+class CacheWriter:
+    """Opens (creating or resuming) a cache directory for labelling and writes batches of rows."""
+
+    def __init__(self, directory: str | Path, meta: dict, keys: list[str]):
+        self.dir = Path(directory)
+        self.meta = meta
+        if (self.dir / META).is_file():
+            self._check_resume(meta, keys)
+            self.resumed = True
+        else:  # new, or a crash before meta.json was written: (re)allocate everything
+            allocate(self.dir, meta, keys)
+            write_meta(self.dir, meta)
+            self.resumed = False
+        self.arrays = open_arrays(self.dir, self.meta, mode="r+")
+
+    def _check_resume(self, meta: dict, keys: list[str]) -> None:
+        old = read_meta(self.dir)
+        diffs = mismatch(old, meta, IDENTITY + ("shard",))
+        if diffs:
+            raise EvilmError(f"{self.dir} holds a label cache made with different settings ("
+                             + "; ".join(diffs) + "); use another --out or delete it to start over")
+        old_keys = read_keys(self.dir)
+        if old_keys != keys:
+            raise EvilmError(f"{self.dir} holds a label cache of different videos ({key_difference(old_keys, keys)}); "
+                             "use another --out or delete it to start over")
+        self.meta = old
+
+    @property
+    def status(self) -> np.memmap:
+        return self.arrays[STATUS]
+
+    def write(self, rows: list[int], codes: np.ndarray, frames: np.ndarray, nframes: np.ndarray,
+              status: np.ndarray) -> None:
+        """Write complete rows, flush, then their status bytes, flush: a crash never shows a
+        status for a row whose data is not on disk."""
+        idx = np.asarray(rows, dtype=np.int64)
+        for name, values in ((CODES, codes), (FRAMES, frames), (NFRAMES, nframes)):
+            self.arrays[name][idx] = values
+            self.arrays[name].flush()  # msync: the rows are on disk before any status says so
+        self.arrays[STATUS][idx] = status
+        self.arrays[STATUS].flush()
+
+    def close(self) -> None:
+        for arr in self.arrays.values():
+            arr.flush()
+        self.arrays = {}
+
+
+def status_counts(status: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(np.asarray(status), minlength=4)
+    return {STATUS_NAMES[s]: int(counts[s]) for s in STATUS_NAMES}
+
+
+def codebook_usage(codes: np.ndarray, status: np.ndarray, codebook_size: int, rows=None) -> float:
+    """Share of codebook entries seen among the ok rows (variant 0, the unflipped frames)."""
+    seen = np.zeros(codebook_size, dtype=bool)
+    rows = np.arange(len(status)) if rows is None else np.asarray(rows)
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = rows[start:start + CHUNK_ROWS]
+        chunk = chunk[np.asarray(status[chunk]) == OK]
+        if len(chunk):
+            seen[np.unique(np.asarray(codes[chunk, 0]))] = True
+    return float(seen.mean()) if codebook_size else 0.0
+
+
+def choose_candidates(num_candidates: int, num_frames: int, mode: str = "train", rng=None) -> list[int]:
+    """Which cached candidates give the T frames of a clip: T groups of F/T consecutive
+    candidates; train takes a random one per group, eval the middle one ((F/T)//2)."""
+    f, t = int(num_candidates), int(num_frames)
+    if t < 1 or f % t:
+        raise EvilmError(f"the label cache has {f} candidate frames per video, which cannot be split into "
+                         f"{t} equal groups (num_frames must divide {f})")
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    group = f // t
+    if mode == "eval":
+        return [g * group + group // 2 for g in range(t)]
+    rng = rng if rng is not None else np.random.default_rng()
+    return [g * group + int(rng.integers(group)) for g in range(t)]
+
+
+class LabelCache:
+    """Read-only access to a label cache. Picklable: memory maps are reopened lazily in each
+    process (a pickled np.memmap would copy the whole array)."""
+
+    def __init__(self, directory: Path, meta: dict, keys: list[str]):
+        self.dir, self.meta, self.keys = directory, meta, keys
+        self._index = {k: i for i, k in enumerate(keys)}
+        self._arrays: dict[str, np.memmap] | None = None
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> LabelCache:
+        d = Path(directory)
+        if not (d / META).is_file():
+            raise EvilmError(_not_a_cache(d))
+        cache = cls(d, read_meta(d), read_keys(d))
+        if len(cache.keys) != cache.meta["num_keys"]:
+            raise EvilmError(f"{d / KEYS} has {len(cache.keys)} keys, meta.json says {cache.meta['num_keys']}")
+        cache.arrays  # check sizes now, not at the first read
+        pending = cache.counts()["pending"]
+        if pending:
+            log.warning("label cache %s is incomplete: %d of %d videos pending; re-run `evilm label` to finish",
+                        d, pending, len(cache))
+        return cache
+
+    @property
+    def arrays(self) -> dict[str, np.memmap]:
+        if self._arrays is None:
+            self._arrays = open_arrays(self.dir, self.meta, mode="r")
+        return self._arrays
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": None}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def row(self, key: str) -> int:
+        try:
+            return self._index[key]
+        except KeyError:
+            raise CacheKeyError(f"video {key!r} is not in the label cache {self.dir}") from None
+
+    def status(self, key: str) -> str:
+        """'ok', 'missing', 'corrupt' or 'pending'."""
+        return STATUS_NAMES[int(self.arrays[STATUS][self.row(key)])]
+
+    def counts(self) -> dict[str, int]:
+        return status_counts(self.arrays[STATUS])
+
+    def entry(self, key: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """(codes [V, F, g, g] uint16, candidate frame indices [F] int32, frames in the video)."""
+        r = self.row(key)
+        state = int(self.arrays[STATUS][r])
+        if state != OK:
+            raise CacheKeyError(f"video {key!r} has no labels in {self.dir}: it is {STATUS_NAMES[state]}")
+        return (np.array(self.arrays[CODES][r]), np.array(self.arrays[FRAMES][r]), int(self.arrays[NFRAMES][r]))
+
+    def targets(self, key: str, candidate_ids: list[int], flipped: bool = False) -> torch.Tensor:
+        """MVM targets [T, g, g] long: the codes of the chosen candidates, of the flipped frames
+        (the tokenizer's codes of the mirrored pixels) when `flipped`."""
+        if flipped and "hflip" not in self.meta["variants"]:
+            raise EvilmError(f"label cache {self.dir} has no codes of flipped frames (made without --flips), "
+                             "but flipped targets were asked for; re-run `evilm label --flips` or turn off hflip")
+        codes, _, _ = self.entry(key)
+        ids = list(candidate_ids)
+        bad = [c for c in ids if not 0 <= c < self.meta["num_candidates"]]
+        if bad:
+            raise EvilmError(f"candidate ids {bad} out of range: the cache has {self.meta['num_candidates']} per video")
+        variant = self.meta["variants"].index("hflip") if flipped else 0
+        return torch.from_numpy(codes[variant, ids].astype(np.int64))
+
+    def validate(self, tokenizer_sha256: str | None = None, codebook_size: int | None = None,
+                 image_size: int | None = None, grid: int | None = None, num_candidates: int | None = None,
+                 need_flips: bool = False) -> None:
+        """Raise if the cache was not made for the caller's tokenizer/recipe (each given value must match)."""
+        wanted = {"tokenizer_sha256": tokenizer_sha256, "codebook_size": codebook_size, "image_size": image_size,
+                  "grid": grid, "num_candidates": num_candidates}
+        diffs = [f"{k}: cache has {self.meta.get(k)!r}, expected {v!r}" for k, v in wanted.items()
+                 if v is not None and self.meta.get(k) != v]
+        if need_flips and "hflip" not in self.meta["variants"]:
+            diffs.append(f"variants: cache has {self.meta['variants']!r}, expected ['orig', 'hflip'] "
+                         "(flip augmentation needs codes of flipped frames: label with --flips)")
+        if diffs:
+            raise EvilmError(f"label cache {self.dir} does not match this run: " + "; ".join(diffs)
+                             + ". Re-run `evilm label` with the matching tokenizer/settings")
+
+    def usage(self) -> float:
+        return codebook_usage(self.arrays[CODES], self.arrays[STATUS], self.meta["codebook_size"])
+
+
+def find_shards(directory: Path) -> list[tuple[int, int, Path]]:
+    found = []
+    if directory.is_dir():
+        for d in sorted(directory.iterdir()):
+            m = _SHARD_DIR.match(d.name)
+            if m and d.is_dir():
+                found.append((int(m.group(1)), int(m.group(2)), d))
+    return found
+
+
+def _not_a_cache(d: Path) -> str:
+    if not d.exists():
+        return f"label cache {d} does not exist; make it with `evilm label --out {d}`"
+    if find_shards(d):
+        return (f"{d} holds only shard caches ({', '.join(p.name for _, _, p in find_shards(d))}); "
+                f"combine them with `evilm label --merge --out {d}`")
+    return f"{d} is not a label cache (no {META}); make it with `evilm label --out {d}`"
+

@@ -1,0 +1,108 @@
+"""E-ViLM (paper 3.1, eq. 1-2): video encoder, text encoder, multi-modal decoder, heads.
+
+    [h_CLS, h_L, h_V] = DEC_VL([e_CLS, e_L + t_L, e_V + t_V])
+
+The decoder is a stack of pre-norm transformer blocks (timm `Block`, which calls PyTorch's
+scaled_dot_product_attention) with a key-padding mask. Heads are apart from the trunk, as in
+timm: `heads` holds the pre-training heads (MLM, VTM, MVM), `retrieval` the unimodal
+projections; `forward_features` is the shared interface every task uses. The MLM head is not
+tied to the word embeddings: those are 128-d inside BERT and the decoder is 384-d.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+
+from evilm_core.models.backbones import trunc_normal_init
+from evilm_core.models.config import EViLMConfig
+from evilm_core.models.text_encoder import TextEncoder
+from evilm_core.models.video_encoder import VideoEncoder
+
+
+def mlp_head(dim: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim), nn.Linear(dim, out))
+
+
+class FusionDecoder(nn.Module):
+    def __init__(self, cfg: EViLMConfig):
+        super().__init__()
+        d = cfg.fusion_dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.type_text = nn.Parameter(torch.zeros(1, 1, d))  # t^L
+        self.type_video = nn.Parameter(torch.zeros(1, 1, d))  # t^V
+        self.blocks = nn.ModuleList([Block(d, cfg.fusion_heads, cfg.mlp_ratio, qkv_bias=True)
+                                     for _ in range(cfg.fusion_layers)])
+        self.norm = nn.LayerNorm(d)
+        for p in (self.cls_token, self.type_text, self.type_video):
+            nn.init.trunc_normal_(p, std=0.02)
+        trunc_normal_init(self.blocks)
+
+    def forward(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, video: torch.Tensor | None) -> torch.Tensor:
+        """text [B, L, D] + mask [B, L], video [B, N, D] (either may be None) -> [B, 1+L+N, D]."""
+        ref = text if text is not None else video
+        b = ref.shape[0]
+        parts, keep = [self.cls_token.expand(b, -1, -1)], [ref.new_ones(b, 1, dtype=torch.bool)]
+        if text is not None:
+            parts.append(text + self.type_text)
+            keep.append(text_mask.bool())
+        if video is not None:
+            parts.append(video + self.type_video)
+            keep.append(video.new_ones(b, video.shape[1], dtype=torch.bool))
+        x, keep = torch.cat(parts, 1), torch.cat(keep, 1)
+        attn_mask = keep[:, None, None, :]  # [B, 1, 1, N]: padded keys are never attended
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        return self.norm(x)
+
+
+class EViLM(nn.Module):
+    def __init__(self, cfg: EViLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.video = VideoEncoder(cfg)
+        self.text = TextEncoder(cfg)
+        self.fusion = FusionDecoder(cfg)
+        d = cfg.fusion_dim
+        self.heads = nn.ModuleDict({
+            "mlm": mlp_head(d, cfg.vocab_size),
+            "vtm": nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2)),
+            "mvm": mlp_head(d, cfg.codebook_size),
+        })
+        self.retrieval = nn.ModuleDict({"video": nn.Linear(d, cfg.embed_dim), "text": nn.Linear(d, cfg.embed_dim)})
+        self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), CLIP's learned temperature
+        trunc_normal_init(self.heads)
+        trunc_normal_init(self.retrieval)
+        trunc_normal_init(self.video.proj)
+        trunc_normal_init(self.text.proj)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "type_text", "type_video", "frame_embed", "region_embed", "logit_scale"}
+
+    def forward_features(self, pixels: torch.Tensor, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Joint encoding -> {"cls" [B, D], "text" [B, L, D], "video" [B, T*g*g, D]}."""
+        video = self.video(pixels)
+        text = self.text(input_ids, attention_mask)
+        h = self.fusion(text, attention_mask, video)
+        n_text = text.shape[1]
+        return {"cls": h[:, 0], "text": h[:, 1:1 + n_text], "video": h[:, 1 + n_text:]}
+
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        return self.forward_features(pixels, input_ids, attention_mask)
+
+    def embed_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unimodal pass [CLS, e^V + t^V] -> l2-normalised retrieval embedding [B, E]."""
+        h = self.fusion(None, None, self.video(pixels))
+        return F.normalize(self.retrieval["video"](h[:, 0]), dim=-1)
+
+    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unimodal pass [CLS, e^L + t^L] -> l2-normalised retrieval embedding [B, E]."""
+        h = self.fusion(self.text(input_ids, attention_mask), attention_mask, None)
+        return F.normalize(self.retrieval["text"](h[:, 0]), dim=-1)
+
+    def trunk_parameters(self) -> int:
+        """Parameters without any head (the paper's 16M figure)."""
+        return sum(p.numel() for m in (self.video, self.text, self.fusion) for p in m.parameters())

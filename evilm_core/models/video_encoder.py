@@ -1,0 +1,44 @@
+"""Video encoder: timm EdgeNeXt per frame -> final 32-stride map flattened -> linear to the fusion
+width, plus frame and region embeddings (paper 3.1: "flatten and concatenate all embeddings,
+followed by a linear transformation")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from evilm_core.errors import EvilmError
+from evilm_core.models.backbones import create_backbone
+from evilm_core.models.config import GRID_STRIDE, EViLMConfig
+
+
+class VideoEncoder(nn.Module):
+    def __init__(self, cfg: EViLMConfig):
+        super().__init__()
+        self.backbone = create_backbone(cfg.video_encoder, cfg.pretrained, **cfg.video_args)
+        stride = self.backbone.feature_info[-1]["reduction"]
+        if stride != GRID_STRIDE:
+            raise EvilmError(f"video encoder '{cfg.video_encoder}' has output stride {stride}, but the MVM "
+                             f"region grid (tokenizer patch size) is {GRID_STRIDE}")
+        self.grid = cfg.grid
+        self.proj = nn.Linear(self.backbone.num_features, cfg.fusion_dim)
+        self.frame_embed = nn.Parameter(torch.zeros(1, cfg.max_frames, 1, cfg.fusion_dim))
+        self.region_embed = nn.Parameter(torch.zeros(1, 1, self.grid * self.grid, cfg.fusion_dim))
+        nn.init.trunc_normal_(self.frame_embed, std=0.02)
+        nn.init.trunc_normal_(self.region_embed, std=0.02)
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, T, 3, H, W] -> backbone map [B, T, g*g, C], region (t, i, j) at index i*g + j."""
+        b, t = pixels.shape[:2]
+        fmap = self.backbone.forward_features(pixels.flatten(0, 1))  # [B*T, C, g, g]
+        if fmap.shape[-1] != self.grid or fmap.shape[-2] != self.grid:
+            raise EvilmError(f"frames of {pixels.shape[-1]} px give a {fmap.shape[-2]}x{fmap.shape[-1]} grid; "
+                             f"the model expects {self.grid}x{self.grid} (image_size {self.grid * GRID_STRIDE})")
+        return fmap.flatten(2).transpose(1, 2).reshape(b, t, self.grid * self.grid, -1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, T, 3, H, W] -> video tokens e^V [B, T*g*g, D] (t-major, then row, then column)."""
+        t = pixels.shape[1]
+        x = self.proj(self.forward_features(pixels))  # [B, T, g*g, D]
+        x = x + self.frame_embed[:, :t] + self.region_embed
+        return x.flatten(1, 2)

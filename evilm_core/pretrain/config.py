@@ -1,0 +1,60 @@
+"""The `pretrain` recipe (paper 3.4, 4.1): MLM + VTM + MVM with per-term weights and switches,
+so the paper's Table 5/6 ablations are recipes, not code edits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from evilm_core.config.loader import path_field, register_recipe
+from evilm_core.config.sections import RunSections
+from evilm_core.models.config import EViLMConfig
+
+
+@dataclass
+class MaskingConfig:
+    video_ratio: float = 0.4  # share of region cells masked per frame (block-wise, BEiT)
+    min_block: int = 4  # smallest block BEiT's generator tries, in cells
+    text_ratio: float = 0.15  # share of words masked for MLM
+    vtm_negatives: float = 0.5  # share of each batch given another clip's caption
+
+
+@dataclass
+class PretrainLossConfig:
+    mlm: float = 1.0  # weight of L_MLM (0 switches it and word masking off)
+    vtm: float = 1.0  # weight of L_VTM (0 switches it and mismatched pairs off)
+    mvm: float = 1.0  # weight of L_MVM (0 switches it and video masking off)
+
+
+@dataclass
+class MVMConfig:
+    targets: Literal["cache", "online"] = "cache"  # label cache (default) or the tokenizer run in the step
+    labels: str | None = path_field()  # label cache directory (`evilm label --out`), for targets: cache
+    tokenizer: str | None = path_field()  # tokenizer checkpoint: checks the cache, runs online, gives vocab.txt
+    candidates: int = 8  # F candidate frames per clip in the cache (T are sampled, one per group)
+
+
+@dataclass
+class InitConfig:
+    checkpoint: str | None = path_field()  # start from these weights (a checkpoint dir); optimiser starts fresh
+
+
+@register_recipe("pretrain")
+@dataclass
+class PretrainRecipe(RunSections):
+    model: EViLMConfig = field(default_factory=EViLMConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    loss: PretrainLossConfig = field(default_factory=PretrainLossConfig)
+    mvm: MVMConfig = field(default_factory=MVMConfig)
+    vocab_file: str | None = path_field()  # vocab.txt; default: the tokenizer's, else built from captions
+    init: InitConfig = field(default_factory=InitConfig)
+
+    def __post_init__(self):
+        if self.model.image_size != self.data.image_size:
+            raise ValueError(f"model.image_size ({self.model.image_size}) differs from data.image_size "
+                             f"({self.data.image_size})")
+        if self.data.num_frames > self.model.max_frames:
+            raise ValueError(f"data.num_frames ({self.data.num_frames}) exceeds model.max_frames ({self.model.max_frames})")
+        if self.loss.mvm > 0 and self.mvm.targets == "cache" and self.mvm.candidates % self.data.num_frames:
+            raise ValueError(f"mvm.candidates ({self.mvm.candidates}) must be a multiple of data.num_frames "
+                             f"({self.data.num_frames}): one frame is drawn per group of candidates")

@@ -1,0 +1,71 @@
+"""Shared assets for the label-cache tests: tiny exported tokenizers and synthetic clips.
+
+Built once per test session (module-level cache), because every label test needs the same ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e"]
+_ASSETS: dict = {}
+
+
+def make_tokenizer(directory: Path, seed: int = 0, image_size: int = 64, codebook_size: int = 32) -> Path:
+    from evilm_core.tokenizer.config import CodebookConfig, TokenizerModelConfig
+    from evilm_core.tokenizer.model import SemanticTokenizer
+    from evilm_core.tokenizer.train import export_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = TokenizerModelConfig(encoder_args=dict(embed_dim=64, depth=1, num_heads=2), image_size=image_size,
+                               codebook_size=codebook_size, decoder_depth=1, decoder_dim=32, decoder_heads=2,
+                               num_words=5)
+    return export_tokenizer(SemanticTokenizer(cfg, CodebookConfig(kmeans_init=False)), VOCAB, directory)
+
+
+def write_broken(root: Path) -> list[str]:
+    """A 0-byte file, a non-video file and a 3-frame clip (fewer frames than candidates);
+    returns their manifest paths plus one that does not exist."""
+    from evilm_core.data.video_io import write_mp4
+
+    (root / "videos" / "empty.mp4").write_bytes(b"")
+    (root / "videos" / "garbage.mp4").write_bytes(b"this is not a video" * 64)
+    rng = np.random.default_rng(3)
+    write_mp4(root / "videos" / "short.mp4", rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8))
+    return ["videos/empty.mp4", "videos/garbage.mp4", "videos/short.mp4", "videos/nope.mp4"]
+
+
+def _manifest(root: Path, name: str, videos: list[str]) -> Path:
+    path = root / name
+    path.write_text("".join(json.dumps({"video": v, "caption": "a b"}) + "\n" for v in videos))
+    return path
+
+
+def assets(tmp_path_factory) -> dict:
+    """tok (seed 0), tok_b (seed 1), tok_big (96 px, 48 codes); data: 12 clips + broken ones with
+    manifests `clean.jsonl` (the 12) and `mixed.jsonl` (12 + broken, one duplicate line)."""
+    if _ASSETS:
+        return _ASSETS
+    from evilm_core.data.synth import generate
+
+    base = tmp_path_factory.mktemp("label_assets")
+    data = base / "synth"
+    generate(data, num_videos=12, frames=8, size=64, workers=1)
+    clean = sorted(p.relative_to(data).as_posix() for p in (data / "videos").glob("*.mp4"))
+    broken = write_broken(data)
+    mixed = clean[:5] + broken + clean[5:] + [clean[0]]
+    _ASSETS.update(
+        tok=make_tokenizer(base / "tok", seed=0), tok_b=make_tokenizer(base / "tok_b", seed=1),
+        tok_big=make_tokenizer(base / "tok_big", seed=0, image_size=96, codebook_size=48),
+        data=data, clean_videos=clean, broken=broken,
+        clean=_manifest(data, "clean.jsonl", clean), mixed=_manifest(data, "mixed.jsonl", mixed))
+    return _ASSETS
+
+
+def read_bytes(directory: Path) -> dict[str, bytes]:
+    return {name: (Path(directory) / name).read_bytes()
+            for name in ("codes.u16", "frames.i32", "nframes.i32", "status.u8", "keys.txt")}
