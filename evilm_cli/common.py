@@ -23,8 +23,17 @@ log = logging.getLogger("evilm")
 STATE = {"debug": False}
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun/SLURM (or a plain process): the one that prints results."""
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger("evilm")
+    if not is_main_process():
+        level = logging.WARNING  # other ranks speak only when something is wrong
     if root.handlers:
         return
     if console.is_terminal:
@@ -39,7 +48,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    """The one machine-readable object a command prints on stdout."""
+    """The one machine-readable object a command prints on stdout (rank 0 only)."""
+    if not is_main_process():
+        return
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
 
@@ -47,6 +58,9 @@ def emit_json(obj: Any) -> None:
 @contextmanager
 def progress(description: str) -> Iterator:
     """Yields a callback `update(done, total, **fields)`; live bar on a TTY, log lines otherwise."""
+    if not is_main_process():
+        yield lambda *a, **k: None
+        return
     if console.is_terminal:
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]

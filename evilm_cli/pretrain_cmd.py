@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, progress
+from evilm_cli.common import console, emit_json, is_main_process, progress
 from evilm_cli.recipe_opts import load
 
 
@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         cfg = load(recipe, overrides, expect="pretrain", print_config=print_config)
         with progress("pretrain") as update:
             result = train_pretrain(cfg, resume=resume, progress=update)
-        console.print(f"pretrain: {result['checkpoint']}  step {result['step']}  skipped {result['skipped']}  "
-                      + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
+        if is_main_process():
+            console.print(f"pretrain: {result['checkpoint']}  step {result['step']}  skipped {result['skipped']}  "
+                          + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
         if json_out:
             emit_json(result)

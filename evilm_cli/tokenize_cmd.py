@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, progress
+from evilm_cli.common import console, emit_json, is_main_process, progress
 from evilm_cli.recipe_opts import load
 
 
@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         with progress("tokenize-train") as update:
             result = train_tokenizer(cfg, resume=resume, progress=update)
         m = result["metrics"]
-        console.print(f"tokenizer: {result['checkpoint']}  step {result['step']}  "
-                      + "  ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
+        if is_main_process():
+            console.print(f"tokenizer: {result['checkpoint']}  step {result['step']}  "
+                          + "  ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
         if json_out:
             emit_json(result)

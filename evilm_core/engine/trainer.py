@@ -8,6 +8,7 @@ gradient accumulation and clipping, bf16 autocast, DDP, metrics.jsonl, atomic ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 from contextlib import nullcontext
 import logging
@@ -177,9 +178,25 @@ class Trainer:
             last_eval = self._evaluate()
         self.save()
         final = self.task.export(self.model, self.run_dir / "final") if self.info.is_main else None
-        barrier()
+        in_sync = self._replicas_in_sync()
         return {"checkpoint": str(final or self.run_dir / "final"), "step": self.pos.step,
-                "skipped": self.pos.skipped, "metrics": last_eval}
+                "skipped": self.pos.skipped, "world_size": self.info.world, "replicas_in_sync": in_sync,
+                "metrics": last_eval}
+
+    def _replicas_in_sync(self) -> bool:
+        """Do all ranks end with bit-identical weights? (DDP keeps them so; a False here means a
+        rank-local update slipped in, e.g. an unsynchronised buffer.)"""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        if self.info.world == 1:
+            return True
+        digests: list = [None] * self.info.world
+        dist.all_gather_object(digests, digest.hexdigest())
+        if len(set(digests)) > 1:
+            log.error("replicas diverged: weight digests per rank %s", digests)
+        return len(set(digests)) == 1
 
     def _evaluate(self) -> dict[str, float]:
         metrics = {}

@@ -31,6 +31,11 @@ class VideoEncoder(nn.Module):
         """pixels [B, T, 3, H, W] -> backbone map [B, T, g*g, C], region (t, i, j) at index i*g + j."""
         b, t = pixels.shape[:2]
         fmap = self.backbone.forward_features(pixels.flatten(0, 1))  # [B*T, C, g, g]
+        # EdgeNeXt's head normalises channels after pooling; applied per region instead it is the
+        # final norm of every region token (and no backbone parameter is left without a gradient).
+        head_norm = getattr(getattr(self.backbone, "head", None), "norm", None)
+        if head_norm is not None:
+            fmap = head_norm(fmap)
         if fmap.shape[-1] != self.grid or fmap.shape[-2] != self.grid:
             raise EvilmError(f"frames of {pixels.shape[-1]} px give a {fmap.shape[-2]}x{fmap.shape[-1]} grid; "
                              f"the model expects {self.grid}x{self.grid} (image_size {self.grid * GRID_STRIDE})")

@@ -1,0 +1,56 @@
+"""The paper's metrics, with their edge cases decided and stated.
+
+Retrieval ranks are pessimistic under ties: the true item is ranked after every other item with
+an equal score (rank = 1 + #higher + #equal others). A model that scores everything the same
+therefore gets the worst rank, not the best; an optimistic rule would give it R@1 = 100%.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def retrieval_ranks(scores: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """scores [Q, N] (query x candidate), targets [Q] index of each query's true candidate
+    (default: the diagonal) -> 1-based rank of the true candidate per query."""
+    q = scores.shape[0]
+    targets = torch.arange(q) if targets is None else targets
+    true = scores[torch.arange(q), targets].unsqueeze(1)  # [Q, 1]
+    higher = (scores > true).sum(1)
+    ties = (scores == true).sum(1) - 1  # other candidates tied with the true one
+    return 1 + higher + ties
+
+
+def rank_metrics(ranks: torch.Tensor, prefix: str, ks=(1, 5, 10)) -> dict[str, float]:
+    """R@K in percent, median rank (MdR) and mean rank (MnR)."""
+    ranks = ranks.float()
+    out = {f"{prefix}_R@{k}": float((ranks <= k).float().mean() * 100) for k in ks}
+    out[f"{prefix}_MdR"] = float(torch.quantile(ranks, 0.5))  # numpy's median: mean of the middle two
+    out[f"{prefix}_MnR"] = float(ranks.mean())
+    return out
+
+
+def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = None) -> dict[str, float]:
+    """sim [T, V] text x video similarities; text_to_video [T] the true video of each text
+    (default diagonal). Video-to-text uses, for each video, the best-ranked of its texts."""
+    t, v = sim.shape
+    t2v_target = torch.arange(t) if text_to_video is None else text_to_video
+    metrics = rank_metrics(retrieval_ranks(sim, t2v_target), "t2v")
+    v2t_ranks = []
+    for video in range(v):  # a video with several captions counts its best-ranked one (MSR-VTT style)
+        own = (t2v_target == video).nonzero().flatten()
+        if own.numel() == 0:
+            continue
+        column = sim[:, video]
+        ranks = [1 + int((column > column[i]).sum()) + int((column == column[i]).sum()) - 1 for i in own.tolist()]
+        v2t_ranks.append(min(ranks))
+    metrics.update(rank_metrics(torch.tensor(v2t_ranks), "v2t"))
+    return metrics
+
+
+def accuracy(predictions: list, answers: list) -> float:
+    """Share (percent) of predictions equal to the answers; an answer the model cannot produce
+    (outside its answer vocabulary) simply never matches, so it counts as wrong, not dropped."""
+    if not answers:
+        return 0.0
+    return 100.0 * sum(p == a for p, a in zip(predictions, answers)) / len(answers)
