@@ -25,8 +25,10 @@ def synth(
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Encoder processes."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ):
-    """Write a synthetic video-language dataset: coloured shapes moving over backgrounds, with
-    captions, QA pairs, 5-way multiple-choice items and action labels (no download needed).
+    """Write a synthetic video-language dataset (no download needed).
+
+    Coloured shapes moving over backgrounds, with captions, QA pairs, 5-way multiple-choice
+    items and action labels, as canonical JSONL manifests.
 
     Example: evilm data synth data/synth --videos 200 --seed 0
     """
@@ -52,8 +54,10 @@ def check(
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Decode processes."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ):
-    """Decode every clip the way training would; count ok / missing / corrupt / too short and
-    list each problem file with its reason. Exits 0 whatever it finds (it is a report).
+    """Decode every clip as training would and report problems.
+
+    Counts ok / missing / corrupt / too short and lists each problem file with its reason.
+    Exits 0 whatever it finds (it is a report).
 
     Example: evilm data check data/synth/train.jsonl --json
     """

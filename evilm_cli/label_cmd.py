@@ -44,9 +44,11 @@ def register(app: typer.Typer) -> None:
         merge: bool = typer.Option(False, "--merge", help="Merge OUT/shard-*-of-n/ into OUT, then exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ):
-        """Run the tokenizer once over every video and store its codes for F candidate frames per
-        video (uint16, memory-mapped), so pretraining never runs the tokenizer. Re-running the same
-        command resumes an interrupted run; undecodable videos are recorded and skipped.
+        """Cache the tokenizer's codes for every video (offline MVM targets).
+
+        Runs the tokenizer once and stores codes for F candidate frames per video (uint16,
+        memory-mapped), so pretraining never runs the tokenizer. Re-running the same command
+        resumes an interrupted run; undecodable videos are recorded and skipped.
 
         Example: evilm label --manifest data/synth/train.jsonl --tokenizer runs/synthetic/tokenizer --out runs/synthetic/labels
         Sharded: evilm label --videos data/webvid/videos --tokenizer runs/tok --out cache/labels --shard 0/4 (one per node), then evilm label --merge --out cache/labels

@@ -19,9 +19,11 @@ def register(app: typer.Typer) -> None:
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics} on stdout."),
     ):
-        """Pre-train E-ViLM (paper 3.4): masked language modelling, video-text matching and masked
-        video modelling against the tokenizer's codes (from a label cache, or online). SIGINT or
-        SIGTERM writes a checkpoint and stops; --resume continues from it.
+        """Stage 2: pre-train E-ViLM with MLM + VTM + MVM.
+
+        Paper 3.4: masked language modelling, video-text matching and masked video modelling
+        against the tokenizer's codes (from a label cache, or online). SIGINT or SIGTERM writes
+        a checkpoint and stops; --resume continues from it.
 
         Example: evilm pretrain recipes/synthetic/pretrain.yaml --set loss.mvm=0
         Multi-GPU: torchrun --nproc_per_node=8 -m evilm_cli.main pretrain recipes/webvid.yaml

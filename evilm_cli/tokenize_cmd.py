@@ -19,9 +19,11 @@ def register(app: typer.Typer) -> None:
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe and exit."),
         json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics} on stdout."),
     ):
-        """Train the semantic VQ video tokenizer (paper 3.3): ViT/32 encoder, l2-normalised codebook,
-        caption-word decoder with focal loss. The final checkpoint (output.dir/final) keeps encoder +
-        codebook only; use it with `evilm label`.
+        """Stage 1: train the semantic VQ video tokenizer.
+
+        Paper 3.3: ViT/32 encoder, l2-normalised codebook, caption-word decoder with focal loss.
+        The final checkpoint (output.dir/final) keeps encoder + codebook only; use it with
+        `evilm label`.
 
         Example: evilm tokenize-train recipes/synthetic/tokenizer.yaml --set train.epochs=2
         Multi-GPU: torchrun --nproc_per_node=8 -m evilm_cli.main tokenize-train recipes/tokenizer_webvid.yaml
