@@ -8,7 +8,8 @@ import sys
 
 import typer
 
-from evilm_cli import data_cmd, label_cmd, pretrain_cmd, profile_cmd, tokenize_cmd, validate_cmd
+from evilm_cli import (data_cmd, evaluate_cmd, finetune_cmd, label_cmd, pretrain_cmd, profile_cmd, tokenize_cmd,
+                       validate_cmd)
 from evilm_cli.common import STATE, console, setup_logging
 from evilm_core import __version__
 from evilm_core.errors import EvilmError, TrainingInterrupted
@@ -23,6 +24,8 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 tokenize_cmd.register(app)
 pretrain_cmd.register(app)
+finetune_cmd.register(app)
+evaluate_cmd.register(app)
 label_cmd.register(app)
 validate_cmd.register(app)
 profile_cmd.register(app)

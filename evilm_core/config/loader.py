@@ -27,7 +27,7 @@ T = TypeVar("T")
 _RECIPES: dict[str, type] = {}
 # Modules whose import registers recipe kinds; imported on first use so `import evilm_core`
 # stays light and the loader never has to know the model code.
-RECIPE_MODULES = ("evilm_core.tokenizer.config", "evilm_core.pretrain.config")
+RECIPE_MODULES = ("evilm_core.tokenizer.config", "evilm_core.pretrain.config", "evilm_core.finetune.config")
 
 
 def register_recipe(kind: str):

@@ -20,6 +20,7 @@ from evilm_core.errors import ManifestError
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 WEBVID_COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
 MSRVTT_TEST_COLUMNS = ("key", "vid_key", "video_id", "sentence")
+MSRVTT_MC_COLUMNS = ("key", "vid_key", "video_id", "a1", "a2", "a3", "a4", "a5", "answer")
 TGIF_MC_COLUMNS = ("gif_name", "question", "a1", "a2", "a3", "a4", "a5", "answer", "vid_id", "key")
 TGIF_OPEN_COLUMNS = ("gif_name", "question", "answer", "vid_id", "key")
 QA_KEYS = ("question", "answer", "video_id")
@@ -90,6 +91,8 @@ def detect_header(head: str, path: Path) -> str:
         columns = {c.strip() for c in head.split("\t")}
         if "gif_name" in columns:
             return "tgif_qa"
+        if {"video_id", "a1", "a5", "answer"} <= columns:
+            return "msrvtt_mc"
     columns = {c.strip().strip('"') for c in head.split(",")}
     if {"videoid", "page_dir", "name"} <= columns:
         return "webvid"
@@ -98,7 +101,8 @@ def detect_header(head: str, path: Path) -> str:
     raise ManifestError(
         f"{path}: unrecognised manifest (first line {head[:120]!r}); expected a WebVid CSV "
         f"({','.join(WEBVID_COLUMNS)}), the MSR-VTT test CSV ({','.join(MSRVTT_TEST_COLUMNS)}), "
-        f"a TGIF-QA TSV (gif_name, question, ...), JSON or JSON Lines; supported formats: {', '.join(FORMATS)}")
+        f"a TGIF-QA TSV (gif_name, question, ...), the MSR-VTT multiple-choice TSV "
+        f"({', '.join(MSRVTT_MC_COLUMNS)}), JSON or JSON Lines; supported formats: {', '.join(FORMATS)}")
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -193,6 +197,15 @@ def read_msrvtt_test(path: Path) -> list[ClipRecord]:
     """MSR-VTT 1k-A test split, MSRVTT_JSFUSION_test.csv: one caption per video."""
     return [ClipRecord(video=f"{row['video_id'].strip()}.mp4", caption=row["sentence"].strip(), split="test")
             for _, row in _csv_rows(path, ("video_id", "sentence"), MSRVTT_TEST_COLUMNS)]
+
+
+def read_msrvtt_mc(path: Path) -> list[ClipRecord]:
+    """MSR-VTT multiple choice test set (JSFusion's MSR_MC_test.csv, tab-separated): five
+    candidate captions a1..a5 per clip, `answer` the 0-based index of the true one."""
+    required = ("video_id", "a1", "a2", "a3", "a4", "a5", "answer")
+    return [ClipRecord(video=f"{row['video_id'].strip()}.mp4", options=[row[f"a{i}"].strip() for i in range(1, 6)],
+                       answer=_choice_index(row["answer"].strip(), where), split="test")
+            for where, row in _csv_rows(path, required, MSRVTT_MC_COLUMNS, delimiter="\t")]
 
 
 def _qa_records(data: Any, path: Path, video_of: Callable[[Any, str], str]) -> list[ClipRecord]:
@@ -323,7 +336,7 @@ JSON_READERS: dict[str, Callable[[Any, Path], list[ClipRecord]]] = {
     "msvd_qa": read_msvd_qa, "didemo": read_didemo,
 }
 FILE_READERS: dict[str, Callable[[Path], list[ClipRecord]]] = {
-    "jsonl": read_jsonl, "webvid": read_webvid, "msrvtt_test": read_msrvtt_test,
+    "jsonl": read_jsonl, "webvid": read_webvid, "msrvtt_test": read_msrvtt_test, "msrvtt_mc": read_msrvtt_mc,
     "tgif_qa": read_tgif_qa, "class_folders": read_class_folders,
 }
 

@@ -25,6 +25,7 @@ FORMATS = (
     "webvid",
     "msrvtt_train",
     "msrvtt_test",
+    "msrvtt_mc",
     "msrvtt_qa",
     "msvd_qa",
     "tgif_qa",

@@ -31,8 +31,10 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], config: Any,
-                     vocab: list[str] | None = None, trainer_state: dict | None = None) -> Path:
-    """Write a complete checkpoint directory atomically (temp dir, then rename)."""
+                     vocab: list[str] | None = None, trainer_state: dict | None = None,
+                     extra_files: dict[str, str] | None = None) -> Path:
+    """Write a complete checkpoint directory atomically (temp dir, then rename); `extra_files`
+    ({name: text}, e.g. a task's answers.txt) go in before the rename."""
     directory = Path(directory)
     tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -43,6 +45,8 @@ def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], co
         save_vocab(vocab, tmp)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

@@ -174,8 +174,9 @@ class Trainer:
             path = self.save()
             raise TrainingInterrupted(f"stopped by signal {self._stop_signal} at step {self.pos.step}; "
                                       f"checkpoint {path or self.run_dir}; continue with --resume")
-        if not last_eval or t.eval_every:
-            last_eval = self._evaluate()
+        # The loop leaves by `break` right after the last epoch, before its end-of-epoch eval:
+        # evaluate the final weights here, so the reported metrics are those of the checkpoint.
+        last_eval = self._evaluate()
         self.save()
         final = self.task.export(self.model, self.run_dir / "final") if self.info.is_main else None
         in_sync = self._replicas_in_sync()

@@ -90,13 +90,36 @@ class EViLM(nn.Module):
         n_text = text.shape[1]
         return {"cls": h[:, 0], "text": h[:, 1:1 + n_text], "video": h[:, 1 + n_text:]}
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-        return self.forward_features(pixels, input_ids, attention_mask)
+    def forward_options(self, pixels: torch.Tensor, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Joint encoding of each clip with each of its K texts, the video encoded once per clip:
+        pixels [B, T, 3, H, W], ids and mask [B, K, L] -> {"cls" [B, K, D]}."""
+        b, k = input_ids.shape[:2]
+        video = self.video(pixels).repeat_interleave(k, dim=0)  # [B*K, N, D], clip i's tokens K times
+        ids, mask = input_ids.flatten(0, 1), attention_mask.flatten(0, 1)
+        h = self.fusion(self.text(ids, mask), mask, video)
+        return {"cls": h[:, 0].unflatten(0, (b, k))}
+
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                mode: str = "joint") -> dict:
+        """The call every training task goes through, so DDP sees one forward per step:
+        joint -> forward_features; options -> forward_options; unimodal -> {"video", "text"}
+        retrieval embeddings (embed_video, embed_text)."""
+        if mode == "joint":
+            return self.forward_features(pixels, input_ids, attention_mask)
+        if mode == "options":
+            return self.forward_options(pixels, input_ids, attention_mask)
+        if mode == "unimodal":
+            return {"video": self.embed_video(pixels), "text": self.embed_text(input_ids, attention_mask)}
+        raise ValueError(f"unknown forward mode {mode!r} (joint | options | unimodal)")
+
+    def video_cls(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unimodal pass [CLS, e^V + t^V] -> the [CLS] output [B, D] (before the retrieval projection)."""
+        return self.fusion(None, None, self.video(pixels))[:, 0]
 
     def embed_video(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^V + t^V] -> l2-normalised retrieval embedding [B, E]."""
-        h = self.fusion(None, None, self.video(pixels))
-        return F.normalize(self.retrieval["video"](h[:, 0]), dim=-1)
+        return F.normalize(self.retrieval["video"](self.video_cls(pixels)), dim=-1)
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^L + t^L] -> l2-normalised retrieval embedding [B, E]."""

@@ -103,7 +103,7 @@ class PretrainTask:
             parts["mvm_loss"], parts["mvm_acc"] = masked_ce(heads["mvm"], out["video"], targets.flatten(1), sel)
             loss = loss + w.mvm * parts["mvm_loss"]
         parts = {k: float(v.detach()) for k, v in parts.items()}
-        parts["loss"] = float(loss)
+        parts["loss"] = float(loss.detach())
         return loss, parts
 
     @torch.no_grad()

@@ -7,9 +7,7 @@ cell, the target (a tokenizer code, cached or online) and the MVM logits row t*g
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -228,7 +226,8 @@ def test_loss_selects_masked_regions_with_their_targets(monkeypatch):
         zero_video = model.video.proj(model.video.forward_features(torch.zeros(1, 1, 3, 64, 64))[0, 0, 0])
     for bi, k in sel.nonzero().tolist():
         ti, ij = divmod(k, g * g)
-        want = zero_video + model.video.frame_embed[0, ti, 0] + model.video.region_embed[0, 0, ij] + model.fusion.type_video[0, 0]
+        v = model.video
+        want = zero_video + v.frame_embed[0, ti, 0] + v.region_embed[0, 0, ij] + model.fusion.type_video[0, 0]
         torch.testing.assert_close(feats[bi, k], want.flatten(), atol=1e-5, rtol=1e-5)
 
 

@@ -1,0 +1,39 @@
+"""`evilm finetune RECIPE`: stage 3, QA / multiple choice / retrieval / linear probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from evilm_cli.common import console, emit_json, is_main_process, progress
+from evilm_cli.recipe_opts import load
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("finetune")
+    def finetune(
+        recipe: Path = typer.Argument(..., help="A `kind: finetune` recipe (task: qa | mc | retrieval | probe)."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output.dir."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe and exit."),
+        json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, metrics, task, skipped} on stdout."),
+    ):
+        """Fine-tune E-ViLM on a downstream task (paper 4.2), starting from init.checkpoint (a
+        pre-trained checkpoint or run directory; null trains from scratch). qa, mc and retrieval
+        train the whole model; probe freezes it and trains a linear classifier on cached features.
+        The fine-tuned model is written to output.dir/final/; evaluate it with `evilm evaluate`.
+
+        Example: evilm finetune recipes/synthetic/qa.yaml --set qa.num_answers=50
+        Multi-GPU: torchrun --nproc_per_node=8 -m evilm_cli.main finetune recipes/msrvtt_qa.yaml
+        """
+        from evilm_core.finetune.train import train_finetune
+
+        cfg = load(recipe, overrides, expect="finetune", print_config=print_config)
+        with progress(f"finetune {cfg.task}") as update:
+            result = train_finetune(cfg, resume=resume, progress=update)
+        if is_main_process():
+            console.print(f"finetune {result['task']}: {result['checkpoint']}  step {result['step']}  "
+                          + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
+        if json_out:
+            emit_json(result)

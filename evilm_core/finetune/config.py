@@ -1,0 +1,81 @@
+"""The `finetune` recipe (paper 4.2): open-ended QA, multiple choice, text-to-video retrieval and
+the linear probe, one `task:` key, each with its own small section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from evilm_core.config.loader import path_field, register_recipe
+from evilm_core.config.sections import RunSections
+from evilm_core.models.config import EViLMConfig
+
+TASKS = ("qa", "mc", "retrieval", "probe")
+
+
+@dataclass
+class FinetuneInitConfig:
+    # a pre-trained checkpoint dir or a run dir (its final/, else its newest step_*); the model
+    # config and vocab.txt then come from it. null: train from scratch (vocab built from the text)
+    checkpoint: str | None = path_field()
+
+
+@dataclass
+class QAConfig:
+    num_answers: int = 1000  # classify over the most frequent training answers; others count as wrong in evaluation
+
+
+@dataclass
+class MCConfig:
+    # a training record without `options` (e.g. MSR-VTT captions) gets its caption plus this many
+    # minus one captions of other clips as options; records with `options` use theirs
+    num_options: int = 5
+
+
+@dataclass
+class RetrievalConfig:
+    temperature_init: float = 0.07  # initial softmax temperature; learned (logit scale capped at 100)
+
+
+@dataclass
+class ProbeConfig:
+    feature: Literal["cls", "embed"] = "cls"  # unimodal video [CLS] before (cls) or after (embed) the retrieval projection
+    lr: float = 1.0e-3  # AdamW learning rate of the linear classifier
+    weight_decay: float = 0.0  # AdamW weight decay of the linear classifier
+    epochs: int = 300  # passes over the cached training features
+    batch_size: int = 256  # features per classifier step
+    cache: bool = True  # keep extracted features in output.dir/features/ for re-runs
+
+
+@register_recipe("finetune")
+@dataclass
+class FinetuneRecipe(RunSections):
+    task: Literal["qa", "mc", "retrieval", "probe"] | None = None  # required
+    model: EViLMConfig = field(default_factory=EViLMConfig)
+    init: FinetuneInitConfig = field(default_factory=FinetuneInitConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    mc: MCConfig = field(default_factory=MCConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self):
+        if self.task is None:
+            raise ValueError(f"recipe key 'task' is required: one of {', '.join(TASKS)}")
+        if self.qa.num_answers < 2:
+            raise ValueError(f"qa.num_answers must be >= 2, got {self.qa.num_answers}")
+        if self.mc.num_options < 2:
+            raise ValueError(f"mc.num_options must be >= 2, got {self.mc.num_options}")
+        if not 0 < self.retrieval.temperature_init <= 1:
+            raise ValueError(f"retrieval.temperature_init must be in (0, 1], got {self.retrieval.temperature_init}")
+        if self.init.checkpoint is None:  # with a checkpoint the model comes from it; checked at start-up
+            check_model_fits_data(self)
+
+
+def check_model_fits_data(recipe: FinetuneRecipe) -> None:
+    """The frames the data gives must be the frames the model takes (ValueError naming both)."""
+    if recipe.model.image_size != recipe.data.image_size:
+        raise ValueError(f"model.image_size ({recipe.model.image_size}) differs from data.image_size "
+                         f"({recipe.data.image_size})")
+    if recipe.data.num_frames > recipe.model.max_frames:
+        raise ValueError(f"data.num_frames ({recipe.data.num_frames}) exceeds model.max_frames "
+                         f"({recipe.model.max_frames})")

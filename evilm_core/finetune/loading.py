@@ -1,0 +1,187 @@
+"""Checkpoints in and out of stage 3.
+
+In: a checkpoint argument may be the checkpoint directory itself or a run directory (its
+`final/`, else its newest complete `step_*`). The model config comes from the checkpoint's
+config.yaml (pre-training `final/` and fine-tuned exports write {format, model, ...}; the
+trainer's `step_*` directories hold the whole recipe, which has a `model` section too) and the
+vocabulary from its vocab.txt. Task heads (`heads.qa`, `heads.probe`) are rebuilt from the
+shapes of the saved weights, so any checkpoint loads strictly without its recipe.
+
+Out: a fine-tuned `final/` is an E-ViLM checkpoint plus the task head, its config.yaml says
+{format, task, model, ...} and answers.txt (qa) / labels.txt (probe) list the classes in
+head order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from evilm_core.config.loader import from_dict
+from evilm_core.engine import checkpoint as ckpt
+from evilm_core.errors import EvilmError, RecipeError
+from evilm_core.models.backbones import trunc_normal_init
+from evilm_core.models.config import EViLMConfig
+from evilm_core.models.evilm import EViLM, mlp_head
+
+log = logging.getLogger("evilm.finetune")
+FORMAT = "evilm-finetune/1"
+SAFE_MODEL_KEYS = ("dropout",)  # recipe values that may differ from the checkpoint's
+CLASS_FILES = {"qa": "answers.txt", "probe": "labels.txt"}
+HEAD_OUT = {"qa": "heads.qa.3.weight", "probe": "heads.probe.weight"}  # weight whose shape sizes the head
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir, or a run dir's final/, else its newest complete step_*."""
+    path = Path(path)
+    if ckpt.is_checkpoint(path):
+        return path
+    if ckpt.is_checkpoint(path / "final"):
+        return path / "final"
+    newest = ckpt.latest_checkpoint(path)
+    if newest is not None:
+        return newest
+    what = "does not exist" if not path.exists() else "is not a checkpoint"
+    raise EvilmError(f"{path} {what}: expected {ckpt.WEIGHTS} and {ckpt.CONFIG} in it, in {path / 'final'}, or in "
+                     "a step_XXXXXXXX directory (a run directory of `evilm pretrain` / `evilm finetune`)")
+
+
+def checkpoint_model_config(directory: Path, raw: dict | None = None) -> EViLMConfig:
+    """The E-ViLM config a checkpoint was trained with; weights are loaded, so never ImageNet's."""
+    raw = ckpt.read_yaml_config(directory) if raw is None else raw
+    section = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise EvilmError(f"{directory}/{ckpt.CONFIG} has no 'model' section: not an E-ViLM checkpoint")
+    try:
+        cfg = from_dict(EViLMConfig, section, "model")
+    except RecipeError as err:
+        raise EvilmError(f"{directory} is not an E-ViLM checkpoint ({err})") from None
+    cfg.pretrained = False
+    return cfg
+
+
+def merge_model_config(recipe: EViLMConfig, saved: EViLMConfig, where: Path) -> EViLMConfig:
+    """The checkpoint's config, with the recipe's value for keys that are safe to change
+    (dropout; max_text_len while BERT's position table keeps its size). Any other key the
+    recipe sets to a value other than both its default and the checkpoint's is an error."""
+    default, merged = EViLMConfig(), EViLMConfig(**{f.name: getattr(saved, f.name) for f in fields(saved)})
+    for f in fields(EViLMConfig):
+        mine, theirs = getattr(recipe, f.name), getattr(saved, f.name)
+        if f.name in ("vocab_size", "pretrained") or mine == theirs:
+            continue
+        if f.name in SAFE_MODEL_KEYS or (f.name == "max_text_len" and max(64, mine) == max(64, theirs)):
+            setattr(merged, f.name, mine)
+        elif mine != getattr(default, f.name):
+            raise EvilmError(f"recipe key model.{f.name} is {mine!r} but checkpoint {where} has {theirs!r}; drop the "
+                             "key (the checkpoint's value is used) or set init.checkpoint to null to start from scratch")
+    return merged
+
+
+def attach_head(net: EViLM, task: str, num_classes: int, in_dim: int | None = None) -> nn.Module:
+    """Add the task's head to `net.heads`: qa = MLP on the joint [CLS]; probe = one Linear."""
+    if task == "qa":
+        head = mlp_head(net.cfg.fusion_dim, num_classes)
+        trunc_normal_init(head)
+    elif task == "probe":
+        head = nn.Linear(in_dim or net.cfg.fusion_dim, num_classes)
+    else:
+        raise ValueError(f"task {task!r} has no head of its own")
+    net.heads[task] = head
+    return head
+
+
+def read_class_file(directory: Path, task: str) -> list[str] | None:
+    """answers.txt / labels.txt of a checkpoint (a trainer step_* keeps it in its run dir)."""
+    for base in (directory, directory.parent):
+        path = base / CLASS_FILES[task]
+        if path.is_file():
+            return path.read_text(encoding="utf-8").split("\n")[:-1]
+    return None
+
+
+def class_file_text(classes: list[str]) -> str:
+    return "".join(c + "\n" for c in classes)
+
+
+@dataclass
+class LoadedCheckpoint:
+    directory: Path
+    model: EViLM
+    vocab: list[str]
+    config: dict  # the checkpoint's config.yaml
+    classes: dict[str, list[str]]  # task -> answers / labels, for the heads the checkpoint has
+
+    @property
+    def task(self) -> str | None:
+        return self.config.get("task") if self.config.get("format") == FORMAT else None
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild any E-ViLM checkpoint (pre-trained or fine-tuned) and load it strictly."""
+    directory = resolve_checkpoint(path)
+    raw = ckpt.read_yaml_config(directory)
+    cfg = checkpoint_model_config(directory, raw)
+    vocab = ckpt.read_checkpoint_vocab(directory)
+    if len(vocab) != cfg.vocab_size:
+        raise EvilmError(f"{directory}: vocab.txt has {len(vocab)} entries but the model was built for {cfg.vocab_size}")
+    weights = ckpt.read_weights(directory)
+    net = EViLM(cfg)
+    classes = {}
+    for task, key in HEAD_OUT.items():
+        if key in weights:
+            attach_head(net, task, weights[key].shape[0], in_dim=weights[key].shape[1])
+            names = read_class_file(directory, task)
+            if names is None or len(names) != weights[key].shape[0]:
+                raise EvilmError(f"{directory}: the {task} head has {weights[key].shape[0]} classes but "
+                                 f"{CLASS_FILES[task]} is missing or lists {len(names or [])}")
+            classes[task] = names
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise EvilmError(f"{directory}: weights do not fit the model its config.yaml describes ({str(err)[:300]})") from None
+    return LoadedCheckpoint(directory, net, vocab, raw, classes)
+
+
+def load_init_weights(net: nn.Module, directory: Path) -> None:
+    """Start from a checkpoint's weights; only task heads may be absent (or extra)."""
+    weights = ckpt.read_weights(directory)
+    try:
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+    except RuntimeError as err:
+        raise EvilmError(f"{directory}: weights do not fit this model ({str(err)[:300]})") from None
+    heads = ("heads.qa.", "heads.probe.")
+    trunk_missing = [k for k in missing if not k.startswith(heads)]
+    if trunk_missing:
+        raise EvilmError(f"{directory}: not an E-ViLM checkpoint for this model ({len(trunk_missing)} missing "
+                         f"weights, e.g. {trunk_missing[0]})")
+    log.info("initialised from %s (new: %s; unused: %s)", directory, _prefixes(missing) or "none",
+             _prefixes(unexpected) or "none")
+
+
+def _prefixes(keys: list[str]) -> str:
+    return ", ".join(sorted({".".join(k.split(".")[:2]) for k in keys}))
+
+
+def export_finetuned(net: EViLM, directory: Path, task: str, vocab: list[str], extra: dict | None = None,
+                     classes: list[str] | None = None) -> Path:
+    """Write the fine-tuned model as final/: weights, {format, task, model, ...}, vocab, classes."""
+    config = {"format": FORMAT, "task": task, "model": net.cfg, **(extra or {})}
+    files = {CLASS_FILES[task]: class_file_text(classes)} if classes is not None else None
+    state = {k: v for k, v in net.state_dict().items()}
+    return ckpt.write_checkpoint(directory, state, config, vocab, extra_files=files)
+
+
+def freeze_except(net: EViLM, keep: tuple[str, ...]) -> None:
+    """Freeze every pre-training head and the retrieval projections/temperature except `keep`
+    (names in net.heads, or 'retrieval' / 'logit_scale'), so DDP never waits for a gradient
+    that no loss produces. The trunk stays trainable."""
+    parts: dict[str, list[torch.nn.Parameter]] = {name: list(m.parameters()) for name, m in net.heads.items()}
+    parts["retrieval"] = list(net.retrieval.parameters())
+    parts["logit_scale"] = [net.logit_scale]
+    for name, params in parts.items():
+        for p in params:
+            p.requires_grad_(name in keep)

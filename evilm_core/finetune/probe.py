@@ -1,0 +1,192 @@
+"""Linear probe for action recognition (paper Table 3): only a linear classifier trains.
+
+The backbone is frozen and run once per clip (evaluation transform: segment-centre frames, no
+flip): the feature is the unimodal video [CLS] (`probe.feature: cls`, fusion width, before the
+retrieval projection; `embed`: the l2-normalised retrieval embedding after it). Features are
+kept in memory and, with `probe.cache`, in `output.dir/features/{split}.safetensors` keyed by
+the weights, manifest, records and frame settings, so a re-run with another learning rate
+decodes nothing. The classifier trains on standardised features (train mean/std) with AdamW;
+the standardisation is folded into the exported Linear, which therefore reads raw features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evilm_core.config.loader import save_yaml
+from evilm_core.config.sections import DataConfig
+from evilm_core.data.dataset import video_root
+from evilm_core.data.manifest import read_manifest
+from evilm_core.engine import checkpoint as ckpt
+from evilm_core.errors import EvilmError
+from evilm_core.evaluation.metrics import accuracy
+from evilm_core.finetune.config import ProbeConfig
+from evilm_core.finetune.data import LabelFields, TaskDataset, eval_batches
+from evilm_core.finetune.loading import attach_head, export_finetuned
+from evilm_core.models.evilm import EViLM
+
+log = logging.getLogger("evilm.finetune")
+
+
+def video_features(net: EViLM, pixels: torch.Tensor, feature: str) -> torch.Tensor:
+    return net.video_cls(pixels) if feature == "cls" else net.embed_video(pixels)
+
+
+def feature_dim(net: EViLM, feature: str) -> int:
+    return net.cfg.fusion_dim if feature == "cls" else net.cfg.embed_dim
+
+
+@torch.no_grad()
+def extract_features(net: EViLM, dataset: TaskDataset, feature: str, data: DataConfig, device: torch.device,
+                     autocast=None) -> dict:
+    """-> {features [N, F] float32 cpu, labels [N] (-1: not a training class), skipped}."""
+    net.eval()
+    counts: dict = {"skipped": 0}
+    feats, labels = [], []
+    for batch in eval_batches(dataset, data, device, counts):
+        with autocast or nullcontext():
+            feats.append(video_features(net, batch["pixels"], feature).float().cpu())
+        labels.append(batch["label"].cpu())
+    dim = feature_dim(net, feature)
+    return {"features": torch.cat(feats) if feats else torch.zeros(0, dim),
+            "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), "skipped": counts["skipped"]}
+
+
+def records_digest(dataset: TaskDataset, labels: list[str]) -> str:
+    digest = hashlib.sha256(json.dumps(labels).encode())
+    for r in dataset.records:
+        digest.update(f"{r.video}\t{r.label}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_features(path: Path | None, key: dict[str, str], compute: Callable[[], dict]) -> dict:
+    """Load features saved under the same key, else compute and save them (temp name, rename)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if path is not None and path.is_file():
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            if {k: v for k, v in meta.items() if k != "skipped"} == key:
+                log.info("probe: features from %s", path)
+                return {"features": fh.get_tensor("features"), "labels": fh.get_tensor("labels"),
+                        "skipped": int(meta["skipped"])}
+    out = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"features": out["features"].contiguous(), "labels": out["labels"].contiguous()}, str(tmp),
+                  metadata={**key, "skipped": str(out["skipped"])})
+        os.replace(tmp, path)
+    return out
+
+
+def fit_linear(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, cfg: ProbeConfig, seed: int = 0,
+               on_epoch: Callable[[int, float], None] | None = None) -> int:
+    """Train `head` on features of known labels; fold the standardisation into it. -> steps."""
+    keep = labels >= 0
+    x, y = features[keep].float(), labels[keep]
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    x = (x - mean) / std
+    head.train()
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen, steps = torch.Generator().manual_seed(seed), 0
+    for epoch in range(cfg.epochs):
+        order, total = torch.randperm(len(x), generator=gen), 0.0
+        for start in range(0, len(x), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps, total = steps + 1, total + float(loss.detach()) * len(idx)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, total / max(1, len(x)))
+    with torch.no_grad():  # W((x - m) / s) + b == (W / s) x + (b - (W / s) m)
+        head.weight.div_(std)
+        head.bias.sub_(head.weight @ mean)
+    return steps
+
+
+def probe_metrics(logits: torch.Tensor, labels: torch.Tensor, skipped: int) -> dict[str, float]:
+    """Top-1 accuracy; clips whose label is not a training class count as wrong (oov_labels)."""
+    num_classes = logits.shape[1]
+    preds = logits.argmax(-1).tolist() if len(logits) else []
+    return {"accuracy": accuracy(preds, labels.tolist()), "chance": 100.0 / num_classes,
+            "oov_labels": int((labels < 0).sum()), "num_examples": len(labels), "skipped": skipped}
+
+
+@torch.no_grad()
+def evaluate_probe(net: EViLM, dataset: TaskDataset, feature: str, data: DataConfig, device: torch.device,
+                   autocast=None, feats: dict | None = None) -> dict[str, float]:
+    feats = feats or extract_features(net, dataset, feature, data, device, autocast)
+    head = net.heads["probe"]
+    logits = head(feats["features"].to(head.weight.device)).cpu()
+    return probe_metrics(logits, feats["labels"], feats["skipped"])
+
+
+def probe_dataset(records, root: str, data: DataConfig, labels: list[str], seed: int) -> TaskDataset:
+    return TaskDataset(records, root, data, train=False, fields=LabelFields(labels), seed=seed)
+
+
+def _log_row(run_dir: Path, row: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, init_dir: Path | None, info,
+              progress: Callable | None = None, resume: bool = False) -> dict:
+    """Features once (cached), a linear classifier, val metrics, final/. Runs on rank 0 only
+    (the other ranks of a torchrun job return at once)."""
+    d, cfg, run_dir = recipe.data, recipe.probe, Path(recipe.output.dir)
+    if not info.is_main:
+        return {"checkpoint": str(run_dir / "final"), "step": 0, "metrics": {}, "skipped": 0}
+    if (run_dir / "final").exists() and not resume:
+        raise EvilmError(f"{run_dir} already holds a finished probe (final/); pass --resume to run it again "
+                         "(features are reused) or set output.dir to a new directory")
+    save_yaml(recipe, run_dir / "config.yaml")
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    device = info.device
+    net.to(device).requires_grad_(False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if recipe.train.precision == "bf16" else None
+    source = ckpt.file_sha256(init_dir / ckpt.WEIGHTS) if init_dir else f"scratch:seed={recipe.seed}"
+
+    def features(split: str, manifest: str, recs) -> tuple[TaskDataset, dict]:
+        ds = probe_dataset(recs, video_root(d.root, manifest), d, labels, recipe.seed)
+        key = {"source": source, "feature": cfg.feature, "num_frames": str(d.num_frames),
+               "image_size": str(d.image_size), "root": str(ds.root), "records": records_digest(ds, labels)}
+        path = run_dir / "features" / f"{split}.safetensors" if cfg.cache else None
+        return ds, cached_features(path, key, lambda: extract_features(net, ds, cfg.feature, d, device, autocast))
+
+    _, train = features("train", d.train, records)
+    if not bool((train["labels"] >= 0).any()):
+        raise EvilmError(f"{d.train}: no training clip could be decoded ({train['skipped']} skipped)")
+    head = attach_head(net, "probe", len(labels), feature_dim(net, cfg.feature)).to(device)
+    every = max(1, cfg.epochs // 20)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if epoch % every == 0 or epoch == cfg.epochs:
+            _log_row(run_dir, {"step": epoch, "epoch": epoch, "loss": loss})
+        if progress is not None:
+            progress(epoch, cfg.epochs, loss=loss)
+
+    log.info("probe: %d train clips (%d skipped), %d classes, %s features of %d dims", len(train["labels"]),
+             train["skipped"], len(labels), cfg.feature, train["features"].shape[1])
+    steps = fit_linear(head, train["features"].to(device), train["labels"].to(device), cfg, recipe.seed, on_epoch)
+    metrics = {}
+    if d.val:
+        val_ds, val = features("val", d.val, read_manifest(d.val, d.format))
+        metrics = {f"val_{k}": v for k, v in evaluate_probe(net, val_ds, cfg.feature, d, device, feats=val).items()}
+        _log_row(run_dir, {"step": cfg.epochs, "split": "val", **metrics})
+    final = export_finetuned(net, run_dir / "final", "probe", vocab, extra={"feature": cfg.feature}, classes=labels)
+    return {"checkpoint": str(final), "step": steps, "metrics": metrics, "skipped": train["skipped"]}
