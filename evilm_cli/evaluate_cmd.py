@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         recipe: Path = typer.Argument(..., help="A `kind: finetune` recipe: its task and data.test / data.val."),
-        checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint dir or run dir (final/, else newest step_*)."),
+        checkpoint: Path = typer.Option(..., "--checkpoint",
+                                        help="A checkpoint dir or run dir (final/, else newest step_*)."),
         split: str = typer.Option("test", "--split", help="Evaluate on data.test (test) or data.val (val)."),
         overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
         json_out: bool = typer.Option(False, "--json", help='Print {"task": ..., "metrics": {...}} on stdout.'),

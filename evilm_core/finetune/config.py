@@ -39,7 +39,8 @@ class RetrievalConfig:
 
 @dataclass
 class ProbeConfig:
-    feature: Literal["cls", "embed"] = "cls"  # unimodal video [CLS] before (cls) or after (embed) the retrieval projection
+    # the unimodal video [CLS] before (cls) or after (embed) the retrieval projection
+    feature: Literal["cls", "embed"] = "cls"
     lr: float = 1.0e-3  # AdamW learning rate of the linear classifier
     weight_decay: float = 0.0  # AdamW weight decay of the linear classifier
     epochs: int = 300  # passes over the cached training features

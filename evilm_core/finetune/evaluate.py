@@ -9,6 +9,7 @@ vocabulary (or a probe label outside the training classes) counts as wrong (`oov
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from evilm_core.finetune.probe import evaluate_probe, probe_dataset
 from evilm_core.finetune.scoring import option_scores
 from evilm_core.models.evilm import EViLM
 from evilm_core.pretrain.data import TextTokens
+
+log = logging.getLogger("evilm.finetune")
 
 
 def qa_metrics(predictions: list[str], gold: list[str], answers: list[str]) -> dict[str, float]:
@@ -107,12 +110,14 @@ def _check_fits(net: EViLM, data: DataConfig, where: Path) -> None:
         raise EvilmError(f"checkpoint {where} works on {net.cfg.image_size} px frames but data.image_size is "
                          f"{data.image_size}")
     if data.num_frames > net.cfg.max_frames:
-        raise EvilmError(f"data.num_frames ({data.num_frames}) exceeds the checkpoint's max_frames ({net.cfg.max_frames})")
+        raise EvilmError(f"data.num_frames ({data.num_frames}) exceeds the checkpoint's max_frames "
+                         f"({net.cfg.max_frames})")
 
 
 def _head_classes(loaded, task: str) -> list[str]:
     if task not in loaded.classes:
-        raise EvilmError(f"checkpoint {loaded.directory} has no {task} head (its task: {loaded.task or 'pre-training'}); "
+        raise EvilmError(f"checkpoint {loaded.directory} has no {task} head (its task: "
+                         f"{loaded.task or 'pre-training'}); "
                          f"fine-tune it with `evilm finetune` first (zero-shot evaluation exists for mc and retrieval)")
     return loaded.classes[task]
 
@@ -121,6 +126,8 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
     """-> {"task", "metrics"} for the recipe's task on its data.test (or data.val)."""
     manifest, d, task = _split_manifest(recipe, split), recipe.data, recipe.task
     loaded = load_checkpoint(checkpoint)
+    if loaded.task not in (None, task):
+        log.warning("%s was fine-tuned for %s; evaluating it on %s", loaded.directory, loaded.task, task)
     net, device = loaded.model, pick_device(recipe.train.device)
     _check_fits(net, d, loaded.directory)
     net.to(device).eval()

@@ -76,8 +76,9 @@ def merge_model_config(recipe: EViLMConfig, saved: EViLMConfig, where: Path) -> 
         if f.name in SAFE_MODEL_KEYS or (f.name == "max_text_len" and max(64, mine) == max(64, theirs)):
             setattr(merged, f.name, mine)
         elif mine != getattr(default, f.name):
-            raise EvilmError(f"recipe key model.{f.name} is {mine!r} but checkpoint {where} has {theirs!r}; drop the "
-                             "key (the checkpoint's value is used) or set init.checkpoint to null to start from scratch")
+            raise EvilmError(f"recipe key model.{f.name} is {mine!r} but checkpoint {where} has {theirs!r}; drop "
+                             "the key (the checkpoint's value is used) or set init.checkpoint to null to start "
+                             "from scratch")
     return merged
 
 
@@ -127,7 +128,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     cfg = checkpoint_model_config(directory, raw)
     vocab = ckpt.read_checkpoint_vocab(directory)
     if len(vocab) != cfg.vocab_size:
-        raise EvilmError(f"{directory}: vocab.txt has {len(vocab)} entries but the model was built for {cfg.vocab_size}")
+        raise EvilmError(f"{directory}: vocab.txt has {len(vocab)} entries but the model was built for "
+                         f"{cfg.vocab_size}")
     weights = ckpt.read_weights(directory)
     net = EViLM(cfg)
     classes = {}
@@ -142,18 +144,20 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise EvilmError(f"{directory}: weights do not fit the model its config.yaml describes ({str(err)[:300]})") from None
+        raise EvilmError(f"{directory}: weights do not fit the model its config.yaml describes "
+                         f"({str(err)[:300]})") from None
     return LoadedCheckpoint(directory, net, vocab, raw, classes)
 
 
 def load_init_weights(net: nn.Module, directory: Path) -> None:
-    """Start from a checkpoint's weights; only task heads may be absent (or extra)."""
-    weights = ckpt.read_weights(directory)
+    """Start from a checkpoint's weights. Task heads (qa, probe) always start fresh: the classes
+    of another run's head are not this run's (continue a run with --resume instead)."""
+    heads = ("heads.qa.", "heads.probe.")
+    weights = {k: v for k, v in ckpt.read_weights(directory).items() if not k.startswith(heads)}
     try:
         missing, unexpected = net.load_state_dict(weights, strict=False)
     except RuntimeError as err:
         raise EvilmError(f"{directory}: weights do not fit this model ({str(err)[:300]})") from None
-    heads = ("heads.qa.", "heads.probe.")
     trunk_missing = [k for k in missing if not k.startswith(heads)]
     if trunk_missing:
         raise EvilmError(f"{directory}: not an E-ViLM checkpoint for this model ({len(trunk_missing)} missing "

@@ -102,7 +102,7 @@ class RetrievalTask(FinetuneTask):
         out = model(batch["pixels"], batch["input_ids"], batch["attention_mask"], mode="unimodal")
         scale = unwrap(model).logit_scale
         loss = contrastive_loss(out["video"], out["text"], scale, same_video(batch["video"], out["video"].device))
-        return loss, _parts(loss, logit_scale=logit_scale_value(scale))
+        return loss, _parts(loss, temperature=1.0 / logit_scale_value(scale))
 
     def _evaluate(self, net, device):
         records, root, tokens = self.val

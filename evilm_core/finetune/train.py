@@ -113,7 +113,7 @@ def _prepare_run_dir(run_dir: Path, vocab: list[str], task: str, classes: list[s
 
 
 def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Callable | None = None) -> dict:
-    """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped}."""
+    """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped, ...}."""
     d, run_dir = recipe.data, Path(recipe.output.dir)
     if not d.train:
         raise EvilmError("recipe key data.train is not set: it must name the training manifest")
@@ -142,5 +142,4 @@ def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Calla
     log.info("finetune %s: %d clips, from %s, %.2fM trainable parameters", recipe.task, len(train),
              init_dir or "scratch", sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e6)
     result = Trainer(recipe, task, train, info, progress).fit(resume=resume)
-    return {"checkpoint": result["checkpoint"], "step": result["step"], "metrics": result["metrics"],
-            "task": recipe.task, "skipped": result["skipped"]}
+    return {**result, "task": recipe.task}  # checkpoint, step, skipped, world_size, replicas_in_sync, metrics
