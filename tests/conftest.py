@@ -11,6 +11,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests use tiny models: one torch thread each is fastest, and on a busy 2-core machine several
+# threads per process make tiny ops up to 100x slower. Subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
 
 
 def run_evilm(*args: str, cwd: Path | str | None = None, check: bool = True, timeout: int = 600,

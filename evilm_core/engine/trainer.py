@@ -73,6 +73,7 @@ class Trainer:
         if t.max_steps:
             self.total_steps = min(self.total_steps, t.max_steps) if t.epochs else t.max_steps
         self.pos = Position()
+        self.window = _Window()  # metrics since the last metrics.jsonl row (spans epochs)
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ state
@@ -218,8 +219,7 @@ class Trainer:
     def _epoch(self) -> None:
         t, accum = self.recipe.train, self.recipe.train.grad_accum
         self.model.train()
-        window: dict[str, float] = {}
-        clips, tic, micro = 0, time.perf_counter(), 0
+        micro = 0
         for batch in self._loader():
             self.pos.batch += 1
             self._count_skips(batch)
@@ -231,25 +231,25 @@ class Trainer:
                 loss, parts = self.task.loss(self.wrapped, _to(batch, self.info.device), self._generator())
             with ctx:
                 (loss / accum).backward()
-            micro, clips = micro + 1, clips + batch["size"] * self.info.world
-            for k, v in parts.items():
-                window[k] = window.get(k, 0.0) + v / accum
+            micro += 1
+            self.window.add(parts, batch["size"] * self.info.world, accum)
             if not sync:
                 continue
             self._optimizer_step()
+            self.window.steps += 1
             if self.pos.step % t.log_every == 0 or self.pos.step == self.total_steps:
-                rate = clips / max(1e-9, time.perf_counter() - tic)
-                row = {"step": self.pos.step, "epoch": self.pos.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                       **{k: v / t.log_every for k, v in window.items()}, "clips_per_s": rate,
-                       "skipped": self.pos.skipped}
-                self._log_row(row)
-                window, clips, tic = {}, 0, time.perf_counter()
+                self._log_row({"step": self.pos.step, "epoch": self.pos.epoch,
+                               "lr": self.optimizer.param_groups[0]["lr"], **self.window.row(),
+                               "skipped": self.pos.skipped})
+                self.window = _Window()
             if self.progress:
                 self.progress(self.pos.step, self.total_steps, loss=float(parts.get("loss", loss.item())))
             if t.eval_every and self.pos.step % t.eval_every == 0:
                 self._evaluate()
+                self.window.restart_clock()  # clips/s measures training, not evaluation
             if t.save_every and self.pos.step % t.save_every == 0:
                 self.save()
+                self.window.restart_clock()
             if self.pos.step >= self.total_steps or self._should_stop():
                 return
 
@@ -276,6 +276,26 @@ class Trainer:
                 log.warning("skipped %s (%s%s)", video, reason, f": {detail}" if detail else "")
             elif self.pos.skipped == 21:
                 log.warning("more clips skipped; the count goes on in metrics.jsonl")
+
+
+class _Window:
+    """Running sums of the step metrics between two metrics.jsonl rows, and the clip rate."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.steps, self.clips, self.tic = 0, 0, time.perf_counter()
+
+    def add(self, parts: dict[str, float], clips: int, accum: int) -> None:
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v / accum
+        self.clips += clips
+
+    def restart_clock(self) -> None:
+        self.clips, self.tic = 0, time.perf_counter()
+
+    def row(self) -> dict[str, float]:
+        rate = self.clips / max(1e-9, time.perf_counter() - self.tic)
+        return {**{k: v / max(1, self.steps) for k, v in self.sums.items()}, "clips_per_s": rate}
 
 
 def _to(batch: dict, device: torch.device) -> dict:
