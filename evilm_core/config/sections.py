@@ -68,3 +68,15 @@ class RunSections:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def check_model_fits_data(recipe) -> None:
+    """The frames the data section gives must be the frames the model takes: the region grid of
+    the model, the tokenizer and the label cache all follow from data.image_size (DESIGN 3).
+    `recipe.model` needs `image_size` and `max_frames`; raises ValueError naming both values."""
+    if recipe.model.image_size != recipe.data.image_size:
+        raise ValueError(f"model.image_size ({recipe.model.image_size}) differs from data.image_size "
+                         f"({recipe.data.image_size})")
+    if recipe.data.num_frames > recipe.model.max_frames:
+        raise ValueError(f"data.num_frames ({recipe.data.num_frames}) exceeds model.max_frames "
+                         f"({recipe.model.max_frames})")

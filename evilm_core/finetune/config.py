@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from evilm_core.config.loader import path_field, register_recipe
-from evilm_core.config.sections import RunSections
+from evilm_core.config.sections import RunSections, check_model_fits_data
 from evilm_core.models.config import EViLMConfig
 
 TASKS = ("qa", "mc", "retrieval", "probe")
@@ -70,13 +70,3 @@ class FinetuneRecipe(RunSections):
             raise ValueError(f"retrieval.temperature_init must be in (0, 1], got {self.retrieval.temperature_init}")
         if self.init.checkpoint is None:  # with a checkpoint the model comes from it; checked at start-up
             check_model_fits_data(self)
-
-
-def check_model_fits_data(recipe: FinetuneRecipe) -> None:
-    """The frames the data gives must be the frames the model takes (ValueError naming both)."""
-    if recipe.model.image_size != recipe.data.image_size:
-        raise ValueError(f"model.image_size ({recipe.model.image_size}) differs from data.image_size "
-                         f"({recipe.data.image_size})")
-    if recipe.data.num_frames > recipe.model.max_frames:
-        raise ValueError(f"data.num_frames ({recipe.data.num_frames}) exceeds model.max_frames "
-                         f"({recipe.model.max_frames})")

@@ -24,7 +24,8 @@ from evilm_core.engine.distributed import barrier, init_distributed
 from evilm_core.engine.seed import seed_everything
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
-from evilm_core.finetune.config import FinetuneRecipe, check_model_fits_data
+from evilm_core.config.sections import check_model_fits_data
+from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import (CaptionFields, LabelFields, MCFields, QAFields, TaskDataset, answer_vocab,
                                       check_mc_records, label_vocab, normalize_answer, require_fields,
                                       texts_for_vocab)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from evilm_core.config.loader import path_field, register_recipe
-from evilm_core.config.sections import RunSections
+from evilm_core.config.sections import RunSections, check_model_fits_data
 from evilm_core.models.config import EViLMConfig
 
 
@@ -50,11 +50,7 @@ class PretrainRecipe(RunSections):
     init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self):
-        if self.model.image_size != self.data.image_size:
-            raise ValueError(f"model.image_size ({self.model.image_size}) differs from data.image_size "
-                             f"({self.data.image_size})")
-        if self.data.num_frames > self.model.max_frames:
-            raise ValueError(f"data.num_frames ({self.data.num_frames}) exceeds model.max_frames ({self.model.max_frames})")
+        check_model_fits_data(self)
         if self.loss.mvm > 0 and self.mvm.targets == "cache" and self.mvm.candidates % self.data.num_frames:
             raise ValueError(f"mvm.candidates ({self.mvm.candidates}) must be a multiple of data.num_frames "
                              f"({self.data.num_frames}): one frame is drawn per group of candidates")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from evilm_core.config.loader import path_field, register_recipe
-from evilm_core.config.sections import RunSections
+from evilm_core.config.sections import RunSections, check_model_fits_data
 
 GRID_STRIDE = 32  # student stride == tokenizer patch (DESIGN 3): a region is a 32x32 cell
 
@@ -63,9 +63,4 @@ class TokenizerRecipe(RunSections):
     def __post_init__(self):
         if self.model.image_size == 0:
             self.model.image_size = self.data.image_size
-        if self.model.image_size != self.data.image_size:
-            raise ValueError(f"model.image_size ({self.model.image_size}) differs from data.image_size "
-                             f"({self.data.image_size}); the code grid must match the frames")
-        if self.data.num_frames > self.model.max_frames:
-            raise ValueError(f"data.num_frames ({self.data.num_frames}) exceeds model.max_frames "
-                             f"({self.model.max_frames})")
+        check_model_fits_data(self)
