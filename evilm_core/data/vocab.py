@@ -57,7 +57,7 @@ def build_vocab(texts: Iterable[str], max_words: int | None = None, top_share: f
 def save_vocab(vocab: list[str], directory: str | Path) -> Path:
     path = Path(directory) / VOCAB_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(VOCAB_FILE + ".tmp")
+    tmp = path.with_name(f"{VOCAB_FILE}.{os.getpid()}.tmp")  # per process: concurrent writers never collide
     tmp.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
