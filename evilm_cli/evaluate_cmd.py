@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from evilm_cli.common import console, emit_json
-from evilm_cli.recipe_opts import load
+from evilm_cli.recipe_opts import OVERRIDES, load
 
 
 def register(app: typer.Typer) -> None:
@@ -17,10 +17,12 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Option(..., "--checkpoint",
                                         help="A checkpoint dir or run dir (final/, else newest step_*)."),
         split: str = typer.Option("test", "--split", help="Evaluate on data.test (test) or data.val (val)."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
+        overrides: list[str] = OVERRIDES,
         json_out: bool = typer.Option(False, "--json", help='Print {"task": ..., "metrics": {...}} on stdout.'),
     ):
-        """Evaluate a checkpoint on the recipe's task. Fine-tuned checkpoints use their task head;
+        """Evaluate a checkpoint on the recipe's task (the paper's metrics).
+
+        Fine-tuned checkpoints use their task head;
         a pre-trained checkpoint is evaluated zero-shot for mc (VTM match score) and retrieval
         (unimodal embeddings), as in the paper's Table 4. Accuracies and recalls are percentages.
 

@@ -7,19 +7,21 @@ from pathlib import Path
 import typer
 
 from evilm_cli.common import console, emit_json, is_main_process, progress
-from evilm_cli.recipe_opts import load
+from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, RESUME, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune(
         recipe: Path = typer.Argument(..., help="A `kind: finetune` recipe (task: qa | mc | retrieval | probe)."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output.dir."),
-        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe and exit."),
+        overrides: list[str] = OVERRIDES,
+        resume: bool = RESUME,
+        print_config: bool = PRINT_CONFIG,
         json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, metrics, task, skipped} on stdout."),
     ):
-        """Fine-tune E-ViLM on a downstream task (paper 4.2), starting from init.checkpoint (a
+        """Stage 3: fine-tune on QA, multiple choice, retrieval or a linear probe.
+
+        Fine-tune E-ViLM on a downstream task (paper 4.2), starting from init.checkpoint (a
         pre-trained checkpoint or run directory; null trains from scratch). qa, mc and retrieval
         train the whole model; probe freezes it and trains a linear classifier on cached features.
         The fine-tuned model is written to output.dir/final/; evaluate it with `evilm evaluate`.

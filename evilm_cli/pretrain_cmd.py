@@ -7,16 +7,16 @@ from pathlib import Path
 import typer
 
 from evilm_cli.common import console, emit_json, is_main_process, progress
-from evilm_cli.recipe_opts import load
+from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, RESUME, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
         recipe: Path = typer.Argument(..., help="A `kind: pretrain` recipe."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output.dir."),
-        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe and exit."),
+        overrides: list[str] = OVERRIDES,
+        resume: bool = RESUME,
+        print_config: bool = PRINT_CONFIG,
         json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics} on stdout."),
     ):
         """Stage 2: pre-train E-ViLM with MLM + VTM + MVM.

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from evilm_cli.common import console, emit_json
-from evilm_cli.recipe_opts import load
+from evilm_cli.recipe_opts import OVERRIDES, load
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         text_len: int = typer.Option(40, "--text-len", help="Caption length in tokens (no padding)."),
         vocab_size: int = typer.Option(None, "--vocab-size",
                                        help="Text vocabulary size [default: the recipe's, else the paper's 9,420]."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
+        overrides: list[str] = OVERRIDES,
         json_out: bool = typer.Option(False, "--json", help="Print {params, gflops, uncounted_ops, ...} on stdout."),
     ):
         """Count parameters and GFLOPs per model component (paper 4.1).

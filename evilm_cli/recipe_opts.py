@@ -17,3 +17,9 @@ def load(recipe: Path, overrides: list[str], expect: str | None = None, print_co
         typer.echo(dump_yaml(cfg), nl=False)
         raise typer.Exit(0)
     return cfg
+
+
+# The recipe options every recipe-driven command shares (one definition, one help text).
+OVERRIDES = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable).")
+RESUME = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output.dir.")
+PRINT_CONFIG = typer.Option(False, "--print-config", help="Print the resolved recipe and exit.")

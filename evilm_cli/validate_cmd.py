@@ -7,15 +7,15 @@ from pathlib import Path
 import typer
 
 from evilm_cli.common import console, emit_json
-from evilm_cli.recipe_opts import load
+from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate(
         recipe: Path = typer.Argument(..., help="Recipe YAML."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable)."),
-        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved recipe."),
+        overrides: list[str] = OVERRIDES,
+        print_config: bool = PRINT_CONFIG,
         json_out: bool = typer.Option(False, "--json", help="Print {recipe, kind, valid} on stdout."),
     ):
         """Check a recipe's keys, types and values without running anything.
