@@ -8,8 +8,8 @@ import sys
 
 import typer
 
-from evilm_cli import (data_cmd, evaluate_cmd, finetune_cmd, label_cmd, pretrain_cmd, profile_cmd, tokenize_cmd,
-                       validate_cmd)
+from evilm_cli import (data_cmd, evaluate_cmd, finetune_cmd, label_cmd, pretrain_cmd, profile_cmd,
+                       quickstart_cmd, retrieve_cmd, tokenize_cmd, validate_cmd)
 from evilm_cli.common import STATE, console, setup_logging
 from evilm_core import __version__
 from evilm_core.errors import EvilmError, TrainingInterrupted
@@ -22,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(retrieve_cmd.app, name="retrieve")
 tokenize_cmd.register(app)
 pretrain_cmd.register(app)
 finetune_cmd.register(app)
@@ -29,6 +30,7 @@ evaluate_cmd.register(app)
 label_cmd.register(app)
 validate_cmd.register(app)
 profile_cmd.register(app)
+quickstart_cmd.register(app)
 
 
 def _version(value: bool):

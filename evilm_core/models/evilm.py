@@ -100,18 +100,34 @@ class EViLM(nn.Module):
         h = self.fusion(self.text(ids, mask), mask, video)
         return {"cls": h[:, 0].unflatten(0, (b, k))}
 
+    def forward_pretrain(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         clean_ids: torch.Tensor, clean_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """forward_features plus the unimodal retrieval embeddings ("video_emb", "text_emb" [B, E])
+        of the same clips (video encoded once) and of their own, unmasked captions: the inputs of
+        the optional video-text contrastive term of pre-training."""
+        video = self.video(pixels)
+        text = self.text(input_ids, attention_mask)
+        h = self.fusion(text, attention_mask, video)
+        n_text = text.shape[1]
+        video_emb = F.normalize(self.retrieval["video"](self.fusion(None, None, video)[:, 0]), dim=-1)
+        return {"cls": h[:, 0], "text": h[:, 1:1 + n_text], "video": h[:, 1 + n_text:], "video_emb": video_emb,
+                "text_emb": self.embed_text(clean_ids, clean_mask)}
+
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                mode: str = "joint") -> dict:
+                mode: str = "joint", clean_ids: torch.Tensor | None = None,
+                clean_mask: torch.Tensor | None = None) -> dict:
         """The call every training task goes through, so DDP sees one forward per step:
         joint -> forward_features; options -> forward_options; unimodal -> {"video", "text"}
-        retrieval embeddings (embed_video, embed_text)."""
+        retrieval embeddings (embed_video, embed_text); pretrain -> forward_pretrain."""
         if mode == "joint":
             return self.forward_features(pixels, input_ids, attention_mask)
+        if mode == "pretrain":
+            return self.forward_pretrain(pixels, input_ids, attention_mask, clean_ids, clean_mask)
         if mode == "options":
             return self.forward_options(pixels, input_ids, attention_mask)
         if mode == "unimodal":
             return {"video": self.embed_video(pixels), "text": self.embed_text(input_ids, attention_mask)}
-        raise ValueError(f"unknown forward mode {mode!r} (joint | options | unimodal)")
+        raise ValueError(f"unknown forward mode {mode!r} (joint | options | unimodal | pretrain)")
 
     def video_cls(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^V + t^V] -> the [CLS] output [B, D] (before the retrieval projection)."""

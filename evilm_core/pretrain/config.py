@@ -24,6 +24,7 @@ class PretrainLossConfig:
     mlm: float = 1.0  # weight of L_MLM (0 switches it and word masking off)
     vtm: float = 1.0  # weight of L_VTM (0 switches it and mismatched pairs off)
     mvm: float = 1.0  # weight of L_MVM (0 switches it and video masking off)
+    vtc: float = 0.0  # weight of a video-text contrastive term (not in the paper; 0 = the paper's eq. 8)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from evilm_core.engine.distributed import barrier, init_distributed
 from evilm_core.engine.seed import seed_everything
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
+from evilm_core.finetune.scoring import contrastive_loss
 from evilm_core.models.evilm import EViLM
 from evilm_core.pretrain.config import PretrainRecipe
 from evilm_core.pretrain.data import PretrainDataset, TextTokens, open_label_cache
@@ -37,6 +38,13 @@ MASK_ID, SPECIAL_IDS = SPECIAL_TOKENS.index("[MASK]"), list(range(len(SPECIAL_TO
 
 def _unwrap(model: nn.Module) -> EViLM:
     return model.module if hasattr(model, "module") else model
+
+
+def same_caption(captions: list[str], device: torch.device) -> torch.Tensor:
+    """[B, B] bool: rows i and j have the same caption (both count as positives)."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    key = torch.tensor([ids[c] for c in captions], device=device)
+    return key[:, None] == key[None, :]
 
 
 def masked_ce(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, sel: torch.Tensor):
@@ -59,7 +67,7 @@ class PretrainTask:
         self.model = EViLM(recipe.model)
         # Parameters no pre-training loss reaches are frozen here, so DDP (which waits for every
         # trainable parameter's gradient) never stalls and AdamW does not decay them for nothing.
-        unused = [self.model.retrieval, self.model.logit_scale]
+        unused = [self.model.retrieval, self.model.logit_scale] if recipe.loss.vtc <= 0 else []
         unused += [self.model.heads[name] for name in ("mlm", "vtm", "mvm") if getattr(recipe.loss, name) <= 0]
         for module in unused:
             for p in ([module] if isinstance(module, nn.Parameter) else module.parameters()):
@@ -68,6 +76,7 @@ class PretrainTask:
     def loss(self, model: nn.Module, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         w, m = self.recipe.loss, self.recipe.masking
         pixels, ids, attn = batch["pixels"], batch["input_ids"], batch["attention_mask"]
+        clean_ids, clean_attn = ids, attn  # each clip's own caption, unmasked (contrastive term)
         b, t = pixels.shape[:2]
         grid = self.recipe.model.grid
         match = torch.ones(b, dtype=torch.long, device=pixels.device)
@@ -85,9 +94,17 @@ class PretrainTask:
             masked_pixels = mask_pixels(pixels, regions)
         else:
             masked_pixels = pixels
-        out = model(masked_pixels, ids, attn)  # DDP-safe: the module's forward is forward_features
+        if w.vtc > 0:  # one forward either way, so DDP sees a single call per step
+            out = model(masked_pixels, ids, attn, mode="pretrain", clean_ids=clean_ids, clean_mask=clean_attn)
+        else:
+            out = model(masked_pixels, ids, attn)
         heads = _unwrap(model).heads
         parts, loss = {}, pixels.new_zeros(())
+        if w.vtc > 0:
+            positives = same_caption(batch["caption"], pixels.device)
+            parts["vtc_loss"] = contrastive_loss(out["video_emb"], out["text_emb"], _unwrap(model).logit_scale,
+                                                 positives)
+            loss = loss + w.vtc * parts["vtc_loss"]
         vtm_logits = heads["vtm"](out["cls"])
         if w.vtm > 0:
             parts["vtm_loss"] = F.cross_entropy(vtm_logits.float(), match)
@@ -216,6 +233,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: Calla
         missing, unexpected = task.model.load_state_dict(ckpt.read_weights(recipe.init.checkpoint), strict=False)
         log.info("initialised from %s (%d missing, %d unexpected keys)", recipe.init.checkpoint, len(missing),
                  len(unexpected))
-    log.info("pretrain: %d clips, %.2fM trunk parameters, losses mlm=%g vtm=%g mvm=%g (%s targets)", len(train),
-             task.model.trunk_parameters() / 1e6, recipe.loss.mlm, recipe.loss.vtm, recipe.loss.mvm, recipe.mvm.targets)
+    log.info("pretrain: %d clips, %.2fM trunk parameters, losses mlm=%g vtm=%g mvm=%g vtc=%g (%s targets)",
+             len(train), task.model.trunk_parameters() / 1e6, recipe.loss.mlm, recipe.loss.vtm, recipe.loss.mvm,
+             recipe.loss.vtc, recipe.mvm.targets)
     return Trainer(recipe, task, train, info, progress).fit(resume=resume)

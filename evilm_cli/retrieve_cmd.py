@@ -1,0 +1,107 @@
+"""`evilm retrieve index` and `evilm retrieve query`: text-to-video search over a collection."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from evilm_cli.common import console, emit_json, progress
+from evilm_core.errors import EvilmError
+
+app = typer.Typer(help="Index videos and answer text queries (text-to-video search).", no_args_is_help=True)
+
+
+@app.command("index")
+def index(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint dir or run dir (final/, else newest step_*)."),
+    out: Path = typer.Option(..., "--out", help="Index directory: created, resumed, or extended with new videos."),
+    videos: Path = typer.Option(None, "--videos", help="Index every video file under this directory."),
+    manifest: Path = typer.Option(None, "--manifest", help="Index the distinct videos of this manifest."),
+    root: Path = typer.Option(None, "--root", help="Where a manifest's relative paths resolve (default: its directory)."),
+    frames: int = typer.Option(4, "--frames", min=1, help="Frames per video (segment centres)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos per forward pass."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Decoding processes (0: decode in this process)."),
+    part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption loses)."),
+    shard: str = typer.Option(None, "--shard", help="i/n: embed only videos i, i+n, ... (one run per node, same --out)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+):
+    """Embed videos with a checkpoint's video side into a searchable index.
+
+    Re-running resumes an interrupted run; running on an existing index adds the videos it
+    lacks; shards may run at once into the same --out (the last to finish folds the parts in).
+
+    Example: evilm retrieve index --checkpoint runs/synthetic/retrieval --manifest data/synth/test.jsonl --out runs/synthetic/index
+    """
+    from evilm_core.label.cache import parse_shard
+    from evilm_core.retrieval.build import IndexRequest, build_index
+
+    req = IndexRequest(checkpoint=str(checkpoint), out=str(out), videos=str(videos) if videos else None,
+                       manifest=str(manifest) if manifest else None, root=str(root) if root else None,
+                       num_frames=frames, batch_size=batch_size, num_workers=workers,
+                       shard=parse_shard(shard) or (0, 1), part_size=part_size, device=device)
+    with progress("retrieve index") as update:
+        summary = build_index(req, progress=update)
+    state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
+    console.print(f"index {summary['index']}: {summary['embedded']} embedded now, {summary['already']} already there, "
+                  f"{summary['skipped']} skipped, {summary['total']} videos in the collection; {state}", highlight=False)
+    if json_out:
+        emit_json(summary)
+
+
+def _queries(args: list[str]):
+    """Arguments, else stdin one per line (blank lines are passed over)."""
+    from evilm_core.retrieval.query import check_query
+
+    if args:
+        for i, text in enumerate(args, 1):
+            yield check_query(text, f"query argument {i}")
+        return
+    if sys.stdin.isatty():
+        raise EvilmError("no query: give QUERY arguments or pipe queries one per line on stdin")
+    for line in sys.stdin:
+        if line.strip():
+            yield line.strip()
+
+
+@app.command("query")
+def query(
+    queries: list[str] = typer.Argument(None, help="Query texts; none: read one per line from stdin."),
+    index_dir: Path = typer.Option(..., "--index", help="An index directory (`evilm retrieve index --out`)."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="Results per query."),
+    checkpoint: Path = typer.Option(None, "--checkpoint",
+                                    help="The model's checkpoint if it moved (default: the one the index records)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per result: query, rank, key, score."),
+    sheet: Path = typer.Option(None, "--contact-sheet", help="Also draw the top-k clips of every query into this PNG."),
+):
+    """Find the clips that best match text queries.
+
+    Prints one line per result, tab-separated: query, rank, key, score (or JSON with --json),
+    flushed per query so it streams in a pipeline. Loads only the text side of the model.
+
+    Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red circle moves left on a black background"
+    Pipeline: cut -f2 captions.tsv | evilm retrieve query --index runs/synthetic/index --json | jq .key
+    """
+    from evilm_core.retrieval.query import Searcher
+
+    searcher = Searcher(index_dir, checkpoint)
+    rows, answered = [], 0
+    for hits in searcher.stream(_queries(queries or []), k):
+        answered += 1
+        for hit in hits:
+            line = json.dumps({"query": hit.query, "rank": hit.rank, "key": hit.key, "score": round(hit.score, 6)}) \
+                if json_out else f"{hit.query}\t{hit.rank}\t{hit.key}\t{hit.score:.6f}"
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        if sheet is not None:
+            rows.append(hits)
+    if not answered:
+        raise EvilmError("no query: stdin held only blank lines")
+    if sheet is not None:
+        from evilm_core.retrieval.contact_sheet import contact_sheet
+
+        path = contact_sheet(rows, searcher.index.meta.root, sheet)
+        console.print(f"contact sheet: {path}", highlight=False)

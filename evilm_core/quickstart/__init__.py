@@ -1,0 +1,1 @@
+"""`evilm quickstart`: the bundled small recipes and the stage runner."""

@@ -1,0 +1,181 @@
+"""`evilm quickstart`: the whole pipeline on synthetic data, in one directory.
+
+    data synth -> tokenize-train -> label -> pretrain -> finetune retrieval, qa -> retrieve index
+    -> evaluate -> profile
+
+Each stage's recipe is written to DIR/recipes/ and its result to DIR/stages/<stage>.json when it
+finishes; a re-run with the same DIR skips finished stages and continues an interrupted training
+stage from its last checkpoint. Every artefact stays in DIR for the individual commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Callable, ContextManager
+
+from evilm_core.config.loader import from_dict, recipe_kinds, save_yaml
+from evilm_core.errors import EvilmError
+from evilm_core.quickstart.recipes import SIZES, QuickstartSize, finetune_recipe, pretrain_recipe, tokenizer_recipe
+
+log = logging.getLogger("evilm.quickstart")
+STAGES = ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
+StageProgress = Callable[[str], ContextManager[Callable]]
+
+
+class Quickstart:
+    def __init__(self, out: str | Path, size: str = "default", seed: int = 0,
+                 stage_progress: StageProgress | None = None):
+        if size not in SIZES:
+            raise EvilmError(f"--size {size!r} is not a quickstart size; choose one of {', '.join(SIZES)}")
+        self.out, self.size, self.seed = Path(out).absolute(), SIZES[size], seed
+        self.size_name = size
+        self.stage_progress = stage_progress or (lambda name: nullcontext(None))
+        self.results: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _marker(self, stage: str) -> Path:
+        return self.out / "stages" / f"{stage}.json"
+
+    def _check_settings(self) -> None:
+        """A DIR started with other settings would mix runs: refuse instead of resuming."""
+        path, mine = self.out / "quickstart.json", {"size": self.size_name, "seed": self.seed}
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved != mine:
+                raise EvilmError(f"{self.out} holds a quickstart run with {saved}, not {mine}; use another --out "
+                                 "or the same settings to resume it")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(mine) + "\n", encoding="utf-8")
+
+    def _recipe(self, name: str, raw: dict):
+        """Write DIR/recipes/<name>.yaml and return it as a typed recipe."""
+        path = self.out / "recipes" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_yaml(raw, path)
+        return from_dict(recipe_kinds()[raw["kind"]], raw)
+
+    def run_stage(self, stage: str, fn: Callable[[Callable | None], dict]) -> dict:
+        marker = self._marker(stage)
+        if marker.is_file():
+            self.results[stage] = json.loads(marker.read_text(encoding="utf-8"))
+            log.info("quickstart: %s already done (%s), skipped", stage, marker)
+            return self.results[stage]
+        start = time.perf_counter()
+        with self.stage_progress(stage) as update:
+            result = fn(update)
+        result = {**result, "seconds": round(time.perf_counter() - start, 2)}
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, marker)
+        self.results[stage] = result
+        log.info("quickstart: %s done in %.1f s", stage, result["seconds"])
+        return result
+
+    # ------------------------------------------------------------------ stages
+
+    def data(self, update) -> dict:
+        from evilm_core.data.synth import generate
+
+        s = self.size
+        summary = generate(self.out / "data", num_videos=s.videos, seed=self.seed, frames=s.frames,
+                           size=s.image_size, workers=os.cpu_count(), progress=update)
+        return {"splits": summary["splits"], "dir": str(self.out / "data")}
+
+    def tokenizer(self, update) -> dict:
+        from evilm_core.tokenizer.train import train_tokenizer
+
+        recipe = self._recipe("tokenizer", tokenizer_recipe(self.out, self.size, self.seed))
+        result = train_tokenizer(recipe, resume=True, progress=update)
+        return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / "tokenizer")}
+
+    def label(self, update) -> dict:
+        from evilm_core.label.labeler import run_label
+
+        summary = run_label(manifest=self.out / "data" / "train.jsonl", tokenizer=self.out / "tokenizer",
+                            out=self.out / "labels", num_candidates=2 * self.size.num_frames, batch_size=16,
+                            num_workers=0, device="auto", progress=update)
+        return {"codebook_usage": summary["codebook_usage"], "labelled": summary["labelled"],
+                "skipped": summary["skipped"], "dir": summary["out"]}
+
+    def pretrain(self, update) -> dict:
+        from evilm_core.pretrain.train import train_pretrain
+
+        recipe = self._recipe("pretrain", pretrain_recipe(self.out, self.size, self.seed))
+        result = train_pretrain(recipe, resume=True, progress=update)
+        return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / "pretrain")}
+
+    def finetune(self, task: str, update) -> dict:
+        from evilm_core.finetune.train import train_finetune
+
+        init = str(self.out / "pretrain" / "final")
+        recipe = self._recipe(task, finetune_recipe(self.out, self.size, self.seed, task, init))
+        result = train_finetune(recipe, resume=True, progress=update)
+        return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / task)}
+
+    def index(self, update) -> dict:
+        from evilm_core.retrieval.build import IndexRequest, build_index
+
+        req = IndexRequest(checkpoint=str(self.out / "retrieval" / "final"), out=str(self.out / "index"),
+                           manifest=str(self.out / "data" / "test.jsonl"), num_frames=self.size.num_frames,
+                           batch_size=self.size.batch_size, num_workers=0)
+        summary = build_index(req, progress=update)
+        return {"videos": summary["total"], "skipped": summary["skipped_total"], "dir": summary["index"]}
+
+    def evaluate(self, update) -> dict:
+        from evilm_core.finetune.evaluate import evaluate_checkpoint
+
+        metrics = {}
+        for i, task in enumerate(("retrieval", "qa")):
+            recipe = from_dict(recipe_kinds()["finetune"],
+                               finetune_recipe(self.out, self.size, self.seed, task, None))
+            metrics[task] = evaluate_checkpoint(recipe, self.out / task / "final", "test")["metrics"]
+            if update:
+                update(i + 1, 2)
+        return metrics
+
+    def profile(self, update) -> dict:
+        from evilm_core.models.profile import profile_recipe
+
+        recipe = from_dict(recipe_kinds()["pretrain"], pretrain_recipe(self.out, self.size, self.seed))
+        vocab = (self.out / "pretrain" / "final" / "vocab.txt").read_text(encoding="utf-8").count("\n")
+        result = profile_recipe(recipe, vocab_size=vocab)
+        return {"params": result["params"], "gflops": result["gflops"]}
+
+    # ------------------------------------------------------------------ all
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        self._check_settings()
+        for stage in STAGES:
+            if stage in ("retrieval", "qa"):
+                self.run_stage(stage, lambda update, task=stage: self.finetune(task, update))
+            else:
+                self.run_stage(stage, getattr(self, stage))
+        return self.summary(time.perf_counter() - start)
+
+    def summary(self, seconds: float) -> dict:
+        r = self.results
+        ret, qa = r["evaluate"]["retrieval"], r["evaluate"]["qa"]
+        n = ret["num_videos"]
+        return {
+            "retrieval": {**{k: ret[k] for k in ("t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_MdR")},
+                          "chance_R@1": min(100.0, 100.0 / n), "chance_R@5": min(100.0, 500.0 / n),
+                          "chance_R@10": min(100.0, 1000.0 / n),
+                          "num_videos": n},
+            "qa": {"accuracy": qa["accuracy"], "majority_baseline": qa["majority_baseline"],
+                   "num_examples": qa["num_examples"]},
+            "codebook_usage": r["label"]["codebook_usage"],
+            "params": r["profile"]["params"]["total_without_heads"], "gflops": r["profile"]["gflops"]["total"],
+            "seconds": round(seconds, 1),
+            "stage_seconds": {s: r[s]["seconds"] for s in STAGES},
+            "artefacts": {s: r[s]["dir"] for s in ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index")},
+            "out": str(self.out),
+        }

@@ -1,0 +1,140 @@
+"""`evilm retrieve index`: embed a video collection with a checkpoint's video side."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from evilm_core.config.sections import DataConfig
+from evilm_core.data.dataset import collate_clips, video_root
+from evilm_core.data.manifest import ClipRecord, read_manifest
+from evilm_core.engine import checkpoint as ckpt
+from evilm_core.engine.distributed import pick_device
+from evilm_core.errors import EvilmError
+from evilm_core.finetune.data import TaskDataset
+from evilm_core.finetune.loading import load_checkpoint, resolve_checkpoint
+from evilm_core.retrieval.index import (FORMAT, META, SKIPPED, IndexMeta, ProgressFn, consolidate, indexed_keys,
+                                        list_videos, read_meta, record_skipped, shard_of, write_meta, write_part)
+
+log = logging.getLogger("evilm.retrieve")
+
+
+@dataclass
+class IndexRequest:
+    checkpoint: str  # checkpoint dir or run dir (final/, else newest step_*)
+    out: str  # index directory (created, or extended when it exists)
+    videos: str | None = None  # a directory of video files (keys: paths under it)
+    manifest: str | None = None  # a manifest (keys: its `video` fields)
+    root: str | None = None  # where a manifest's relative paths resolve (default: its directory)
+    num_frames: int = 4  # frames per video, segment centres
+    batch_size: int = 32  # videos per forward pass
+    num_workers: int = 2  # decode workers
+    shard: tuple[int, int] = (0, 1)  # (i, n): this run embeds keys i, i+n, i+2n, ...
+    part_size: int = 1024  # videos per part file: at most this much work is lost to an interruption
+    device: str = "auto"  # auto | cpu | cuda[:i]
+
+
+def collection(req: IndexRequest) -> tuple[list[str], str]:
+    """-> (keys in a fixed order, root the keys resolve against)."""
+    if (req.videos is None) == (req.manifest is None):
+        raise EvilmError("give exactly one of --videos DIR and --manifest FILE")
+    if req.videos is not None:
+        return list_videos(req.videos), str(Path(req.videos).absolute())
+    records = read_manifest(req.manifest)
+    keys = list(dict.fromkeys(r.video for r in records))
+    if not keys:
+        raise EvilmError(f"--manifest {req.manifest}: no clips in it")
+    return keys, str(Path(video_root(req.root, req.manifest)).absolute())
+
+
+def _open_or_create(out: Path, checkpoint: Path, model_hash: str, embed_dim: int, req: IndexRequest, image_size: int,
+                    root: str) -> IndexMeta:
+    if (out / META).is_file():
+        meta = read_meta(out)
+        if meta.model_hash != model_hash:
+            raise EvilmError(f"index {out} was built with another model ({meta.checkpoint}, sha256 "
+                             f"{meta.model_hash[:12]}) than {checkpoint} (sha256 {model_hash[:12]}); "
+                             "write to a new --out directory")
+        if meta.num_frames != req.num_frames:
+            raise EvilmError(f"index {out} samples {meta.num_frames} frames per video but --frames is "
+                             f"{req.num_frames}; use the same value to extend it")
+        if meta.root != root:
+            log.warning("index %s: new videos resolve against %s (index root: %s)", out, root, meta.root)
+        return meta
+    if out.exists() and any(out.iterdir()):
+        raise EvilmError(f"--out {out} exists and is not an index (no {META}); choose a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = IndexMeta(FORMAT, model_hash, str(checkpoint.absolute()), embed_dim, req.num_frames, image_size, root)
+    write_meta(out, meta)
+    return meta
+
+
+def _skipped_keys(out: Path) -> set[str]:
+    path = out / SKIPPED
+    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()} if path.is_file() else set()
+
+
+def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
+    """Embed the videos of this shard that the index lacks; fold parts in once all are there.
+    Returns counts: total, embedded (this run), already (present before), skipped, complete."""
+    i, n = req.shard
+    if not 0 <= i < n:
+        raise EvilmError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    keys, root = collection(req)
+    directory = resolve_checkpoint(req.checkpoint)
+    model_hash = ckpt.file_sha256(directory / ckpt.WEIGHTS)
+    loaded = load_checkpoint(directory)
+    net, out = loaded.model, Path(req.out)
+    meta = _open_or_create(out, directory, model_hash, net.cfg.embed_dim, req, net.cfg.image_size, root)
+    done = indexed_keys(out) | _skipped_keys(out)
+    mine = shard_of(keys, req.shard)
+    todo = [k for k in mine if k not in done]
+    log.info("index %s: %d videos, shard %d/%d owns %d, %d to embed", out, len(keys), i, n, len(mine), len(todo))
+    counts = {"total": len(keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0}
+    if todo:
+        device = pick_device(req.device)
+        net.to(device).eval()
+        _embed(net, todo, root, req, meta, out, device, counts, progress)
+    present = indexed_keys(out) | _skipped_keys(out)
+    counts["complete"] = all(k in present for k in keys)
+    if counts["complete"]:
+        consolidate(out, meta)
+    counts["skipped_total"] = len(_skipped_keys(out))
+    counts["index"] = str(out)
+    return counts
+
+
+@torch.no_grad()
+def _embed(net, todo: list[str], root: str, req: IndexRequest, meta: IndexMeta, out: Path, device: torch.device,
+           counts: dict, progress: ProgressFn | None) -> None:
+    data = DataConfig(num_frames=req.num_frames, image_size=meta.image_size, batch_size=req.batch_size,
+                      num_workers=req.num_workers)
+    dataset = TaskDataset([ClipRecord(video=k) for k in todo], root, data, train=False, fields=None)
+    loader = DataLoader(dataset, batch_size=req.batch_size, shuffle=False, collate_fn=collate_clips,
+                        num_workers=req.num_workers, multiprocessing_context="spawn" if req.num_workers else None)
+    keys, embs, seen, start = [], [], 0, time.monotonic()
+    name = f"{time.time_ns():x}-s{req.shard[0]}of{req.shard[1]}"
+    for batch in loader:
+        seen += batch["size"] + len(batch["skipped"])
+        if batch["skipped"]:
+            record_skipped(out, batch["skipped"])
+            counts["skipped"] += len(batch["skipped"])
+            for video, reason, detail in batch["skipped"]:
+                log.warning("skipped %s (%s: %s)", video, reason, detail)
+        if batch["size"]:
+            embs.append(net.embed_video(batch["pixels"].to(device)).float().cpu())
+            keys += batch["video"]
+        if len(keys) >= req.part_size:
+            write_part(out, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs))
+            counts["embedded"] += len(keys)
+            keys, embs = [], []
+        if progress:
+            progress(seen, len(todo), videos_per_s=seen / max(1e-9, time.monotonic() - start))
+    if keys:
+        write_part(out, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs))
+        counts["embedded"] += len(keys)

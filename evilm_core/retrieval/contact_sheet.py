@@ -1,0 +1,64 @@
+"""A contact sheet of retrieval results: one row per query, its top-k clips left to right,
+each shown by its middle frame with rank, score and key underneath."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from evilm_core.data.manifest import resolve_video
+from evilm_core.data.video import read_frames
+from evilm_core.errors import VideoDecodeError
+
+log = logging.getLogger("evilm.retrieve")
+TILE, CAPTION_H, QUERY_H, PAD = 160, 30, 22, 6
+
+
+def middle_frame(path: Path, size: int = TILE) -> np.ndarray | None:
+    try:
+        return read_frames(path, lambda n: [n // 2], size).frames[0]
+    except VideoDecodeError as err:
+        log.warning("contact sheet: %s unreadable (%s)", path, err.reason)
+        return None
+
+
+def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
+    """Shorten `text` from the left (keys differ at their ends) until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("..." + text, font=font) > width:
+        text = text[1:]
+    return "..." + text
+
+
+def contact_sheet(rows: list[list], root: str, out: str | Path) -> Path:
+    """rows: per query, its list of Hit (query, rank, key, score). Writes a PNG and returns its path."""
+    k = max((len(r) for r in rows), default=0)
+    width = PAD + k * (TILE + PAD)
+    height = PAD + len(rows) * (QUERY_H + TILE + CAPTION_H + PAD)
+    sheet = Image.new("RGB", (max(width, 320), height), (255, 255, 255))
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
+    y = PAD
+    for hits in rows:
+        if hits:
+            draw.text((PAD, y + 4), _fit(f"query: {hits[0].query}", draw, font, sheet.width - 2 * PAD), fill=(0, 0, 0),
+                      font=font)
+        y += QUERY_H
+        for col, hit in enumerate(hits):
+            x = PAD + col * (TILE + PAD)
+            frame = middle_frame(resolve_video(hit.key, root))
+            if frame is None:
+                draw.rectangle([x, y, x + TILE - 1, y + TILE - 1], outline=(200, 0, 0))
+                draw.text((x + 8, y + TILE // 2), "unreadable", fill=(200, 0, 0), font=font)
+            else:
+                sheet.paste(Image.fromarray(frame), (x, y))
+            draw.text((x, y + TILE + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(0, 0, 0), font=font)
+            draw.text((x, y + TILE + 15), _fit(hit.key, draw, font, TILE), fill=(60, 60, 60), font=font)
+        y += TILE + CAPTION_H + PAD
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -1,0 +1,236 @@
+"""A video index for text-to-video search: unimodal video embeddings of a collection.
+
+Layout of an index directory:
+
+    index.yaml                  {format, model_hash, checkpoint, embed_dim, num_frames, image_size, root, count}
+    embeddings.safetensors      "embeddings" [N, E] float32, l2-normalised, row i = line i of keys.txt
+    keys.txt                    one key per line: the manifest's `video` path, or the path under --videos
+    parts/                      batches written while indexing (resumable), folded in when complete
+    skipped.tsv                 key, reason, detail of every video that could not be decoded
+
+Building is resumable and shardable: each run embeds only the keys its shard owns that no
+part or consolidated file holds yet, writing a part every `part_size` videos (temp file, then
+rename), so an interrupted run loses at most one part. When every key of the collection is
+present, the parts are folded into embeddings.safetensors + keys.txt (under a lock file, so
+concurrent shards never fold twice). Indexing into an existing index adds the new videos.
+
+Embeddings are memory-mapped at query time (`IndexView`): the safetensors header gives the
+byte offset of the tensor, so a million-video index is searched without reading it into RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from evilm_core.config.loader import save_yaml
+from evilm_core.errors import EvilmError
+
+log = logging.getLogger("evilm.retrieve")
+FORMAT = "evilm-index/1"
+META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors", "keys.txt", "parts", "skipped.tsv"
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
+
+
+@dataclass
+class IndexMeta:
+    format: str  # FORMAT
+    model_hash: str  # sha256 of the checkpoint's model.safetensors: queries must use the same model
+    checkpoint: str  # absolute path of the checkpoint the index was built with
+    embed_dim: int  # E
+    num_frames: int  # frames sampled per video (segment centres)
+    image_size: int  # frames are resized to image_size x image_size
+    root: str  # where relative keys resolve (for contact sheets)
+    count: int = 0  # consolidated rows
+
+
+def read_meta(directory: str | Path) -> IndexMeta:
+    import yaml
+
+    directory = Path(directory)
+    path = directory / META
+    if not directory.is_dir():
+        raise EvilmError(f"{directory} is not an index directory: it does not exist (build one with "
+                         "`evilm retrieve index --checkpoint CKPT --videos DIR --out INDEX`)")
+    if not path.is_file():
+        raise EvilmError(f"{directory} is not an index directory: it has no {META} "
+                         "(build one with `evilm retrieve index`)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise EvilmError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise EvilmError(f"{path} is not an evilm index (format {raw.get('format') if isinstance(raw, dict) else None!r}"
+                         f", expected {FORMAT!r})")
+    try:
+        return IndexMeta(**raw)
+    except TypeError as err:
+        raise EvilmError(f"{path} is damaged: {err}") from None
+
+
+def write_meta(directory: Path, meta: IndexMeta) -> None:
+    tmp = directory / f".{META}.{os.getpid()}"
+    save_yaml(asdict(meta), tmp)
+    os.replace(tmp, directory / META)
+
+
+def _read_keys(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.is_file() else []
+
+
+def _write_keys(path: Path, keys: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text("".join(k + "\n" for k in keys), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _part_files(directory: Path) -> list[Path]:
+    parts = directory / PARTS
+    return sorted(parts.glob("*.safetensors")) if parts.is_dir() else []
+
+
+def indexed_keys(directory: Path) -> set[str]:
+    """Every key already embedded: consolidated rows and finished parts."""
+    done = set(_read_keys(directory / KEYS))
+    for part in _part_files(directory):
+        done.update(_read_keys(part.with_suffix(".keys")))
+    return done
+
+
+def write_part(directory: Path, name: str, keys: list[str], embeddings: torch.Tensor) -> None:
+    """One finished batch: keys first, then the tensor renamed into place (a part counts only
+    once its .safetensors exists, and then its .keys is complete)."""
+    parts = directory / PARTS
+    parts.mkdir(exist_ok=True)
+    _write_keys(parts / f"{name}.keys", keys)
+    tmp = parts / f".{name}.{os.getpid()}.tmp"
+    save_file({"embeddings": embeddings.float().contiguous().cpu()}, str(tmp))
+    os.replace(tmp, parts / f"{name}.safetensors")
+
+
+def record_skipped(directory: Path, skipped: list[tuple[str, str, str]]) -> None:
+    if skipped:
+        with open(directory / SKIPPED, "a", encoding="utf-8") as fh:
+            fh.writelines(f"{k}\t{r}\t{' '.join(d.split())}\n" for k, r, d in skipped)
+
+
+def consolidate(directory: Path, meta: IndexMeta) -> bool:
+    """Fold parts into embeddings.safetensors + keys.txt. False if another process holds the lock."""
+    lock = directory / ".consolidate.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    try:
+        os.close(fd)
+        parts = _part_files(directory)
+        if not parts:
+            return True
+        keys, chunks = _read_keys(directory / KEYS), []
+        if keys:
+            chunks.append(load_file(str(directory / EMBEDDINGS))["embeddings"])
+        for part in parts:
+            keys += _read_keys(part.with_suffix(".keys"))
+            chunks.append(load_file(str(part))["embeddings"])
+        tmp = directory / f".{EMBEDDINGS}.{os.getpid()}"
+        save_file({"embeddings": torch.cat(chunks).contiguous()}, str(tmp))
+        os.replace(tmp, directory / EMBEDDINGS)  # the new file holds every part's rows...
+        _write_keys(directory / KEYS, keys)
+        meta.count = len(keys)
+        write_meta(directory, meta)
+        for part in parts:  # ...so removing the parts afterwards loses nothing
+            part.unlink()
+            part.with_suffix(".keys").unlink(missing_ok=True)
+        return True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _mapped_tensor(path: Path, name: str) -> np.ndarray:
+    """A float32 tensor of a safetensors file as a read-only memory map (no copy into RAM)."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    entry = header.get(name)
+    if entry is None or entry.get("dtype") != "F32":
+        raise EvilmError(f"{path} has no float32 tensor {name!r}: the index is damaged; rebuild it")
+    start, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    if shape[0] == 0:
+        return np.zeros(shape, dtype=np.float32)
+    return np.memmap(path, dtype=np.float32, mode="r", offset=8 + size + start, shape=shape)
+
+
+class IndexView:
+    """Read side: metadata, keys and the embedding rows (consolidated file memory-mapped, plus
+    any parts not folded in yet, e.g. while other shards are still running)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.meta = read_meta(self.directory)
+        self.keys: list[str] = _read_keys(self.directory / KEYS)
+        blocks: list[np.ndarray] = []
+        if self.keys:
+            mapped = _mapped_tensor(self.directory / EMBEDDINGS, "embeddings")
+            if mapped.shape[0] != len(self.keys):
+                raise EvilmError(f"{self.directory}: {EMBEDDINGS} has {mapped.shape[0]} rows but {KEYS} lists "
+                                 f"{len(self.keys)} keys; the index is damaged, rebuild it")
+            blocks.append(mapped)
+        for part in _part_files(self.directory):
+            self.keys += _read_keys(part.with_suffix(".keys"))
+            blocks.append(load_file(str(part))["embeddings"].numpy())
+        if not self.keys:
+            raise EvilmError(f"{self.directory} holds no embedded videos yet (every video skipped, or indexing "
+                             "has not finished a batch)")
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def search(self, queries: torch.Tensor, k: int, chunk: int = 262_144) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k rows by dot product for l2-normalised queries [Q, E] -> (scores [Q, k], rows [Q, k]),
+        scanning the rows in chunks so memory stays flat whatever the index size."""
+        k = min(k, len(self))
+        best_s = torch.full((queries.shape[0], 0), float("-inf"))
+        best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+        offset = 0
+        for block in self.blocks:
+            for start in range(0, block.shape[0], chunk):
+                rows = torch.from_numpy(np.ascontiguousarray(block[start:start + chunk]))
+                s = queries @ rows.T  # [Q, n]
+                top = s.topk(min(k, s.shape[1]), dim=1)
+                best_s = torch.cat([best_s, top.values], 1)
+                best_i = torch.cat([best_i, top.indices + offset + start], 1)
+                keep = best_s.topk(min(k, best_s.shape[1]), dim=1)
+                best_s, best_i = keep.values, best_i.gather(1, keep.indices)
+            offset += block.shape[0]
+        return best_s, best_i
+
+
+def list_videos(directory: str | Path) -> list[str]:
+    """Every video file under `directory` (recursively), as sorted paths relative to it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EvilmError(f"--videos {directory}: no such directory")
+    found = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                   if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not found:
+        raise EvilmError(f"--videos {directory}: no video files ({', '.join(VIDEO_SUFFIXES)}) in it")
+    return found
+
+
+def shard_of(keys: list[str], shard: tuple[int, int]) -> list[str]:
+    i, n = shard
+    return keys[i::n]
+
+
+ProgressFn = Callable[..., None]

@@ -1,0 +1,39 @@
+"""A reduced quickstart (`--size tiny`) through the console script: every stage runs, the JSON
+has the documented keys, every artefact is on disk, and a re-run resumes instead of redoing."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import last_json, run_evilm
+
+STAGES = ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
+
+
+def test_tiny_quickstart_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "qs"
+    first = last_json(run_evilm("quickstart", "--out", out, "--size", "tiny", "--json").stdout)
+    assert {"retrieval", "qa", "codebook_usage", "params", "gflops", "seconds"} <= set(first)
+    assert {"t2v_R@1", "t2v_R@5", "t2v_R@10", "chance_R@1"} <= set(first["retrieval"])
+    assert {"accuracy", "majority_baseline"} <= set(first["qa"])
+    assert first["retrieval"]["chance_R@1"] == 100.0 / first["retrieval"]["num_videos"]
+    assert 0 < first["codebook_usage"] <= 1 and first["params"] > 0 and first["gflops"] > 0
+    assert set(first["stage_seconds"]) == set(STAGES)
+    for path in ("tokenizer/final/model.safetensors", "labels/meta.json", "pretrain/final/model.safetensors",
+                 "pretrain/metrics.jsonl", "retrieval/final/model.safetensors", "qa/final/answers.txt",
+                 "index/embeddings.safetensors", "recipes/pretrain.yaml", "recipes/retrieval.yaml"):
+        assert (out / path).exists(), path
+    # the recipes it wrote are ordinary recipes
+    run_evilm("validate", out / "recipes" / "pretrain.yaml")
+
+    markers = {s: (out / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
+    again = run_evilm("quickstart", "--out", out, "--size", "tiny", "--json")
+    second = last_json(again.stdout)
+    assert "already done" in again.stderr
+    assert {s: (out / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES} == markers  # nothing redone
+    assert second["retrieval"] == first["retrieval"] and second["qa"] == first["qa"]
+    assert second["stage_seconds"] == first["stage_seconds"]
+
+    other = run_evilm("quickstart", "--out", out, "--size", "tiny", "--seed", "1", check=False)
+    assert other.returncode == 2 and "another --out" in other.stderr
+    assert json.loads((out / "quickstart.json").read_text()) == {"size": "tiny", "seed": 0}
