@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import struct
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -205,7 +206,7 @@ class IndexView:
         offset = 0
         for block in self.blocks:
             for start in range(0, block.shape[0], chunk):
-                rows = torch.from_numpy(np.ascontiguousarray(block[start:start + chunk]))
+                rows = _as_tensor(block[start:start + chunk])
                 s = queries @ rows.T  # [Q, n]
                 top = s.topk(min(k, s.shape[1]), dim=1)
                 best_s = torch.cat([best_s, top.values], 1)
@@ -214,6 +215,14 @@ class IndexView:
                 best_s, best_i = keep.values, best_i.gather(1, keep.indices)
             offset += block.shape[0]
         return best_s, best_i
+
+
+def _as_tensor(rows: np.ndarray) -> torch.Tensor:
+    """A read-only memory map as a tensor without copying; it is only read (a matmul operand),
+    so torch's warning about non-writable arrays does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(rows)
 
 
 def list_videos(directory: str | Path) -> list[str]:

@@ -37,3 +37,21 @@ def test_tiny_quickstart_end_to_end_and_resume(tmp_path):
     other = run_evilm("quickstart", "--out", out, "--size", "tiny", "--seed", "1", check=False)
     assert other.returncode == 2 and "another --out" in other.stderr
     assert json.loads((out / "quickstart.json").read_text()) == {"size": "tiny", "seed": 0}
+
+
+def test_synthetic_recipes_describe_the_quickstart_model():
+    """recipes/synthetic/* are the quickstart's settings written out: they must not drift apart."""
+    from pathlib import Path
+
+    from evilm_core.config.loader import load_recipe
+    from evilm_core.quickstart.recipes import SIZES, _model, tokenizer_recipe
+    from tests.conftest import REPO
+
+    model = _model(SIZES["default"])
+    for name in ("pretrain", "qa", "mc", "retrieval", "probe"):
+        recipe = load_recipe(REPO / "recipes" / "synthetic" / f"{name}.yaml")
+        assert {k: getattr(recipe.model, k) for k in model} == model, name
+        assert recipe.data.image_size == SIZES["default"].image_size, name
+    tok = load_recipe(REPO / "recipes" / "synthetic" / "tokenizer.yaml")
+    expected = tokenizer_recipe(Path("."), SIZES["default"], 0)["model"]
+    assert tok.model.codebook_size == expected["codebook_size"] and tok.model.encoder_args == expected["encoder_args"]
