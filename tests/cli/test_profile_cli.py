@@ -13,7 +13,7 @@ def test_profile_json_keys():
     assert keys <= set(out["params"]) and keys <= set(out["gflops"])
     assert set(out["params"]["heads"]) == {"mlm", "vtm", "mvm", "retrieval"}
     assert "video_encoder_per_frame" in out["gflops"]
-    assert (out["frames"], out["image_size"], out["text_len"]) == (2, 128, 40)
+    assert (out["frames"], out["image_size"], out["text_len"]) == (2, 96, 40)
     assert out["counting"] == "fvcore: one multiply-add = one FLOP"
     assert out["paper"]["gflops_total"] == 12.2
     assert isinstance(out["uncounted_ops"], dict)
