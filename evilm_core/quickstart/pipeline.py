@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from evilm_core.config.loader import from_dict, recipe_kinds, save_yaml
-from evilm_core.errors import EvilmError
+from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.quickstart.recipes import SIZES, QuickstartSize, finetune_recipe, pretrain_recipe, tokenizer_recipe
 
 log = logging.getLogger("evilm.quickstart")
@@ -68,8 +68,12 @@ class Quickstart:
             log.info("quickstart: %s already done (%s), skipped", stage, marker)
             return self.results[stage]
         start = time.perf_counter()
-        with self.stage_progress(stage) as update:
-            result = fn(update)
+        try:
+            with self.stage_progress(stage) as update:
+                result = fn(update)
+        except TrainingInterrupted as err:  # the trainer's hint (--resume) is not how a quickstart continues
+            raise TrainingInterrupted(f"quickstart stage {stage}: {err.args[0].split('; continue with')[0]}; run the "
+                                      f"same `evilm quickstart --out {self.out}` again to continue") from None
         result = {**result, "seconds": round(time.perf_counter() - start, 2)}
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(f".{os.getpid()}.tmp")
