@@ -24,8 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from evilm_core.config.loader import from_dict, recipe_kinds, save_yaml
-from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recipe, tokenizer_recipe
+from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recipe, tokenizer_recipe, write_recipe
 
 log = logging.getLogger("ablations")
 ABLATION_SIZES = {"default": replace(SIZES["default"], videos=600, pretrain_epochs=6, retrieval_epochs=5, qa_epochs=4),
@@ -50,12 +49,6 @@ def retarget(recipe: dict, data: Path, run: Path, mc: bool = False) -> dict:
     return recipe
 
 
-def typed(raw: dict, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_yaml(raw, path)
-    return from_dict(recipe_kinds()[raw["kind"]], raw)
-
-
 def tokenizer(kind: str, data: Path, base: Path, seed: int) -> Path:
     """Train (focal, bce) or just initialise (random) a tokenizer, export it, label the train clips."""
     from evilm_core.label.labeler import run_label
@@ -69,7 +62,7 @@ def tokenizer(kind: str, data: Path, base: Path, seed: int) -> Path:
         return labels
     raw = retarget(tokenizer_recipe(base, SIZE, seed), data, run)
     raw["loss"]["word_loss"] = "bce" if kind == "bce" else "focal"
-    recipe = typed(raw, base / "recipes" / f"tok_{kind}.yaml")
+    recipe = write_recipe(raw, base / "recipes" / f"tok_{kind}.yaml")
     if kind == "random":
         import torch
 
@@ -98,7 +91,7 @@ def pretrain(name: str, data: Path, base: Path, seed: int) -> Path:
         raw["mvm"].update(labels=None, tokenizer=str(base / "tok_focal"))  # vocab.txt only
     else:
         raw["mvm"].update(labels=str(base / f"labels_{tok}"), tokenizer=str(base / f"tok_{tok}"))
-    train_pretrain(typed(raw, base / "recipes" / f"pt_{name}.yaml"), resume=True)
+    train_pretrain(write_recipe(raw, base / "recipes" / f"pt_{name}.yaml"), resume=True)
     return run / "final"
 
 
@@ -111,7 +104,7 @@ def finetune_and_evaluate(task: str, init: Path | None, data: Path, run: Path, s
         raw["mc"] = {"num_options": 5}
         raw["train"]["epochs"] = MC_EPOCHS
         raw["data"]["batch_size"] = 8
-    recipe = typed(raw, run / "recipe.yaml")
+    recipe = write_recipe(raw, run / "recipe.yaml")
     if not (run / "final").is_dir():
         train_finetune(recipe, resume=True)
     return evaluate_checkpoint(recipe, run / "final", "test")["metrics"]

@@ -30,7 +30,7 @@ def run_evilm(*args: str, cwd: Path | str | None = None, check: bool = True, tim
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"evilm {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+        raise AssertionError(f"evilm {' '.join(map(str, args))} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}")
     return proc
 

@@ -26,6 +26,13 @@ def mlp_head(dim: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim), nn.Linear(dim, out))
 
 
+def text_embedding(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Text retrieval embedding [B, E] of any module with EViLM's `text`, `fusion` and
+    `retrieval["text"]` (EViLM itself, or the text side a query loads alone)."""
+    h = model.fusion(model.text(input_ids, attention_mask), attention_mask, None)
+    return F.normalize(model.retrieval["text"](h[:, 0]), dim=-1)
+
+
 class FusionDecoder(nn.Module):
     def __init__(self, cfg: EViLMConfig):
         super().__init__()
@@ -84,7 +91,10 @@ class EViLM(nn.Module):
     def forward_features(self, pixels: torch.Tensor, input_ids: torch.Tensor,
                          attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Joint encoding -> {"cls" [B, D], "text" [B, L, D], "video" [B, T*g*g, D]}."""
-        video = self.video(pixels)
+        return self._joint(self.video(pixels), input_ids, attention_mask)
+
+    def _joint(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        """Video tokens e^V [B, N, D] + text ids -> the fused outputs, split by modality."""
         text = self.text(input_ids, attention_mask)
         h = self.fusion(text, attention_mask, video)
         n_text = text.shape[1]
@@ -106,12 +116,10 @@ class EViLM(nn.Module):
         of the same clips (video encoded once) and of their own, unmasked captions: the inputs of
         the optional video-text contrastive term of pre-training."""
         video = self.video(pixels)
-        text = self.text(input_ids, attention_mask)
-        h = self.fusion(text, attention_mask, video)
-        n_text = text.shape[1]
-        video_emb = F.normalize(self.retrieval["video"](self.fusion(None, None, video)[:, 0]), dim=-1)
-        return {"cls": h[:, 0], "text": h[:, 1:1 + n_text], "video": h[:, 1 + n_text:], "video_emb": video_emb,
-                "text_emb": self.embed_text(clean_ids, clean_mask)}
+        out = self._joint(video, input_ids, attention_mask)
+        out["video_emb"] = self._video_embedding(video)
+        out["text_emb"] = self.embed_text(clean_ids, clean_mask)
+        return out
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 mode: str = "joint", clean_ids: torch.Tensor | None = None,
@@ -131,16 +139,22 @@ class EViLM(nn.Module):
 
     def video_cls(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^V + t^V] -> the [CLS] output [B, D] (before the retrieval projection)."""
-        return self.fusion(None, None, self.video(pixels))[:, 0]
+        return self._video_cls(self.video(pixels))
+
+    def _video_cls(self, video: torch.Tensor) -> torch.Tensor:
+        return self.fusion(None, None, video)[:, 0]
+
+    def _video_embedding(self, video: torch.Tensor) -> torch.Tensor:
+        """Video tokens e^V -> l2-normalised retrieval embedding [B, E]."""
+        return F.normalize(self.retrieval["video"](self._video_cls(video)), dim=-1)
 
     def embed_video(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^V + t^V] -> l2-normalised retrieval embedding [B, E]."""
-        return F.normalize(self.retrieval["video"](self.video_cls(pixels)), dim=-1)
+        return self._video_embedding(self.video(pixels))
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^L + t^L] -> l2-normalised retrieval embedding [B, E]."""
-        h = self.fusion(self.text(input_ids, attention_mask), attention_mask, None)
-        return F.normalize(self.retrieval["text"](h[:, 0]), dim=-1)
+        return text_embedding(self, input_ids, attention_mask)
 
     def trunk_parameters(self) -> int:
         """Parameters without any head (the paper's 16M figure)."""

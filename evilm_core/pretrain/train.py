@@ -27,6 +27,7 @@ from evilm_core.engine.seed import seed_everything
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.scoring import contrastive_loss
+from evilm_core.finetune.scoring import same_video as same_caption  # [B, B] bool: equal strings
 from evilm_core.models.evilm import EViLM
 from evilm_core.pretrain.config import PretrainRecipe
 from evilm_core.pretrain.data import PretrainDataset, TextTokens, open_label_cache
@@ -38,13 +39,6 @@ MASK_ID, SPECIAL_IDS = SPECIAL_TOKENS.index("[MASK]"), list(range(len(SPECIAL_TO
 
 def _unwrap(model: nn.Module) -> EViLM:
     return model.module if hasattr(model, "module") else model
-
-
-def same_caption(captions: list[str], device: torch.device) -> torch.Tensor:
-    """[B, B] bool: rows i and j have the same caption (both count as positives)."""
-    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    key = torch.tensor([ids[c] for c in captions], device=device)
-    return key[:, None] == key[None, :]
 
 
 def masked_ce(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, sel: torch.Tensor):

@@ -14,13 +14,13 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from evilm_core.config.loader import from_dict, recipe_kinds, save_yaml
+from evilm_core.config.loader import load_recipe
 from evilm_core.errors import EvilmError, TrainingInterrupted
-from evilm_core.quickstart.recipes import SIZES, QuickstartSize, finetune_recipe, pretrain_recipe, tokenizer_recipe
+from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recipe, tokenizer_recipe, write_recipe
 
 log = logging.getLogger("evilm.quickstart")
 STAGES = ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
@@ -55,11 +55,7 @@ class Quickstart:
             path.write_text(json.dumps(mine) + "\n", encoding="utf-8")
 
     def _recipe(self, name: str, raw: dict):
-        """Write DIR/recipes/<name>.yaml and return it as a typed recipe."""
-        path = self.out / "recipes" / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_yaml(raw, path)
-        return from_dict(recipe_kinds()[raw["kind"]], raw)
+        return write_recipe(raw, self.out / "recipes" / f"{name}.yaml")
 
     def run_stage(self, stage: str, fn: Callable[[Callable | None], dict]) -> dict:
         marker = self._marker(stage)
@@ -138,8 +134,7 @@ class Quickstart:
 
         metrics = {}
         for i, task in enumerate(("retrieval", "qa")):
-            recipe = from_dict(recipe_kinds()["finetune"],
-                               finetune_recipe(self.out, self.size, self.seed, task, None))
+            recipe = load_recipe(self.out / "recipes" / f"{task}.yaml")  # as the fine-tuning stage wrote it
             metrics[task] = evaluate_checkpoint(recipe, self.out / task / "final", "test")["metrics"]
             if update:
                 update(i + 1, 2)
@@ -148,9 +143,10 @@ class Quickstart:
     def profile(self, update) -> dict:
         from evilm_core.models.profile import profile_recipe
 
-        recipe = from_dict(recipe_kinds()["pretrain"], pretrain_recipe(self.out, self.size, self.seed))
-        vocab = (self.out / "pretrain" / "final" / "vocab.txt").read_text(encoding="utf-8").count("\n")
-        result = profile_recipe(recipe, vocab_size=vocab)
+        from evilm_core.engine.checkpoint import read_checkpoint_vocab
+
+        recipe = load_recipe(self.out / "recipes" / "pretrain.yaml")
+        result = profile_recipe(recipe, vocab_size=len(read_checkpoint_vocab(self.out / "pretrain" / "final")))
         return {"params": result["params"], "gflops": result["gflops"]}
 
     # ------------------------------------------------------------------ all

@@ -40,6 +40,15 @@ SIZES = {
 }
 
 
+def write_recipe(raw: dict, path: Path):
+    """Write a recipe dict as YAML (so the individual commands can re-run it) and return it typed."""
+    from evilm_core.config.loader import from_dict, recipe_kinds, save_yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_yaml(raw, path)
+    return from_dict(recipe_kinds()[raw["kind"]], raw)
+
+
 def _data(out: Path, s: QuickstartSize, **extra) -> dict:
     synth = out / "data"
     return {"train": str(synth / "train.jsonl"), "val": str(synth / "val.jsonl"), "test": str(synth / "test.jsonl"),

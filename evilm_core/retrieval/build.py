@@ -6,22 +6,25 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
 
 from evilm_core.config.sections import DataConfig
-from evilm_core.data.dataset import collate_clips, video_root
-from evilm_core.data.manifest import ClipRecord, read_manifest
+from evilm_core.data.dataset import collate_clips
+from evilm_core.data.manifest import ClipRecord
 from evilm_core.engine import checkpoint as ckpt
 from evilm_core.engine.distributed import pick_device
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.data import TaskDataset
 from evilm_core.finetune.loading import load_checkpoint, resolve_checkpoint
-from evilm_core.retrieval.index import (FORMAT, META, SKIPPED, IndexMeta, ProgressFn, consolidate, indexed_keys,
-                                        list_videos, read_meta, record_skipped, shard_of, write_meta, write_part)
+from evilm_core.label.labeler import collect_videos
+from evilm_core.retrieval.index import (FORMAT, META, IndexMeta, consolidate, indexed_keys, read_meta, record_skipped,
+                                        shard_of, skipped_keys, write_meta, write_part)
 
 log = logging.getLogger("evilm.retrieve")
+ProgressFn = Callable[..., None]
 
 
 @dataclass
@@ -40,16 +43,11 @@ class IndexRequest:
 
 
 def collection(req: IndexRequest) -> tuple[list[str], str]:
-    """-> (keys in a fixed order, root the keys resolve against)."""
-    if (req.videos is None) == (req.manifest is None):
-        raise EvilmError("give exactly one of --videos DIR and --manifest FILE")
-    if req.videos is not None:
-        return list_videos(req.videos), str(Path(req.videos).absolute())
-    records = read_manifest(req.manifest)
-    keys = list(dict.fromkeys(r.video for r in records))
+    """-> (keys in a fixed order, root the keys resolve against): `evilm label`'s collection rules."""
+    keys, _, source = collect_videos(req.videos, req.manifest, root=req.root)
     if not keys:
         raise EvilmError(f"--manifest {req.manifest}: no clips in it")
-    return keys, str(Path(video_root(req.root, req.manifest)).absolute())
+    return keys, str(Path(source.get("videos") or source["root"]).absolute())
 
 
 def _open_or_create(out: Path, checkpoint: Path, model_hash: str, embed_dim: int, req: IndexRequest, image_size: int,
@@ -74,11 +72,6 @@ def _open_or_create(out: Path, checkpoint: Path, model_hash: str, embed_dim: int
     return meta
 
 
-def _skipped_keys(out: Path) -> set[str]:
-    path = out / SKIPPED
-    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()} if path.is_file() else set()
-
-
 def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     """Embed the videos of this shard that the index lacks; fold parts in once all are there.
     Returns counts: total, embedded (this run), already (present before), skipped, complete."""
@@ -91,7 +84,7 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     loaded = load_checkpoint(directory)
     net, out = loaded.model, Path(req.out)
     meta = _open_or_create(out, directory, model_hash, net.cfg.embed_dim, req, net.cfg.image_size, root)
-    done = indexed_keys(out) | _skipped_keys(out)
+    done = indexed_keys(out) | skipped_keys(out)
     mine = shard_of(keys, req.shard)
     todo = [k for k in mine if k not in done]
     log.info("index %s: %d videos, shard %d/%d owns %d, %d to embed", out, len(keys), i, n, len(mine), len(todo))
@@ -100,11 +93,12 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
         device = pick_device(req.device)
         net.to(device).eval()
         _embed(net, todo, root, req, meta, out, device, counts, progress)
-    present = indexed_keys(out) | _skipped_keys(out)
+    skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
+    present = indexed_keys(out) | skipped
     counts["complete"] = all(k in present for k in keys)
     if counts["complete"]:
         consolidate(out, meta)
-    counts["skipped_total"] = len(_skipped_keys(out))
+    counts["skipped_total"] = len(skipped)
     counts["index"] = str(out)
     return counts
 

@@ -27,7 +27,6 @@ import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,7 +38,6 @@ from evilm_core.errors import EvilmError
 log = logging.getLogger("evilm.retrieve")
 FORMAT = "evilm-index/1"
 META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors", "keys.txt", "parts", "skipped.tsv"
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 
 
 @dataclass
@@ -116,6 +114,11 @@ def write_part(directory: Path, name: str, keys: list[str], embeddings: torch.Te
     tmp = parts / f".{name}.{os.getpid()}.tmp"
     save_file({"embeddings": embeddings.float().contiguous().cpu()}, str(tmp))
     os.replace(tmp, parts / f"{name}.safetensors")
+
+
+def skipped_keys(directory: Path) -> set[str]:
+    path = directory / SKIPPED
+    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()} if path.is_file() else set()
 
 
 def record_skipped(directory: Path, skipped: list[tuple[str, str, str]]) -> None:
@@ -225,21 +228,7 @@ def _as_tensor(rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(rows)
 
 
-def list_videos(directory: str | Path) -> list[str]:
-    """Every video file under `directory` (recursively), as sorted paths relative to it."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise EvilmError(f"--videos {directory}: no such directory")
-    found = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                   if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-    if not found:
-        raise EvilmError(f"--videos {directory}: no video files ({', '.join(VIDEO_SUFFIXES)}) in it")
-    return found
-
-
 def shard_of(keys: list[str], shard: tuple[int, int]) -> list[str]:
+    """The keys shard (i, n) owns: i, i+n, i+2n, ..."""
     i, n = shard
     return keys[i::n]
-
-
-ProgressFn = Callable[..., None]

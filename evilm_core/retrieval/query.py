@@ -15,14 +15,13 @@ from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors import safe_open
 
 from evilm_core.engine import checkpoint as ckpt
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.loading import checkpoint_model_config, resolve_checkpoint
 from evilm_core.models.config import EViLMConfig
-from evilm_core.models.evilm import FusionDecoder
+from evilm_core.models.evilm import FusionDecoder, text_embedding
 from evilm_core.models.text_encoder import TextEncoder
 from evilm_core.pretrain.data import TextTokens
 from evilm_core.retrieval.index import IndexView
@@ -42,9 +41,8 @@ class TextSide(nn.Module):
         self.retrieval = nn.ModuleDict({"text": nn.Linear(cfg.fusion_dim, cfg.embed_dim)})
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Same computation as EViLM.embed_text -> l2-normalised [B, E]."""
-        h = self.fusion(self.text(input_ids, attention_mask), attention_mask, None)
-        return F.normalize(self.retrieval["text"](h[:, 0]), dim=-1)
+        """EViLM.embed_text's computation -> l2-normalised [B, E]."""
+        return text_embedding(self, input_ids, attention_mask)
 
 
 def load_text_side(checkpoint: str | Path) -> tuple[TextSide, Path]:
