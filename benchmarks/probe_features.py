@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from evilm_core.config.loader import load_recipe  # noqa: E402
 from evilm_core.data.dataset import video_root  # noqa: E402
 from evilm_core.data.manifest import read_manifest  # noqa: E402
+from evilm_core.errors import EvilmError  # noqa: E402
 from evilm_core.finetune.config import ProbeConfig  # noqa: E402
 from evilm_core.finetune.data import eval_batches, label_vocab  # noqa: E402
 from evilm_core.finetune.loading import load_checkpoint  # noqa: E402
@@ -127,4 +128,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EvilmError as err:  # a missing checkpoint or manifest: the message, not a traceback
+        raise SystemExit(f"probe_features: {err}") from None

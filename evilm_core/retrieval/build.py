@@ -44,9 +44,7 @@ class IndexRequest:
 
 def collection(req: IndexRequest) -> tuple[list[str], str]:
     """-> (keys in a fixed order, root the keys resolve against): `evilm label`'s collection rules."""
-    keys, _, source = collect_videos(req.videos, req.manifest, root=req.root)
-    if not keys:
-        raise EvilmError(f"--manifest {req.manifest}: no clips in it")
+    keys, _, source = collect_videos(req.videos, req.manifest, root=req.root)  # raises on an empty collection
     return keys, str(Path(source.get("videos") or source["root"]).absolute())
 
 
