@@ -27,4 +27,15 @@ class VideoDecodeError(EvilmError):
 
 
 class TrainingInterrupted(EvilmError):
-    """SIGINT/SIGTERM arrived during training; a checkpoint was written and the run stopped."""
+    """SIGINT/SIGTERM arrived during training; a checkpoint was written and the run stopped.
+    `hint` says how to continue; a caller that continues differently (the quickstart) rebuilds
+    the message with its own hint through `with_hint`."""
+
+    def __init__(self, signal: int, step: int, checkpoint: str, hint: str = "continue with --resume"):
+        self.signal, self.step, self.checkpoint, self.hint = signal, step, str(checkpoint), hint
+        super().__init__(f"stopped by signal {signal} at step {step}; checkpoint {checkpoint}; {hint}")
+
+    def with_hint(self, prefix: str, hint: str) -> "TrainingInterrupted":
+        err = TrainingInterrupted(self.signal, self.step, self.checkpoint, hint)
+        err.args = (f"{prefix}: {err.args[0]}",)
+        return err

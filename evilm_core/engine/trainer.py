@@ -173,8 +173,7 @@ class Trainer:
                 self.save()
         if self._stop_signal is not None:
             path = self.save()
-            raise TrainingInterrupted(f"stopped by signal {self._stop_signal} at step {self.pos.step}; "
-                                      f"checkpoint {path or self.run_dir}; continue with --resume")
+            raise TrainingInterrupted(self._stop_signal, self.pos.step, path or self.run_dir)
         # The loop leaves by `break` right after the last epoch, before its end-of-epoch eval:
         # evaluate the final weights here, so the reported metrics are those of the checkpoint.
         last_eval = self._evaluate()

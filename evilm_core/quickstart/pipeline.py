@@ -68,8 +68,8 @@ class Quickstart:
             with self.stage_progress(stage) as update:
                 result = fn(update)
         except TrainingInterrupted as err:  # the trainer's hint (--resume) is not how a quickstart continues
-            raise TrainingInterrupted(f"quickstart stage {stage}: {err.args[0].split('; continue with')[0]}; run the "
-                                      f"same `evilm quickstart --out {self.out}` again to continue") from None
+            raise err.with_hint(f"quickstart stage {stage}", f"run the same `evilm quickstart --out {self.out}` "
+                                "again to continue") from None
         result = {**result, "seconds": round(time.perf_counter() - start, 2)}
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(f".{os.getpid()}.tmp")
