@@ -11,10 +11,13 @@ same model at random initialisation, a linear probe (the `evilm finetune` probe'
     grid    the backbone's region map of every frame, concatenated (no pooling) [T*g*g*C]
 
 Test top-1 on all clips and on one-shape clips (a two-shape clip's label is the motion of the
-shape its caption names first, which the pixels do not show). `--supervised N` also trains the
-video-only [CLS] + a linear layer end to end on the label for N epochs from random
-initialisation, once with the backbone trainable and once frozen: can the architecture learn the
-label at this scale at all? Markdown on stdout.
+shape its caption names first, which the pixels do not show). `--supervised N` also trains
+readouts end to end on the label for N epochs from random initialisation (rows of SUPERVISED):
+the video-only [CLS] + a linear layer with the backbone trainable and frozen, a linear layer on
+the flattened video tokens e^V (no decoder), and the [CLS] with the frame and region embeddings
+drawn at the scale of the tokens they are added to. Can the architecture learn the label at this
+scale at all, and which part stops it? `--rows` picks rows, `--skip-frozen` skips the first
+table. Markdown on stdout.
 """
 
 from __future__ import annotations
@@ -79,26 +82,59 @@ def probe_accuracy(train_x, train_y, test_x, test_y, test_one: torch.Tensor, cla
     return 100 * float(hit.mean()), 100 * float(hit[test_one].mean())
 
 
-def supervised(cfg, train: dict, test: dict, classes: int, epochs: int, freeze_backbone: bool) -> float:
-    """Video-only [CLS] + linear, end to end from random init (AdamW 5e-4, batch 16) -> test top-1."""
+SUPERVISED = {  # row -> (readout, backbone frozen, frame/region embeddings at the token scale)
+    "[CLS], backbone trained": ("cls", False, False),
+    "[CLS], backbone frozen": ("cls", True, False),
+    "video tokens e^V, no decoder, backbone trained": ("tokens", False, False),
+    "[CLS], backbone trained, embeddings at token scale": ("cls", False, True),
+}
+
+
+def supervised(cfg, train: dict, test: dict, classes: int, epochs: int, row: str) -> float:
+    """A readout + linear, end to end from random init (AdamW 5e-4, batch 16) -> test top-1.
+    cls: the video-only [CLS]; tokens: the flattened video tokens e^V (the decoder unused).
+    Token scale: frame and region embeddings drawn at the std of the projected region features
+    (0.02 * sqrt(C)) instead of 0.02."""
+    readout, frozen, token_scale = SUPERVISED[row]
     torch.manual_seed(0)
-    net, head = EViLM(cfg), nn.Linear(cfg.fusion_dim, classes)
-    net.video.backbone.requires_grad_(not freeze_backbone)
-    params = [p for p in [*net.video.parameters(), *net.fusion.parameters(), *head.parameters()] if p.requires_grad]
+    net = EViLM(cfg)
+    tokens = train["pixels"].shape[1] * cfg.grid * cfg.grid  # T * g * g
+    head = nn.Linear(cfg.fusion_dim * (tokens if readout == "tokens" else 1), classes)
+    if token_scale:
+        std = 0.02 * net.video.backbone.num_features ** 0.5
+        for p in (net.video.frame_embed, net.video.region_embed):
+            nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+    net.video.backbone.requires_grad_(not frozen)
+    modules = [net.video] + ([net.fusion] if readout == "cls" else []) + [head]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01)
+
+    def logits(px: torch.Tensor) -> torch.Tensor:
+        return head(net.video_cls(px) if readout == "cls" else net.video(px).flatten(1))
+
     x, y = train["pixels"], train["labels"]
     for _ in range(epochs):
         net.train()
         for idx in torch.randperm(len(y)).split(16):
-            loss = F.cross_entropy(head(net.video_cls(x[idx])), y[idx])
+            loss = F.cross_entropy(logits(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
     net.eval()
     with torch.no_grad():
-        pred = torch.cat([head(net.video_cls(p)).argmax(-1) for p in test["pixels"].split(32)])
+        pred = torch.cat([logits(p).argmax(-1) for p in test["pixels"].split(32)])
     return 100 * float((pred == test["labels"]).float().mean())
+
+
+def frozen_features(starts: dict, train: dict, test: dict, classes: int) -> None:
+    """Linear probes on each frozen feature of each start -> a markdown table on stdout."""
+    print(f"| feature | start | test top-1 (chance {100 / classes:.1f}) | one-shape clips |\n|---|---|---|---|")
+    for start, net in starts.items():
+        tr, te = features(net, train["pixels"]), features(net, test["pixels"])
+        for name in FEATURES:
+            acc, one = probe_accuracy(tr[name], train["labels"], te[name], test["labels"], test["one_shape"], classes)
+            print(f"| {name} ({tr[name].shape[1]}) | {start} | {acc:.1f} | {one:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -106,6 +142,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/synthetic/pretrain"))
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "synthetic" / "probe.yaml")
     parser.add_argument("--supervised", type=int, default=0, help="epochs of the end-to-end check (0: skip)")
+    parser.add_argument("--rows", type=int, nargs="+", default=list(range(len(SUPERVISED))),
+                        help="which end-to-end rows to train (0-based, in the table's order)")
+    parser.add_argument("--skip-frozen", action="store_true", help="only the end-to-end check")
     args = parser.parse_args()
     data = load_recipe(args.recipe).data
     labels = label_vocab([r.label for r in read_manifest(data.train)])
@@ -113,18 +152,13 @@ def main() -> None:
     pretrained = load_checkpoint(args.checkpoint).model
     torch.manual_seed(0)
     starts = {"random init": EViLM(pretrained.cfg), "pre-trained": pretrained}
-    chance = 100 / len(labels)
-    print(f"| feature | start | test top-1 (chance {chance:.1f}) | one-shape clips |\n|---|---|---|---|")
-    for start, net in starts.items():
-        tr, te = features(net, train["pixels"]), features(net, test["pixels"])
-        for name in FEATURES:
-            acc, one = probe_accuracy(tr[name], train["labels"], te[name], test["labels"], test["one_shape"], len(labels))
-            print(f"| {name} ({tr[name].shape[1]}) | {start} | {acc:.1f} | {one:.1f} |", flush=True)
+    if not args.skip_frozen:
+        frozen_features(starts, train, test, len(labels))
     if args.supervised:
         print(f"\n| end to end, {args.supervised} epochs, random init | test top-1 |\n|---|---|")
-        for frozen in (False, True):
-            acc = supervised(pretrained.cfg, train, test, len(labels), args.supervised, frozen)
-            print(f"| backbone {'frozen' if frozen else 'trained'} | {acc:.1f} |", flush=True)
+        for row in [list(SUPERVISED)[i] for i in args.rows]:
+            acc = supervised(pretrained.cfg, train, test, len(labels), args.supervised, row)
+            print(f"| {row} | {acc:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
