@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "synthetic" / "probe.yaml")
     parser.add_argument("--supervised", type=int, default=0, help="epochs of the end-to-end check (0: skip)")
     parser.add_argument("--rows", type=int, nargs="+", default=list(range(len(SUPERVISED))),
+                        choices=range(len(SUPERVISED)), metavar="ROW",
                         help="which end-to-end rows to train (0-based, in the table's order)")
     parser.add_argument("--skip-frozen", action="store_true", help="only the end-to-end check")
     args = parser.parse_args()
