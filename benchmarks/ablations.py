@@ -52,8 +52,9 @@ def retarget(recipe: dict, data: Path, run: Path, mc: bool = False) -> dict:
 def tokenizer(kind: str, data: Path, base: Path, seed: int) -> Path:
     """Train (focal, bce) or just initialise (random) a tokenizer, export it, label the train clips."""
     from evilm_core.label.labeler import run_label
-    from evilm_core.tokenizer.model import SemanticTokenizer
-    from evilm_core.tokenizer.train import _vocab, export_tokenizer, train_tokenizer
+    from evilm_core.models.tokenizer import SemanticTokenizer
+    from evilm_core.models.tokenizer import export_tokenizer
+    from evilm_core.tokenizer.train import tokenizer_vocab, train_tokenizer
     from evilm_core.data.manifest import read_manifest
     from evilm_core.data.vocab import SPECIAL_TOKENS
 
@@ -96,8 +97,8 @@ def pretrain(name: str, data: Path, base: Path, seed: int) -> Path:
 
 
 def finetune_and_evaluate(task: str, init: Path | None, data: Path, run: Path, seed: int) -> dict:
-    from evilm_core.finetune.evaluate import evaluate_checkpoint
-    from evilm_core.finetune.train import train_finetune
+    from evilm_core.finetune.run import evaluate_checkpoint
+    from evilm_core.finetune.run import train_finetune
 
     raw = retarget(finetune_recipe(run, SIZE, seed, task, str(init) if init else None), data, run, mc=task == "mc")
     if task == "mc":

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from evilm_core.config import load_recipe
+from evilm_core.recipes import load_recipe
 from evilm_core.engine.optim import build_optimizer
-from evilm_core.pretrain.train import PretrainTask
+from evilm_core.pretrain.objectives import PretrainTask
 
 
 def fake_batch(recipe, batch: int, device: torch.device) -> dict:

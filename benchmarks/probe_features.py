@@ -33,13 +33,14 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evilm_core.config.loader import load_recipe  # noqa: E402
-from evilm_core.data.dataset import video_root  # noqa: E402
+from evilm_core.recipes import load_recipe  # noqa: E402
+from evilm_core.data.manifest import video_root  # noqa: E402
 from evilm_core.data.manifest import read_manifest  # noqa: E402
 from evilm_core.errors import EvilmError  # noqa: E402
 from evilm_core.finetune.config import ProbeConfig  # noqa: E402
-from evilm_core.finetune.data import eval_batches, label_vocab  # noqa: E402
-from evilm_core.finetune.loading import load_checkpoint  # noqa: E402
+from evilm_core.engine.runtime import eval_batches
+from evilm_core.finetune.data import label_vocab  # noqa: E402
+from evilm_core.models.loading import load_checkpoint  # noqa: E402
 from evilm_core.finetune.probe import fit_linear, probe_dataset  # noqa: E402
 from evilm_core.models.evilm import EViLM  # noqa: E402
 

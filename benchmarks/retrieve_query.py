@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from evilm_core.engine import checkpoint as ckpt
-from evilm_core.finetune.loading import checkpoint_model_config, resolve_checkpoint
+from evilm_core import checkpoint as ckpt
+from evilm_core.models.loading import checkpoint_model_config, resolve_checkpoint
 from evilm_core.retrieval.index import FORMAT, IndexMeta, write_meta
 from evilm_core.retrieval.query import Searcher
 

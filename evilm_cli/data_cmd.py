@@ -62,7 +62,7 @@ def check(
     Example: evilm data check data/synth/train.jsonl --json
     """
     from evilm_core.data.check import check_manifest
-    from evilm_core.data.manifest import FORMATS
+    from evilm_core.data.record import FORMATS
 
     if format != "auto" and format not in FORMATS:
         raise typer.BadParameter(f"unknown format {format!r}; choose auto or one of {', '.join(FORMATS)}")

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
         Example: evilm evaluate recipes/synthetic/retrieval.yaml --checkpoint runs/synthetic/pretrain --json
         """
-        from evilm_core.finetune.evaluate import evaluate_checkpoint
+        from evilm_core.finetune.run import evaluate_checkpoint
 
         cfg = load(recipe, overrides, expect="finetune")
         result = evaluate_checkpoint(cfg, checkpoint, split)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, is_main_process, progress
-from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, RESUME, load
+from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, RESUME, run_training
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +16,7 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = OVERRIDES,
         resume: bool = RESUME,
         print_config: bool = PRINT_CONFIG,
-        json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, metrics, task, skipped} on stdout."),
+        json_out: bool = JSON_RESULT,
     ):
         """Stage 3: fine-tune on QA, multiple choice, retrieval or a linear probe.
 
@@ -29,13 +28,6 @@ def register(app: typer.Typer) -> None:
         Example: evilm finetune recipes/synthetic/qa.yaml --set qa.num_answers=50
         Multi-GPU: torchrun --nproc_per_node=8 -m evilm_cli.main finetune recipes/msrvtt_qa.yaml
         """
-        from evilm_core.finetune.train import train_finetune
+        from evilm_core.finetune.run import train_finetune
 
-        cfg = load(recipe, overrides, expect="finetune", print_config=print_config)
-        with progress(f"finetune {cfg.task}") as update:
-            result = train_finetune(cfg, resume=resume, progress=update)
-        if is_main_process():
-            console.print(f"finetune {result['task']}: {result['checkpoint']}  step {result['step']}  "
-                          + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
-        if json_out:
-            emit_json(result)
+        run_training("finetune", train_finetune, recipe, overrides, resume, print_config, json_out, expect="finetune")

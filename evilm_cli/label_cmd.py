@@ -53,8 +53,9 @@ def register(app: typer.Typer) -> None:
         Example: evilm label --manifest data/synth/train.jsonl --tokenizer runs/synthetic/tokenizer --out runs/synthetic/labels
         Sharded: evilm label --videos data/webvid/videos --tokenizer runs/tok --out cache/labels --shard 0/4 (one per node), then evilm label --merge --out cache/labels
         """
-        from evilm_core.label.cache import parse_shard
-        from evilm_core.label.labeler import merge_shards, run_label
+        from evilm_core.data.collect import parse_shard
+        from evilm_core.label.labeler import run_label
+        from evilm_core.label.writer import merge_shards
 
         if merge:
             _check_merge_args(**{"--videos": videos, "--manifest": manifest, "--tokenizer": tokenizer,

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, is_main_process, progress
-from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, RESUME, load
+from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, RESUME, run_training
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +16,7 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = OVERRIDES,
         resume: bool = RESUME,
         print_config: bool = PRINT_CONFIG,
-        json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics} on stdout."),
+        json_out: bool = JSON_RESULT,
     ):
         """Stage 2: pre-train E-ViLM with MLM + VTM + MVM.
 
@@ -30,11 +29,4 @@ def register(app: typer.Typer) -> None:
         """
         from evilm_core.pretrain.train import train_pretrain
 
-        cfg = load(recipe, overrides, expect="pretrain", print_config=print_config)
-        with progress("pretrain") as update:
-            result = train_pretrain(cfg, resume=resume, progress=update)
-        if is_main_process():
-            console.print(f"pretrain: {result['checkpoint']}  step {result['step']}  skipped {result['skipped']}  "
-                          + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
-        if json_out:
-            emit_json(result)
+        run_training("pretrain", train_pretrain, recipe, overrides, resume, print_config, json_out, expect="pretrain")

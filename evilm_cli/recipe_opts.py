@@ -1,4 +1,5 @@
-"""Recipe loading shared by the training commands: --set overrides and --print-config."""
+"""What the recipe-driven commands share: --set overrides, --print-config, --resume, --json, and the
+body of the three training commands (load, train with progress, print a summary line)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from evilm_core.config import load_recipe
+from evilm_cli.common import console, emit_json, is_main_process, progress
 from evilm_core.config.loader import dump_yaml
+from evilm_core.recipes import load_recipe
 
 
 def load(recipe: Path, overrides: list[str], expect: str | None = None, print_config: bool = False):
@@ -23,3 +25,23 @@ def load(recipe: Path, overrides: list[str], expect: str | None = None, print_co
 OVERRIDES = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable).")
 RESUME = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output.dir.")
 PRINT_CONFIG = typer.Option(False, "--print-config", help="Print the resolved recipe and exit.")
+JSON_RESULT = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics, ...} on stdout.")
+
+
+def metrics_line(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def run_training(name: str, train, recipe: Path, overrides: list[str], resume: bool, print_config: bool,
+                 json_out: bool, expect: str) -> None:
+    """Load the recipe, run `train(cfg, resume=, progress=)` under a progress display, print the
+    checkpoint, step and final metrics (rank 0), and the result as JSON with --json."""
+    cfg = load(recipe, overrides, expect=expect, print_config=print_config)
+    label = f"{name} {cfg.task}" if getattr(cfg, "task", None) else name
+    with progress(label) as update:
+        result = train(cfg, resume=resume, progress=update)
+    if is_main_process():
+        console.print(f"{label}: {result['checkpoint']}  step {result['step']}  skipped {result.get('skipped', 0)}  "
+                      + metrics_line(result["metrics"]))
+    if json_out:
+        emit_json(result)

@@ -36,7 +36,7 @@ def index(
 
     Example: evilm retrieve index --checkpoint runs/synthetic/retrieval --manifest data/synth/test.jsonl --out runs/synthetic/index
     """
-    from evilm_core.label.cache import parse_shard
+    from evilm_core.data.collect import parse_shard
     from evilm_core.retrieval.build import IndexRequest, build_index
 
     req = IndexRequest(checkpoint=str(checkpoint), out=str(out), videos=str(videos) if videos else None,

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, is_main_process, progress
-from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, RESUME, load
+from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, RESUME, run_training
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +16,7 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = OVERRIDES,
         resume: bool = RESUME,
         print_config: bool = PRINT_CONFIG,
-        json_out: bool = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics} on stdout."),
+        json_out: bool = JSON_RESULT,
     ):
         """Stage 1: train the semantic VQ video tokenizer.
 
@@ -30,12 +29,4 @@ def register(app: typer.Typer) -> None:
         """
         from evilm_core.tokenizer.train import train_tokenizer
 
-        cfg = load(recipe, overrides, expect="tokenizer", print_config=print_config)
-        with progress("tokenize-train") as update:
-            result = train_tokenizer(cfg, resume=resume, progress=update)
-        m = result["metrics"]
-        if is_main_process():
-            console.print(f"tokenizer: {result['checkpoint']}  step {result['step']}  "
-                          + "  ".join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)))
-        if json_out:
-            emit_json(result)
+        run_training("tokenizer", train_tokenizer, recipe, overrides, resume, print_config, json_out, expect="tokenizer")

@@ -1,7 +1,7 @@
 """YAML recipes mapped onto typed dataclasses.
 
-A recipe is plain YAML whose top-level `kind` names the dataclass it maps onto (see
-`register_recipe`). Mapping is strict: an unknown key is an error that names the key, its
+A recipe is plain YAML whose top-level `kind` names the dataclass it maps onto (the registry
+is evilm_core/recipes.py). Mapping is strict: an unknown key is an error that names the key, its
 section and the closest valid keys; a value of the wrong type names the expected type. Command
 line overrides (`--set model.fusion.layers=2`) are applied to the raw mapping before it is
 typed, so they get exactly the same checks. Fields marked `path_field()` are resolved against
@@ -22,30 +22,9 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from evilm_core.errors import RecipeError
+from evilm_core.fs import atomic_write_text
 
 T = TypeVar("T")
-_RECIPES: dict[str, type] = {}
-# Modules whose import registers recipe kinds; imported on first use so `import evilm_core`
-# stays light and the loader never has to know the model code.
-RECIPE_MODULES = ("evilm_core.tokenizer.config", "evilm_core.pretrain.config", "evilm_core.finetune.config")
-
-
-def register_recipe(kind: str):
-    """Class decorator: recipes whose `kind:` is `kind` map onto this dataclass."""
-
-    def wrap(cls):
-        _RECIPES[kind] = cls
-        return cls
-
-    return wrap
-
-
-def recipe_kinds() -> dict[str, type]:
-    import importlib
-
-    for name in RECIPE_MODULES:
-        importlib.import_module(name)
-    return dict(_RECIPES)
 
 
 def path_field(default: Any = None, **kwargs) -> Any:
@@ -206,27 +185,6 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, expect: str | None = None):
-    """Read a recipe file, apply `--set` overrides and map it onto its registered dataclass.
-
-    `expect` is the kind a command needs (e.g. 'tokenizer'); a recipe of another kind is an
-    error naming both, so `evilm pretrain tokenizer.yaml` fails before any work starts.
-    """
-    raw = apply_overrides(read_yaml(path), list(overrides or []))
-    kinds = recipe_kinds()
-    kind = raw.get("kind")
-    if kind not in kinds:
-        raise RecipeError(
-            f"{path}: top-level 'kind' is {kind!r}; expected one of {', '.join(sorted(kinds))}"
-        )
-    if expect is not None and kind != expect:
-        raise RecipeError(f"{path}: this command needs a '{expect}' recipe, the file is kind '{kind}'")
-    try:
-        return from_dict(kinds[kind], raw)
-    except RecipeError as err:
-        raise RecipeError(f"{path}: {err}") from None
-
-
 def to_dict(obj: Any) -> Any:
     """Dataclass tree -> plain YAML-able structures (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
@@ -244,7 +202,4 @@ def dump_yaml(obj: Any) -> str:
 
 def save_yaml(obj: Any, path: str | Path) -> None:
     """Write the resolved config atomically (temp name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_yaml(obj))
-    os.replace(tmp, path)
+    atomic_write_text(path, dump_yaml(obj), fsync=False)

@@ -70,13 +70,11 @@ class RunSections:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-def check_model_fits_data(recipe) -> None:
+def check_model_fits_data(model, data: DataConfig) -> None:
     """The frames the data section gives must be the frames the model takes: the region grid of
-    the model, the tokenizer and the label cache all follow from data.image_size (DESIGN 3).
-    `recipe.model` needs `image_size` and `max_frames`; raises ValueError naming both values."""
-    if recipe.model.image_size != recipe.data.image_size:
-        raise ValueError(f"model.image_size ({recipe.model.image_size}) differs from data.image_size "
-                         f"({recipe.data.image_size})")
-    if recipe.data.num_frames > recipe.model.max_frames:
-        raise ValueError(f"data.num_frames ({recipe.data.num_frames}) exceeds model.max_frames "
-                         f"({recipe.model.max_frames})")
+    the model, the tokenizer and the label cache all follow from data.image_size (docs/design.md,
+    "Region grid"). `model` needs `image_size` and `max_frames`; raises ValueError naming both values."""
+    if model.image_size != data.image_size:
+        raise ValueError(f"model.image_size ({model.image_size}) differs from data.image_size ({data.image_size})")
+    if data.num_frames > model.max_frames:
+        raise ValueError(f"data.num_frames ({data.num_frames}) exceeds model.max_frames ({model.max_frames})")

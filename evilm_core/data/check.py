@@ -7,8 +7,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from evilm_core.data.dataset import video_root
-from evilm_core.data.manifest import read_manifest, resolve_video
+from evilm_core.data.manifest import detect_format, read_manifest, resolve_video, video_root
 from evilm_core.data.video import read_clip
 from evilm_core.errors import VideoDecodeError
 
@@ -48,8 +47,6 @@ def _probe(args: tuple[str, str, int, int]) -> tuple[str, str, str]:
 def check_manifest(path: str, format: str = "auto", root: str | None = None, num_frames: int = 4,
                    image_size: int = 256, workers: int = 2, progress: Progress | None = None) -> CheckReport:
     """Decode every clip of `path` (T frames at image_size, segment centres) and count problems."""
-    from evilm_core.data.manifest import detect_format
-
     start = time.perf_counter()
     fmt = detect_format(path) if format == "auto" else format
     records = read_manifest(path, fmt)

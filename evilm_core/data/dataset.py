@@ -1,40 +1,96 @@
-"""Map-style clip dataset with skip-and-count for unusable videos.
+"""The one map-style clip dataset every stage uses, with skip-and-count for unusable videos.
+
+A sample is: the clip's frames as a `FramePicker` chooses them (`SegmentFrames`: T frames by
+segment sampling; `CachedCandidates`: T of the label cache's F candidate frames, one per group),
+the transform (flip, jitter), and the stage's `extras` (caption tokens, word targets, MVM
+targets, task fields) merged into the item.
 
 A clip that cannot be decoded is never fatal and never retried with another clip (peers that
 retry can loop forever on a corrupt dataset): `__getitem__` returns a skip marker, the collate
 function drops it and reports it in `batch["skipped"]`, and the engine counts and logs it.
 
 Randomness per item comes from (seed, epoch, index), not from worker state, so a clip gets the
-same frames and flips whatever the number of workers, and a resumed run replays exactly.
+same frames and flips whatever the number of workers, and a resumed run replays exactly
+(docs/design.md, "Data").
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from evilm_core.data.manifest import ClipRecord, resolve_video
+from evilm_core.data.label_cache import LabelCache, choose_candidates
+from evilm_core.data.manifest import resolve_video
+from evilm_core.data.record import ClipRecord
 from evilm_core.data.transforms import ClipTransform
-from evilm_core.data.video import read_clip
+from evilm_core.data.video import Clip, read_clip, read_frames
 from evilm_core.errors import VideoDecodeError
 
-Extras = Callable[[ClipRecord, "object", bool], dict]
+
+@dataclass
+class Sample:
+    """What a stage's `extras` sees of one decoded clip."""
+
+    index: int  # the record's position in the dataset
+    clip: Clip  # the decoded frames and their indices
+    flipped: bool  # the transform mirrored the clip
+    picked: list[int] | None  # label-cache candidate ids of the frames (CachedCandidates), else None
+    rng: np.random.Generator  # the item's own stream for extras (task fields), apart from the frames'
+
+
+Extras = Callable[[ClipRecord, Sample], dict]
+
+
+class FramePicker(Protocol):
+    def __call__(self, record: ClipRecord, path: Path, mode: str, rng: np.random.Generator
+                 ) -> tuple[Clip, list[int] | None]: ...
+
+
+@dataclass
+class SegmentFrames:
+    """T frames, one per equal segment of the video (train: random inside it; eval: its centre)."""
+
+    num_frames: int  # T
+    image_size: int  # frames are resized to this size in the decoder
+
+    def __call__(self, record, path, mode, rng):
+        return read_clip(path, self.num_frames, self.image_size, mode, rng), None
+
+
+@dataclass
+class CachedCandidates:
+    """T of the label cache's F candidate frames, one per group of F/T (train: random in the
+    group; eval: its middle), decoded by their stored frame indices so the cached MVM targets
+    belong to the frames the student sees (docs/design.md, "Label cache")."""
+
+    cache: LabelCache  # opened and validated by the caller
+    num_frames: int  # T
+    image_size: int  # frames are resized to this size in the decoder
+
+    def __call__(self, record, path, mode, rng):
+        state = self.cache.status(record.video)
+        if state != "ok":  # labelled as undecodable (or never labelled): skip, as the decoder would
+            raise VideoDecodeError(record.video, state if state in ("missing", "corrupt") else "corrupt",
+                                   f"label cache status: {state}")
+        frames = self.cache.candidate_frames(record.video)
+        cand = choose_candidates(len(frames), self.num_frames, mode, rng)
+        return read_frames(path, lambda n: [int(frames[c]) for c in cand], self.image_size), cand
 
 
 class ClipDataset(Dataset):
-    def __init__(self, records: list[ClipRecord], root: str | None, num_frames: int, image_size: int,
-                 transform: ClipTransform, seed: int = 0, extras: Extras | None = None):
+    def __init__(self, records: list[ClipRecord], root: str | None, frames: FramePicker, transform: ClipTransform,
+                 seed: int = 0, extras: Extras | None = None):
         self.records = records
         self.root = root
-        self.num_frames = num_frames
-        self.image_size = image_size
+        self.frames = frames  # which frames of each video
         self.transform = transform
         self.seed = seed
-        self.extras = extras  # (record, clip, flipped) -> extra tensors for the batch
+        self.extras = extras  # (record, sample) -> extra tensors for the batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -45,11 +101,10 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        path = resolve_video(record, self.root)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         mode = "train" if self.transform.train else "eval"
         try:
-            clip = read_clip(path, self.num_frames, self.image_size, mode, rng)
+            clip, picked = self.frames(record, resolve_video(record, self.root), mode, rng)
         except VideoDecodeError as err:
             return {"index": index, "skip": (record.video, err.reason, err.detail)}
         pixels, flipped = self.transform(clip.frames, rng)  # [T, 3, H, W]
@@ -63,8 +118,18 @@ class ClipDataset(Dataset):
             "caption": record.caption or "",
         }
         if self.extras is not None:
-            item.update(self.extras(record, clip, flipped))
+            sample = Sample(index, clip, flipped, picked, np.random.default_rng([self.seed, self.epoch, index, 1]))
+            item.update(self.extras(record, sample))
         return item
+
+
+def clip_dataset(records: list[ClipRecord], root: str | None, num_frames: int, image_size: int, train: bool = False,
+                 hflip: bool = True, color_jitter: float = 0.0, seed: int = 0, extras: Extras | None = None,
+                 frames: FramePicker | None = None) -> ClipDataset:
+    """A ClipDataset with segment-sampled frames (unless `frames` is given) and the training or
+    evaluation transform (augmentation only when `train`)."""
+    transform = ClipTransform(train=True, hflip=hflip, color_jitter=color_jitter) if train else ClipTransform(False)
+    return ClipDataset(records, root, frames or SegmentFrames(num_frames, image_size), transform, seed, extras)
 
 
 def collate_clips(items: list[dict]) -> dict:
@@ -83,12 +148,3 @@ def collate_clips(items: list[dict]) -> dict:
         else:
             batch[key] = values
     return batch
-
-
-def video_root(root: str | None, manifest: str | Path) -> str:
-    """Where a manifest's relative video paths resolve: `data.root` if set, else the directory
-    holding the manifest (so `data/synth/train.jsonl` finds `data/synth/videos/...`)."""
-    if root:
-        return str(Path(root))
-    manifest = Path(manifest).absolute()
-    return str(manifest if manifest.is_dir() else manifest.parent)  # class folders: the dir itself

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
-from evilm_core.data.manifest import FORMATS, ClipRecord
+from evilm_core.data.record import FORMATS, ClipRecord, check_object
 from evilm_core.errors import ManifestError
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -137,12 +137,7 @@ def _json_items(data: Any, path: Path, keys: tuple[str, ...]) -> Iterator[tuple[
         raise ManifestError(f"{path}: expected a JSON list of objects; got {type(data).__name__}; {expected}")
     for i, item in enumerate(data):
         where = f"{path} item {i}"
-        if not isinstance(item, dict):
-            raise ManifestError(f"{where}: expected an object, got {type(item).__name__}; {expected}")
-        missing = [k for k in keys if k not in item]
-        if missing:
-            raise ManifestError(f"{where}: missing key '{missing[0]}'; {expected}")
-        yield where, item
+        yield where, check_object(item, where, keys, expected)
 
 
 # --------------------------------------------------------------------------- readers

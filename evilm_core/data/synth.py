@@ -37,6 +37,7 @@ import numpy as np
 
 from evilm_core.data.video_io import write_mp4
 from evilm_core.errors import EvilmError
+from evilm_core.fs import write_jsonl
 
 # Saturated and far apart in RGB so they survive yuv420p subsampling and resizing.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -308,14 +309,6 @@ def _render_job(job: tuple[str, Scene, int]) -> str:
 # ---------------------------------------------------------------- output
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _render_all(out: Path, clips: list[ClipPlan], fps: int, workers: int,
                 progress: Callable[[int, int], None] | None) -> None:
     jobs = [(str(out / c.video), c.scene, fps) for c in clips]
@@ -356,8 +349,8 @@ def _manifests(out: Path, clips: list[ClipPlan]) -> dict[str, dict[str, str]]:
                "label": c.label, "split": split} for c in mine]
         mc = [{"video": c.video, "caption": c.caption, "options": list(c.options),
                "answer": c.answer_index, "split": split} for c in mine]
-        _write_jsonl(out / f"{split}.jsonl", qa)
-        _write_jsonl(out / f"mc_{split}.jsonl", mc)
+        write_jsonl(qa, out / f"{split}.jsonl")
+        write_jsonl(mc, out / f"mc_{split}.jsonl")
         paths["qa"][split], paths["mc"][split] = str(out / f"{split}.jsonl"), str(out / f"mc_{split}.jsonl")
     return paths
 

@@ -9,10 +9,11 @@ identical either way (checked); re-check that if the options change.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import av
 import numpy as np
+
+from evilm_core.fs import atomic_path
 
 # libx264 first: it is in every PyAV wheel we know of and honours crf/preset/threads.
 _H264_ENCODERS = ("libx264", "h264", "libopenh264")
@@ -56,11 +57,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None
     _, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"H.264 yuv420p needs even height and width, got {height}x{width}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     codec = h264_encoder()
-    try:
+    with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=int(fps), options=_encoder_options(codec))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -69,7 +67,3 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None
                 image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 container.mux(stream.encode(image))
             container.mux(stream.encode(None))  # flush delayed (B-)frames
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

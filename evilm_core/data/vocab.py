@@ -8,7 +8,6 @@ gives the tokenizer's K caption-word targets (paper eq. 5-6).
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -16,6 +15,7 @@ from typing import Iterable
 import torch
 
 from evilm_core.errors import EvilmError
+from evilm_core.fs import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
@@ -55,12 +55,7 @@ def build_vocab(texts: Iterable[str], max_words: int | None = None, top_share: f
 
 
 def save_vocab(vocab: list[str], directory: str | Path) -> Path:
-    path = Path(directory) / VOCAB_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{VOCAB_FILE}.{os.getpid()}.tmp")  # per process: concurrent writers never collide
-    tmp.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(directory) / VOCAB_FILE, "\n".join(vocab) + "\n", fsync=False)
 
 
 def read_vocab(path: str | Path) -> list[str]:
@@ -73,14 +68,6 @@ def read_vocab(path: str | Path) -> list[str]:
     if tuple(vocab[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
         raise EvilmError(f"{path}: must start with the special tokens {', '.join(SPECIAL_TOKENS)}")
     return vocab
-
-
-def load_tokenizer(directory: str | Path):
-    """A transformers `BertTokenizerFast` over `directory/vocab.txt` (no network)."""
-    from transformers import BertTokenizerFast
-
-    read_vocab(directory)  # validate first, for a clear message
-    return BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True, local_files_only=True)
 
 
 class WordTargets:

@@ -1,4 +1,4 @@
-"""torchrun / SLURM process-group set-up (DESIGN 9): NCCL on GPU, gloo on CPU; rank 0 writes."""
+"""torchrun / SLURM process-group set-up (docs/design.md, "Scale"): NCCL on GPU, gloo on CPU; rank 0 writes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from evilm_core.engine.runtime import choose_device
 
 
 @dataclass
@@ -31,21 +33,12 @@ def _slurm_to_torchrun_env() -> None:
     os.environ.setdefault("MASTER_PORT", "29500")
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group torchrun (or SLURM) describes; a plain single process otherwise."""
     _slurm_to_torchrun_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank)
+    device = choose_device(device_name, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -9,9 +9,8 @@ gradient accumulation and clipping, bf16 autocast, DDP, metrics.jsonl, atomic ch
 from __future__ import annotations
 
 import hashlib
-import json
-from contextlib import nullcontext
 import logging
+from contextlib import nullcontext
 import math
 import signal
 import time
@@ -26,10 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from evilm_core.config.loader import save_yaml
 from evilm_core.config.sections import RunSections
+from evilm_core import checkpoint as ckpt
 from evilm_core.data.dataset import collate_clips
-from evilm_core.engine import checkpoint as ckpt
 from evilm_core.engine.distributed import DistInfo, barrier
 from evilm_core.engine.optim import build_optimizer, lr_at
+from evilm_core.engine.runtime import MetricsLog, autocast, to_device
 from evilm_core.engine.sampler import ResumableSampler
 from evilm_core.errors import EvilmError, TrainingInterrupted
 
@@ -75,6 +75,7 @@ class Trainer:
         self.pos = Position()
         self.window = _Window()  # metrics since the last metrics.jsonl row (spans epochs)
         self._stop_signal: int | None = None
+        self.metrics_log = MetricsLog(self.run_dir)
 
     # ------------------------------------------------------------------ state
     def _trainer_state(self) -> dict:
@@ -103,20 +104,13 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.pos = Position(state["step"], state["epoch"], state["batch"], state["skipped"])
         if self.info.is_main:
-            self._truncate_metrics(self.pos.step)
+            self.metrics_log.truncate(self.pos.step)
         log.info("resumed from %s (step %d, epoch %d)", last, self.pos.step, self.pos.epoch)
         return True
 
-    def _truncate_metrics(self, step: int) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
-            path.write_text("".join(r + "\n" for r in rows))
-
     def _log_row(self, row: dict) -> None:
         if self.info.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            self.metrics_log.write(row)
 
     # ------------------------------------------------------------------ loop
     def _signal(self, signum, _frame) -> None:
@@ -148,7 +142,7 @@ class Trainer:
         if resume:
             self.resume()
         elif self.info.is_main:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            self.metrics_log.clear()
         if self.info.is_main:
             save_yaml(self.recipe, self.run_dir / "config.yaml")
         old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -203,17 +197,13 @@ class Trainer:
         metrics = {}
         if self.info.is_main:
             self.model.eval()
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), autocast(self.recipe.train.precision, self.info.device):
                 metrics = self.task.evaluate(self.model)
             self.model.train()
             self._log_row({"step": self.pos.step, "epoch": self.pos.epoch, "split": "val", **metrics})
             log.info("eval step %d: %s", self.pos.step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         barrier()
         return metrics
-
-    def _autocast(self):
-        enabled = self.recipe.train.precision == "bf16"
-        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _epoch(self) -> None:
         t, accum = self.recipe.train, self.recipe.train.grad_accum
@@ -226,8 +216,8 @@ class Trainer:
                 continue
             sync = (micro + 1) % accum == 0
             ctx = self.wrapped.no_sync() if (self.info.world > 1 and not sync) else nullcontext()
-            with ctx, self._autocast():
-                loss, parts = self.task.loss(self.wrapped, _to(batch, self.info.device), self._generator())
+            with ctx, autocast(t.precision, self.info.device):
+                loss, parts = self.task.loss(self.wrapped, to_device(batch, self.info.device), self._generator())
             with ctx:
                 (loss / accum).backward()
             micro += 1
@@ -295,7 +285,3 @@ class _Window:
     def row(self) -> dict[str, float]:
         rate = self.clips / max(1e-9, time.perf_counter() - self.tic)
         return {**{k: v / max(1, self.steps) for k, v in self.sums.items()}, "clips_per_s": rate}
-
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from evilm_core.config.loader import path_field, register_recipe
+from evilm_core.config.loader import path_field
 from evilm_core.config.sections import RunSections, check_model_fits_data
 from evilm_core.models.config import EViLMConfig
 
@@ -48,7 +48,6 @@ class ProbeConfig:
     cache: bool = True  # keep extracted features in output.dir/features/ for re-runs
 
 
-@register_recipe("finetune")
 @dataclass
 class FinetuneRecipe(RunSections):
     task: Literal["qa", "mc", "retrieval", "probe"] | None = None  # required
@@ -69,4 +68,4 @@ class FinetuneRecipe(RunSections):
         if not 0 < self.retrieval.temperature_init <= 1:
             raise ValueError(f"retrieval.temperature_init must be in (0, 1], got {self.retrieval.temperature_init}")
         if self.init.checkpoint is None:  # with a checkpoint the model comes from it; checked at start-up
-            check_model_fits_data(self)
+            check_model_fits_data(self.model, self.data)

@@ -1,5 +1,5 @@
-"""Per-task datasets: a clip (as `ClipDataset` decodes it, skip-and-count included) plus the
-task's fields of its record, and the class vocabularies (QA answers, probe labels).
+"""The tasks' record fields (the `extras` a ClipDataset merges into each clip's item), the
+class vocabularies (QA answers, probe labels) and the checks that records carry what a task reads.
 
 Randomness per item (augmentation, and the distractor captions of caption-only multiple
 choice records) comes from (seed, epoch, index), like every dataset of the project.
@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from evilm_core.config.sections import DataConfig
-from evilm_core.data.dataset import ClipDataset
-from evilm_core.data.manifest import ClipRecord
-from evilm_core.data.transforms import ClipTransform
+from evilm_core.data.dataset import Sample
+from evilm_core.data.record import ClipRecord
+from evilm_core.data.text import TextTokens
 from evilm_core.errors import EvilmError
-from evilm_core.pretrain.data import TextTokens
-
-Fields = Callable[[ClipRecord, np.random.Generator], dict]
 
 
 def normalize_answer(answer) -> str:
@@ -60,23 +55,14 @@ def texts_for_vocab(records: list[ClipRecord]) -> list[str]:
     return out
 
 
-def encode_text(tokens: TextTokens, first: str, second: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One text, or a (question, option) pair as [CLS] q [SEP] o [SEP], padded to max_len."""
-    if not second:
-        return tokens(first)
-    enc = tokens.tokenizer(first, second, max_length=tokens.max_len, truncation="longest_first",
-                           padding="max_length", return_tensors="pt")
-    return enc["input_ids"][0], enc["attention_mask"][0]
-
-
 class QAFields:
     """question -> input ids; answer -> index in the answer vocabulary (-1: outside it)."""
 
     def __init__(self, tokens: TextTokens, answers: list[str]):
         self.tokens, self.index = tokens, {a: i for i, a in enumerate(answers)}
 
-    def __call__(self, record: ClipRecord, rng: np.random.Generator) -> dict:
-        ids, mask = encode_text(self.tokens, record.question or "")
+    def __call__(self, record: ClipRecord, sample: Sample) -> dict:
+        ids, mask = self.tokens(record.question or "")
         gold = normalize_answer(record.answer)
         return {"input_ids": ids, "attention_mask": mask, "answer": self.index.get(gold, -1), "answer_text": gold}
 
@@ -104,12 +90,12 @@ class MCFields:
     def __init__(self, tokens: TextTokens, num_options: int, pool: list[str] | None = None):
         self.tokens, self.num_options, self.pool = tokens, num_options, pool
 
-    def __call__(self, record: ClipRecord, rng: np.random.Generator) -> dict:
+    def __call__(self, record: ClipRecord, sample: Sample) -> dict:
         if record.options:
             options, answer = record.options, int(record.answer)
         else:
-            options, answer = caption_options(record.caption or "", self.pool or [], self.num_options, rng)
-        pairs = [encode_text(self.tokens, record.question, o) if record.question else encode_text(self.tokens, o)
+            options, answer = caption_options(record.caption or "", self.pool or [], self.num_options, sample.rng)
+        pairs = [self.tokens(record.question, o) if record.question else self.tokens(o)
                  for o in options]
         return {"option_ids": torch.stack([p[0] for p in pairs]), "option_mask": torch.stack([p[1] for p in pairs]),
                 "answer": answer}
@@ -119,8 +105,8 @@ class CaptionFields:
     def __init__(self, tokens: TextTokens):
         self.tokens = tokens
 
-    def __call__(self, record: ClipRecord, rng: np.random.Generator) -> dict:
-        ids, mask = encode_text(self.tokens, record.caption or "")
+    def __call__(self, record: ClipRecord, sample: Sample) -> dict:
+        ids, mask = self.tokens(record.caption or "")
         return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -128,27 +114,9 @@ class LabelFields:
     def __init__(self, labels: list[str]):
         self.index = {label: i for i, label in enumerate(labels)}
 
-    def __call__(self, record: ClipRecord, rng: np.random.Generator) -> dict:
+    def __call__(self, record: ClipRecord, sample: Sample) -> dict:
         label = str(record.label).strip()
         return {"label": self.index.get(label, -1), "label_text": label}
-
-
-class TaskDataset(ClipDataset):
-    """ClipDataset + `fields(record, rng)` merged into each usable item."""
-
-    def __init__(self, records: list[ClipRecord], root: str, data: DataConfig, train: bool, fields: Fields | None,
-                 seed: int = 0):
-        transform = ClipTransform(train=True, hflip=data.hflip, color_jitter=data.color_jitter) if train \
-            else ClipTransform(train=False)
-        super().__init__(records, root, data.num_frames, data.image_size, transform, seed)
-        self.fields = fields
-
-    def __getitem__(self, index: int) -> dict:
-        item = super().__getitem__(index)
-        if "skip" not in item and self.fields is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-            item.update(self.fields(self.records[index], rng))
-        return item
 
 
 def check_mc_records(records: list[ClipRecord], manifest: str | Path, train: bool, num_options: int) -> int:
@@ -171,17 +139,3 @@ def check_mc_records(records: list[ClipRecord], manifest: str | Path, train: boo
         raise EvilmError(f"{manifest}: records have different numbers of options ({sorted(counts)}); use one count "
                          "per manifest (mc.num_options for caption-only records)")
     return counts.pop()
-
-
-def eval_batches(dataset: ClipDataset, data: DataConfig, device: torch.device, counts: dict):
-    """Usable batches in manifest order, on `device`; skipped clips are added to counts['skipped']."""
-    from torch.utils.data import DataLoader
-
-    from evilm_core.data.dataset import collate_clips
-
-    loader = DataLoader(dataset, batch_size=data.batch_size, shuffle=False, collate_fn=collate_clips,
-                        num_workers=data.num_workers, multiprocessing_context="spawn" if data.num_workers else None)
-    for batch in loader:
-        counts["skipped"] = counts.get("skipped", 0) + len(batch["skipped"])
-        if batch["size"]:
-            yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

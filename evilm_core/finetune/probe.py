@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -23,17 +22,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from evilm_core import checkpoint as ckpt
 from evilm_core.config.loader import save_yaml
 from evilm_core.config.sections import DataConfig
-from evilm_core.data.dataset import video_root
-from evilm_core.data.manifest import read_manifest
-from evilm_core.engine import checkpoint as ckpt
+from evilm_core.data.dataset import ClipDataset, clip_dataset
+from evilm_core.data.manifest import read_manifest, video_root
+from evilm_core.engine.runtime import MetricsLog, autocast, eval_batches
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.metrics import accuracy
 from evilm_core.finetune.config import ProbeConfig
-from evilm_core.finetune.data import LabelFields, TaskDataset, eval_batches
-from evilm_core.finetune.loading import attach_head, export_finetuned
+from evilm_core.finetune.data import LabelFields, label_vocab
+from evilm_core.finetune.tasks import FinetuneTask, head_classes
+from evilm_core.fs import atomic_path
 from evilm_core.models.evilm import EViLM
+from evilm_core.models.heads import attach_head
+from evilm_core.models.loading import export_model
 
 log = logging.getLogger("evilm.finetune")
 
@@ -47,14 +50,14 @@ def feature_dim(net: EViLM, feature: str) -> int:
 
 
 @torch.no_grad()
-def extract_features(net: EViLM, dataset: TaskDataset, feature: str, data: DataConfig, device: torch.device,
-                     autocast=None) -> dict:
+def extract_features(net: EViLM, dataset: ClipDataset, feature: str, data: DataConfig, device: torch.device,
+                     amp=None) -> dict:
     """-> {features [N, F] float32 cpu, labels [N] (-1: not a training class), skipped}."""
     net.eval()
     counts: dict = {"skipped": 0}
     feats, labels = [], []
-    for batch in eval_batches(dataset, data, device, counts):
-        with autocast or nullcontext():
+    for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
+        with amp or nullcontext():
             feats.append(video_features(net, batch["pixels"], feature).float().cpu())
         labels.append(batch["label"].cpu())
     dim = feature_dim(net, feature)
@@ -62,7 +65,7 @@ def extract_features(net: EViLM, dataset: TaskDataset, feature: str, data: DataC
             "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), "skipped": counts["skipped"]}
 
 
-def records_digest(dataset: TaskDataset, labels: list[str]) -> str:
+def records_digest(dataset: ClipDataset, labels: list[str]) -> str:
     digest = hashlib.sha256(json.dumps(labels).encode())
     for r in dataset.records:
         digest.update(f"{r.video}\t{r.label}\n".encode())
@@ -83,11 +86,9 @@ def cached_features(path: Path | None, key: dict[str, str], compute: Callable[[]
                         "skipped": int(meta["skipped"])}
     out = compute()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"features": out["features"].contiguous(), "labels": out["labels"].contiguous()}, str(tmp),
-                  metadata={**key, "skipped": str(out["skipped"])})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"features": out["features"].contiguous(), "labels": out["labels"].contiguous()}, str(tmp),
+                      metadata={**key, "skipped": str(out["skipped"])})
     return out
 
 
@@ -127,21 +128,44 @@ def probe_metrics(logits: torch.Tensor, labels: torch.Tensor, skipped: int) -> d
 
 
 @torch.no_grad()
-def evaluate_probe(net: EViLM, dataset: TaskDataset, feature: str, data: DataConfig, device: torch.device,
-                   autocast=None, feats: dict | None = None) -> dict[str, float]:
-    feats = feats or extract_features(net, dataset, feature, data, device, autocast)
+def evaluate_probe(net: EViLM, dataset: ClipDataset, feature: str, data: DataConfig, device: torch.device,
+                   amp=None, feats: dict | None = None) -> dict[str, float]:
+    feats = feats or extract_features(net, dataset, feature, data, device, amp)
     head = net.heads["probe"]
     logits = head(feats["features"].to(head.weight.device)).cpu()
     return probe_metrics(logits, feats["labels"], feats["skipped"])
 
 
-def probe_dataset(records, root: str, data: DataConfig, labels: list[str], seed: int) -> TaskDataset:
-    return TaskDataset(records, root, data, train=False, fields=LabelFields(labels), seed=seed)
+def probe_dataset(records, root: str, data: DataConfig, labels: list[str], seed: int) -> ClipDataset:
+    return clip_dataset(records, root, data.num_frames, data.image_size, seed=seed, extras=LabelFields(labels))
 
 
-def _log_row(run_dir: Path, row: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+class ProbeTask(FinetuneTask):
+    """Linear probe for action recognition: the trunk frozen, a linear classifier on cached
+    features (`run_probe`) instead of the shared Trainer."""
+
+    name, needs = "probe", ("label",)
+
+    @classmethod
+    def select(cls, recipe, records):
+        labels = label_vocab([r.label for r in records])
+        if len(labels) < 2:
+            raise EvilmError(f"{recipe.data.train}: the probe needs at least 2 classes, found {labels}")
+        return records, labels
+
+    @classmethod
+    def head_classes(cls, loaded):
+        return head_classes(loaded, "probe")
+
+    @classmethod
+    def fit(cls, recipe, net, vocab, classes, records, run, init_dir, progress, resume):
+        return run_probe(recipe, net, vocab, classes, records, init_dir, run.info, progress, resume)
+
+    @classmethod
+    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
+        feature = (saved or {}).get("feature", recipe.probe.feature)
+        dataset = probe_dataset(records, video_root(recipe.data.root, manifest), recipe.data, classes, recipe.seed)
+        return evaluate_probe(net, dataset, feature, recipe.data, device)
 
 
 def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, init_dir: Path | None, info,
@@ -155,18 +179,18 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
         raise EvilmError(f"{run_dir} already holds a finished probe (final/); pass --resume to run it again "
                          "(features are reused) or set output.dir to a new directory")
     save_yaml(recipe, run_dir / "config.yaml")
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    device = info.device
+    metrics_log, device = MetricsLog(run_dir), info.device
+    metrics_log.clear()
     net.to(device).requires_grad_(False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if recipe.train.precision == "bf16" else None
     source = ckpt.file_sha256(init_dir / ckpt.WEIGHTS) if init_dir else f"scratch:seed={recipe.seed}"
 
-    def features(split: str, manifest: str, recs) -> tuple[TaskDataset, dict]:
+    def features(split: str, manifest: str, recs) -> tuple[ClipDataset, dict]:
         ds = probe_dataset(recs, video_root(d.root, manifest), d, labels, recipe.seed)
         key = {"source": source, "feature": cfg.feature, "num_frames": str(d.num_frames),
                "image_size": str(d.image_size), "root": str(ds.root), "records": records_digest(ds, labels)}
         path = run_dir / "features" / f"{split}.safetensors" if cfg.cache else None
-        return ds, cached_features(path, key, lambda: extract_features(net, ds, cfg.feature, d, device, autocast))
+        amp = autocast(recipe.train.precision, device)
+        return ds, cached_features(path, key, lambda: extract_features(net, ds, cfg.feature, d, device, amp))
 
     _, train = features("train", d.train, records)
     if not bool((train["labels"] >= 0).any()):
@@ -176,7 +200,7 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
 
     def on_epoch(epoch: int, loss: float) -> None:
         if epoch % every == 0 or epoch == cfg.epochs:
-            _log_row(run_dir, {"step": epoch, "epoch": epoch, "loss": loss})
+            metrics_log.write({"step": epoch, "epoch": epoch, "loss": loss})
         if progress is not None:
             progress(epoch, cfg.epochs, loss=loss)
 
@@ -187,6 +211,6 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
     if d.val:
         val_ds, val = features("val", d.val, read_manifest(d.val, d.format))
         metrics = {f"val_{k}": v for k, v in evaluate_probe(net, val_ds, cfg.feature, d, device, feats=val).items()}
-        _log_row(run_dir, {"step": cfg.epochs, "split": "val", **metrics})
-    final = export_finetuned(net, run_dir / "final", "probe", vocab, extra={"feature": cfg.feature}, classes=labels)
+        metrics_log.write({"step": cfg.epochs, "split": "val", **metrics})
+    final = export_model(net, run_dir / "final", vocab, "probe", extra={"feature": cfg.feature}, classes=labels)
     return {"checkpoint": str(final), "step": steps, "metrics": metrics, "skipped": train["skipped"]}

@@ -1,16 +1,25 @@
-"""The fine-tuning tasks the shared Trainer runs (qa, mc, retrieval): what trains, the loss,
-validation and export. Parameters no task loss reaches are frozen at construction (DDP waits
-for every trainable parameter's gradient; AdamW would decay them for nothing):
+"""The fine-tuning tasks (docs/design.md, "Fine-tuning tasks"). A task is one class: the record
+fields it needs, its classes and head, how it trains (the shared Trainer's loss / evaluate /
+export, or its own `fit`) and how it evaluates a split. run.py holds the registry and dispatches.
+
+Parameters no task loss reaches are frozen at construction (DDP waits for every trainable
+parameter's gradient; AdamW would decay them for nothing):
 
 | task      | trains besides the trunk      | frozen                                   |
 |-----------|-------------------------------|------------------------------------------|
 | qa        | heads.qa (MLP on joint [CLS]) | mlm, vtm, mvm heads, retrieval, scale     |
 | mc        | heads.vtm (match score)       | mlm, mvm heads, retrieval, scale          |
 | retrieval | retrieval projections, scale  | mlm, vtm, mvm heads                       |
+| probe     | heads.probe (a Linear)        | everything else (probe.py)               |
+
+Scoring: multiple choice scores each (clip, option) pair by the VTM head on the joint [CLS] as
+the log-odds of "match", the clip encoded once for all its options (`EViLM.forward_options`);
+retrieval is the dual encoder, similarity = dot product of l2-normalised embeddings.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -19,39 +28,115 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evilm_core.config.sections import DataConfig
-from evilm_core.data.manifest import ClipRecord
+from evilm_core.data.dataset import clip_dataset
+from evilm_core.data.manifest import read_manifest, video_root
+from evilm_core.data.record import ClipRecord
+from evilm_core.data.text import TextTokens
+from evilm_core.engine.runtime import eval_batches, unwrap
+from evilm_core.engine.trainer import Trainer
+from evilm_core.errors import EvilmError
+from evilm_core.evaluation.metrics import accuracy, retrieval_metrics
 from evilm_core.finetune.config import FinetuneRecipe
-from evilm_core.finetune.evaluate import evaluate_mc, evaluate_qa, evaluate_retrieval
-from evilm_core.finetune.loading import export_finetuned, freeze_except
-from evilm_core.finetune.scoring import contrastive_loss, logit_scale_value, option_scores, same_video, unwrap
+from evilm_core.finetune.data import (CaptionFields, MCFields, QAFields, answer_vocab, check_mc_records,
+                                      normalize_answer, require_fields)
 from evilm_core.models.evilm import EViLM
-from evilm_core.pretrain.data import TextTokens
+from evilm_core.models.heads import attach_head, freeze_except
+from evilm_core.models.loading import export_model
+from evilm_core.models.losses import contrastive_loss, logit_scale_value, same_key
+
+log = logging.getLogger("evilm.finetune")
 
 
 class FinetuneTask:
+    """One downstream task. Class level: what it needs before a model exists; instance: the
+    Trainer's task (loss, evaluate, export) over `net` with validation records `val`."""
+
     name = ""
+    needs: tuple[str, ...] = ()  # record fields every record of the task must carry
     keep: tuple[str, ...] = ()  # heads (or 'retrieval', 'logit_scale') trained besides the trunk
 
-    def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str], val=None,
-                 classes: list[str] | None = None):
+    def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str],
+                 val: tuple[list[ClipRecord], str] | None = None, classes: list[str] | None = None,
+                 tokens: TextTokens | None = None):
         self.recipe, self.model, self.vocab, self.val, self.classes = recipe, net, vocab, val, classes
+        self.tokens = tokens
         freeze_except(net, self.keep)
 
-    @property
-    def data(self) -> DataConfig:
-        return self.recipe.data
+    # ------------------------------------------------------------------ before the model
+    @classmethod
+    def check_records(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, train: bool) -> None:
+        require_fields(records, cls.needs, manifest, cls.name)
+
+    @classmethod
+    def select(cls, recipe: FinetuneRecipe, records: list[ClipRecord]) -> tuple[list[ClipRecord], list[str] | None]:
+        """-> (the records it trains on, its classes in head order or None)."""
+        return records, None
+
+    @classmethod
+    def attach(cls, net: EViLM, classes: list[str] | None) -> None:
+        """Add the task's own head, if it has one."""
+
+    @classmethod
+    def fields(cls, recipe: FinetuneRecipe, tokens: TextTokens, classes: list[str] | None,
+               records: list[ClipRecord] | None = None):
+        """The extras a clip of this task carries (`records`: the training records, when training)."""
+        return CaptionFields(tokens)
+
+    @classmethod
+    def head_classes(cls, loaded) -> list[str] | None:
+        """The classes of this task's head in a LoadedCheckpoint (None: the task has no head)."""
+        return None
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def fit(cls, recipe: FinetuneRecipe, net: EViLM, vocab: list[str], classes, records, run, init_dir, progress,
+            resume: bool) -> dict:
+        """Train on the shared Trainer; returns its result."""
+        d = recipe.data
+        tokens = TextTokens(run.run_dir, recipe.model.max_text_len)
+        train = cls.dataset(recipe, records, d.train, cls.fields(recipe, tokens, classes, records), train=True)
+        val = None
+        if d.val:
+            val = cls.read_split(recipe, d.val, train=False)
+        task = cls(recipe, net, vocab, val, classes, tokens)
+        log.info("finetune %s: %d clips, from %s, %.2fM trainable parameters", cls.name, len(train),
+                 init_dir or "scratch", sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e6)
+        return Trainer(recipe, task, train, run.info, progress).fit(resume=resume)
+
+    @classmethod
+    def dataset(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, fields, train: bool = False):
+        d = recipe.data
+        return clip_dataset(records, video_root(d.root, manifest), d.num_frames, d.image_size, train=train,
+                            hflip=d.hflip, color_jitter=d.color_jitter, seed=recipe.seed, extras=fields)
+
+    @classmethod
+    def read_split(cls, recipe: FinetuneRecipe, manifest: str, train: bool) -> tuple[list[ClipRecord], str]:
+        records = read_manifest(manifest, recipe.data.format)
+        cls.check_records(recipe, records, manifest, train)
+        return records, manifest
+
+    def loss(self, model: nn.Module, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if self.val is None:
             return {}
         net = unwrap(model)
-        return {f"val_{k}": v for k, v in self._evaluate(net, next(net.parameters()).device).items()}
-
-    def _evaluate(self, net: EViLM, device: torch.device) -> dict[str, float]:
-        raise NotImplementedError
+        records, manifest = self.val
+        metrics = self.evaluate_split(self.recipe, net, records, manifest, self.tokens, self.classes,
+                                      next(net.parameters()).device)
+        return {f"val_{k}": v for k, v in metrics.items()}
 
     def export(self, model: nn.Module, directory: Path) -> Path:
-        return export_finetuned(unwrap(model), directory, self.name, self.vocab, classes=self.classes)
+        return export_model(unwrap(model), directory, self.vocab, self.name, classes=self.classes)
+
+    # ------------------------------------------------------------------ evaluation
+    @classmethod
+    def evaluate_split(cls, recipe: FinetuneRecipe, net: EViLM, records: list[ClipRecord], manifest: str,
+                       tokens: TextTokens, classes: list[str] | None, device: torch.device,
+                       saved: dict | None = None) -> dict[str, float]:
+        """The task's metrics on one split (`saved`: the checkpoint's config, when evaluating one)."""
+        raise NotImplementedError
 
 
 def _parts(loss: torch.Tensor, **extra: torch.Tensor) -> dict[str, float]:
@@ -59,54 +144,166 @@ def _parts(loss: torch.Tensor, **extra: torch.Tensor) -> dict[str, float]:
 
 
 class QATask(FinetuneTask):
-    """Open-ended QA as classification over the answer vocabulary (`classes`, most frequent first)."""
+    """Open-ended QA as classification over the answer vocabulary (`classes`, most frequent first).
+    QA keeps the `qa.num_answers` most frequent training answers and trains on the questions whose
+    answer is among them; evaluation still counts every question."""
 
-    name, keep = "qa", ("qa",)
+    name, needs, keep = "qa", ("question", "answer"), ("qa",)
 
-    def loss(self, model: nn.Module, batch: dict, gen: torch.Generator):
+    @classmethod
+    def select(cls, recipe, records):
+        answers = answer_vocab([r.answer for r in records], recipe.qa.num_answers)
+        known = set(answers)
+        kept = [r for r in records if normalize_answer(r.answer) in known]
+        log.info("qa: %d answers cover %d of %d training questions (the others are not trained on)", len(answers),
+                 len(kept), len(records))
+        return kept, answers
+
+    @classmethod
+    def attach(cls, net, classes):
+        attach_head(net, "qa", len(classes))
+
+    @classmethod
+    def fields(cls, recipe, tokens, classes, records=None):
+        return QAFields(tokens, classes)
+
+    @classmethod
+    def head_classes(cls, loaded):
+        return head_classes(loaded, "qa")
+
+    def loss(self, model, batch, gen):
         out = model(batch["pixels"], batch["input_ids"], batch["attention_mask"])
         logits = unwrap(model).heads["qa"](out["cls"]).float()
         loss = F.cross_entropy(logits, batch["answer"])  # training records are all in the vocabulary
         return loss, _parts(loss, acc=(logits.argmax(-1) == batch["answer"]).float().mean())
 
-    def _evaluate(self, net, device):
-        return evaluate_qa(net, self.val, self.classes, self.data, device)
+    @classmethod
+    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
+        data = cls.dataset(recipe, records, manifest, QAFields(tokens, classes))
+        return evaluate_qa(net, data, classes, recipe.data, device)
 
 
 class MCTask(FinetuneTask):
-    """Multiple choice: cross-entropy over the options' VTM match scores."""
+    """Multiple choice: cross-entropy over the options' VTM match scores. A training record without
+    `options` gets its caption among mc.num_options - 1 captions of other training clips."""
 
-    name, keep = "mc", ("vtm",)
+    name, needs, keep = "mc", ("options",), ("vtm",)
 
-    def loss(self, model: nn.Module, batch: dict, gen: torch.Generator):
+    @classmethod
+    def check_records(cls, recipe, records, manifest, train):
+        check_mc_records(records, manifest, train, recipe.mc.num_options)
+
+    @classmethod
+    def fields(cls, recipe, tokens, classes, records=None):
+        pool = [r.caption for r in records if r.caption] if records is not None else None
+        return MCFields(tokens, recipe.mc.num_options, pool)
+
+    def loss(self, model, batch, gen):
         scores = option_scores(model, batch["pixels"], batch["option_ids"], batch["option_mask"])
         loss = F.cross_entropy(scores, batch["answer"])
         return loss, _parts(loss, acc=(scores.argmax(-1) == batch["answer"]).float().mean())
 
-    def _evaluate(self, net, device):
-        return evaluate_mc(net, self.val, self.data, device)
+    @classmethod
+    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
+        data = cls.dataset(recipe, records, manifest, MCFields(tokens, recipe.mc.num_options))
+        return evaluate_mc(net, data, recipe.data, device)
 
 
 class RetrievalTask(FinetuneTask):
-    """Text-to-video retrieval with the dual encoder; `val` is (records, video root, text tokens)."""
+    """Text-to-video retrieval with the dual encoder: symmetric InfoNCE with the learned
+    temperature; rows of the same video in a batch are all positives."""
 
-    name, keep = "retrieval", ("retrieval", "logit_scale")
+    name, needs, keep = "retrieval", ("caption",), ("retrieval", "logit_scale")
 
-    def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str],
-                 val: tuple[list[ClipRecord], str, TextTokens] | None = None, classes=None):
-        super().__init__(recipe, net, vocab, val, classes)
+    def __init__(self, recipe, net, vocab, val=None, classes=None, tokens=None):
+        super().__init__(recipe, net, vocab, val, classes, tokens)
         with torch.no_grad():  # the recipe's initial temperature (a resumed run then loads its own)
             net.logit_scale.fill_(math.log(1.0 / recipe.retrieval.temperature_init))
 
-    def loss(self, model: nn.Module, batch: dict, gen: torch.Generator):
+    def loss(self, model, batch, gen):
         out = model(batch["pixels"], batch["input_ids"], batch["attention_mask"], mode="unimodal")
         scale = unwrap(model).logit_scale
-        loss = contrastive_loss(out["video"], out["text"], scale, same_video(batch["video"], out["video"].device))
+        loss = contrastive_loss(out["video"], out["text"], scale, same_key(batch["video"], out["video"].device))
         return loss, _parts(loss, temperature=1.0 / logit_scale_value(scale))
 
-    def _evaluate(self, net, device):
-        records, root, tokens = self.val
-        return evaluate_retrieval(net, records, root, self.data, tokens, device)
+    @classmethod
+    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
+        return evaluate_retrieval(net, records, video_root(recipe.data.root, manifest), recipe.data, tokens, device)
 
 
-TASK_CLASSES = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask}
+def head_classes(loaded, task: str) -> list[str]:
+    """The classes of a loaded checkpoint's `task` head; an error when it has none."""
+    if task not in loaded.classes:
+        raise EvilmError(f"checkpoint {loaded.directory} has no {task} head (its task: "
+                         f"{loaded.task or 'pre-training'}); "
+                         f"fine-tune it with `evilm finetune` first (zero-shot evaluation exists for mc and retrieval)")
+    return loaded.classes[task]
+
+
+# ---------------------------------------------------------------------------- scoring and metrics
+
+
+def option_scores(model: nn.Module, pixels: torch.Tensor, option_ids: torch.Tensor,
+                  option_mask: torch.Tensor) -> torch.Tensor:
+    """pixels [B, T, 3, H, W], options [B, K, L] -> match log-odds [B, K] (float32)."""
+    out = model(pixels, option_ids, option_mask, mode="options")
+    logits = unwrap(model).heads["vtm"](out["cls"]).float()  # [B, K, 2]; class 1 = match (pre-training)
+    return logits[..., 1] - logits[..., 0]
+
+
+def qa_metrics(predictions: list[str], gold: list[str], answers: list[str]) -> dict[str, float]:
+    """Accuracy over every example (out-of-vocabulary gold answers can never match), how many
+    gold answers were out of vocabulary, and always answering the most frequent training answer."""
+    vocab = set(answers)
+    return {"accuracy": accuracy(predictions, gold), "majority_baseline": accuracy([answers[0]] * len(gold), gold),
+            "oov_answers": sum(g not in vocab for g in gold), "num_examples": len(gold)}
+
+
+@torch.no_grad()
+def evaluate_qa(net: EViLM, dataset, answers: list[str], data: DataConfig, device: torch.device) -> dict[str, float]:
+    counts: dict = {"skipped": 0}
+    preds, gold = [], []
+    for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
+        out = net(batch["pixels"], batch["input_ids"], batch["attention_mask"])
+        best = net.heads["qa"](out["cls"]).float().argmax(-1).tolist()
+        preds += [answers[i] for i in best]
+        gold += batch["answer_text"]
+    return {**qa_metrics(preds, gold, answers), "skipped": counts["skipped"]}
+
+
+@torch.no_grad()
+def evaluate_mc(net: EViLM, dataset, data: DataConfig, device: torch.device) -> dict[str, float]:
+    counts: dict = {"skipped": 0}
+    preds, gold, k = [], [], 0
+    for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
+        scores = option_scores(net, batch["pixels"], batch["option_ids"], batch["option_mask"])
+        preds += scores.argmax(-1).tolist()
+        gold += batch["answer"].tolist()
+        k = scores.shape[1]
+    return {"accuracy": accuracy(preds, gold), "chance": 100.0 / k if k else 0.0, "num_examples": len(gold),
+            "skipped": counts["skipped"]}
+
+
+@torch.no_grad()
+def evaluate_retrieval(net: EViLM, records: list[ClipRecord], root: str, data: DataConfig, tokens: TextTokens,
+                       device: torch.device) -> dict[str, float]:
+    """Dual-encoder retrieval: each distinct clip embedded once, each caption once, one T x V
+    similarity (no pairwise cross scoring). Captions of undecodable clips leave the query set."""
+    videos = list(dict.fromkeys(r.video for r in records))
+    counts: dict = {"skipped": 0}
+    clips = clip_dataset([ClipRecord(video=v) for v in videos], root, data.num_frames, data.image_size)
+    video_emb, kept = [], []
+    for batch in eval_batches(clips, data.batch_size, data.num_workers, device, counts):
+        video_emb.append(net.embed_video(batch["pixels"]).float())
+        kept += batch["video"]
+    column = {v: i for i, v in enumerate(kept)}
+    queries = [r for r in records if r.video in column]
+    if not queries:
+        raise EvilmError("retrieval evaluation: no clip of the split could be decoded")
+    text_emb = []
+    for start in range(0, len(queries), data.batch_size):
+        ids, mask = tokens.batch([r.caption or "" for r in queries[start:start + data.batch_size]])
+        text_emb.append(net.embed_text(ids.to(device), mask.to(device)).float())
+    sim = (torch.cat(text_emb) @ torch.cat(video_emb).T).cpu()  # [T, V]
+    metrics = retrieval_metrics(sim, torch.tensor([column[r.video] for r in queries]))
+    return {**metrics, "num_examples": len(queries), "num_videos": len(kept), "skipped": counts["skipped"]}

@@ -2,11 +2,10 @@
 
     [h_CLS, h_L, h_V] = DEC_VL([e_CLS, e_L + t_L, e_V + t_V])
 
-The decoder is a stack of pre-norm transformer blocks (timm `Block`, which calls PyTorch's
-scaled_dot_product_attention) with a key-padding mask. Heads are apart from the trunk, as in
-timm: `heads` holds the pre-training heads (MLM, VTM, MVM), `retrieval` the unimodal
-projections; `forward_features` is the shared interface every task uses. The MLM head is not
-tied to the word embeddings: those are 128-d inside BERT and the decoder is 384-d.
+Heads are apart from the trunk, as in timm: `heads` holds the pre-training heads (MLM, VTM,
+MVM), `retrieval` the unimodal projections; `forward_features` is the shared interface every
+task uses. The MLM head is not tied to the word embeddings: those are 128-d inside BERT and the
+decoder is 384-d. The decoder itself is in fusion.py, the heads' builders in heads.py.
 """
 
 from __future__ import annotations
@@ -14,62 +13,29 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 
 from evilm_core.models.backbones import trunc_normal_init
 from evilm_core.models.config import EViLMConfig
+from evilm_core.models.fusion import FusionDecoder
+from evilm_core.models.heads import mlp_head
 from evilm_core.models.text_encoder import TextEncoder
 from evilm_core.models.video_encoder import VideoEncoder
 
 
-def mlp_head(dim: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim), nn.Linear(dim, out))
-
-
-def text_embedding(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Text retrieval embedding [B, E] of any module with EViLM's `text`, `fusion` and
-    `retrieval["text"]` (EViLM itself, or the text side a query loads alone)."""
-    h = model.fusion(model.text(input_ids, attention_mask), attention_mask, None)
-    return F.normalize(model.retrieval["text"](h[:, 0]), dim=-1)
-
-
-class FusionDecoder(nn.Module):
-    def __init__(self, cfg: EViLMConfig):
-        super().__init__()
-        d = cfg.fusion_dim
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.type_text = nn.Parameter(torch.zeros(1, 1, d))  # t^L
-        self.type_video = nn.Parameter(torch.zeros(1, 1, d))  # t^V
-        self.blocks = nn.ModuleList([Block(d, cfg.fusion_heads, cfg.mlp_ratio, qkv_bias=True)
-                                     for _ in range(cfg.fusion_layers)])
-        self.norm = nn.LayerNorm(d)
-        for p in (self.cls_token, self.type_text, self.type_video):
-            nn.init.trunc_normal_(p, std=0.02)
-        trunc_normal_init(self.blocks)
-
-    def forward(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, video: torch.Tensor | None) -> torch.Tensor:
-        """text [B, L, D] + mask [B, L], video [B, N, D] (either may be None) -> [B, 1+L+N, D]."""
-        ref = text if text is not None else video
-        b = ref.shape[0]
-        parts, keep = [self.cls_token.expand(b, -1, -1)], [ref.new_ones(b, 1, dtype=torch.bool)]
-        if text is not None:
-            parts.append(text + self.type_text)
-            keep.append(text_mask.bool())
-        if video is not None:
-            parts.append(video + self.type_video)
-            keep.append(video.new_ones(b, video.shape[1], dtype=torch.bool))
-        x, keep = torch.cat(parts, 1), torch.cat(keep, 1)
-        attn_mask = keep[:, None, None, :]  # [B, 1, 1, N]: padded keys are never attended
-        for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)
-        return self.norm(x)
-
-
 class EViLM(nn.Module):
-    def __init__(self, cfg: EViLMConfig):
+    """E-ViLM: video encoder + text encoder + fusion decoder, heads apart (docs/design.md, "Model").
+
+    `forward_features` is the joint pass every task uses; `embed_video` / `embed_text` are the
+    unimodal passes behind retrieval; `heads` holds the pre-training heads (and a task's head
+    once fine-tuning attaches one), `retrieval` the unimodal projections with the learned
+    temperature `logit_scale`. `EViLM.text_side(cfg)` is the same class without the video
+    encoder and the heads: what a text query loads (parameter names are EViLM's).
+    """
+
+    def __init__(self, cfg: EViLMConfig, video: bool = True, heads: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.video = VideoEncoder(cfg)
+        self.video = VideoEncoder(cfg) if video else None
         self.text = TextEncoder(cfg)
         self.fusion = FusionDecoder(cfg)
         d = cfg.fusion_dim
@@ -77,13 +43,19 @@ class EViLM(nn.Module):
             "mlm": mlp_head(d, cfg.vocab_size),
             "vtm": nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2)),
             "mvm": mlp_head(d, cfg.codebook_size),
-        })
+        } if heads else {})
         self.retrieval = nn.ModuleDict({"video": nn.Linear(d, cfg.embed_dim), "text": nn.Linear(d, cfg.embed_dim)})
         self.logit_scale = nn.Parameter(torch.tensor(2.659))  # log(1/0.07), CLIP's learned temperature
         trunc_normal_init(self.heads)
         trunc_normal_init(self.retrieval)
-        trunc_normal_init(self.video.proj)
+        if video:
+            trunc_normal_init(self.video.proj)
         trunc_normal_init(self.text.proj)
+
+    @classmethod
+    def text_side(cls, cfg: EViLMConfig) -> EViLM:
+        """Text encoder, fusion decoder and retrieval projections only (no video encoder, no heads)."""
+        return cls(cfg, video=False, heads=False)
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "type_text", "type_video", "frame_embed", "region_embed", "logit_scale"}
@@ -154,7 +126,8 @@ class EViLM(nn.Module):
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^L + t^L] -> l2-normalised retrieval embedding [B, E]."""
-        return text_embedding(self, input_ids, attention_mask)
+        h = self.fusion(self.text(input_ids, attention_mask), attention_mask, None)
+        return F.normalize(self.retrieval["text"](h[:, 0]), dim=-1)
 
     def trunk_parameters(self) -> int:
         """Parameters without any head (the paper's 16M figure)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from evilm_core.config.loader import path_field, register_recipe
+from evilm_core.config.loader import path_field
 from evilm_core.config.sections import RunSections, check_model_fits_data
 from evilm_core.models.config import EViLMConfig
 
@@ -40,7 +40,6 @@ class InitConfig:
     checkpoint: str | None = path_field()  # start from these weights (a checkpoint dir); optimiser starts fresh
 
 
-@register_recipe("pretrain")
 @dataclass
 class PretrainRecipe(RunSections):
     model: EViLMConfig = field(default_factory=EViLMConfig)
@@ -51,7 +50,7 @@ class PretrainRecipe(RunSections):
     init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self):
-        check_model_fits_data(self)
+        check_model_fits_data(self.model, self.data)
         if self.loss.mvm > 0 and self.mvm.targets == "cache" and self.mvm.candidates % self.data.num_frames:
             raise ValueError(f"mvm.candidates ({self.mvm.candidates}) must be a multiple of data.num_frames "
                              f"({self.data.num_frames}): one frame is drawn per group of candidates")

@@ -18,9 +18,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from evilm_core.config.loader import load_recipe
 from evilm_core.errors import EvilmError, TrainingInterrupted
+from evilm_core.fs import atomic_write_text
 from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recipe, tokenizer_recipe, write_recipe
+from evilm_core.recipes import load_recipe
 
 log = logging.getLogger("evilm.quickstart")
 STAGES = ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
@@ -51,8 +52,7 @@ class Quickstart:
                 raise EvilmError(f"{self.out} holds a quickstart run with {saved}, not {mine}; use another --out "
                                  "or the same settings to resume it")
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(mine) + "\n", encoding="utf-8")
+            atomic_write_text(path, json.dumps(mine) + "\n", fsync=False)
 
     def _recipe(self, name: str, raw: dict):
         return write_recipe(raw, self.out / "recipes" / f"{name}.yaml")
@@ -71,10 +71,7 @@ class Quickstart:
             raise err.with_hint(f"quickstart stage {stage}", f"run the same `evilm quickstart --out {self.out}` "
                                 "again to continue") from None
         result = {**result, "seconds": round(time.perf_counter() - start, 2)}
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, marker)
+        atomic_write_text(marker, json.dumps(result, default=str) + "\n", fsync=False)
         self.results[stage] = result
         log.info("quickstart: %s done in %.1f s", stage, result["seconds"])
         return result
@@ -113,7 +110,7 @@ class Quickstart:
         return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / "pretrain")}
 
     def finetune(self, task: str, update) -> dict:
-        from evilm_core.finetune.train import train_finetune
+        from evilm_core.finetune.run import train_finetune
 
         init = str(self.out / "pretrain" / "final")
         recipe = self._recipe(task, finetune_recipe(self.out, self.size, self.seed, task, init))
@@ -130,7 +127,7 @@ class Quickstart:
         return {"videos": summary["total"], "skipped": summary["skipped_total"], "dir": summary["index"]}
 
     def evaluate(self, update) -> dict:
-        from evilm_core.finetune.evaluate import evaluate_checkpoint
+        from evilm_core.finetune.run import evaluate_checkpoint
 
         metrics = {}
         for i, task in enumerate(("retrieval", "qa")):
@@ -141,9 +138,8 @@ class Quickstart:
         return metrics
 
     def profile(self, update) -> dict:
+        from evilm_core.checkpoint import read_checkpoint_vocab
         from evilm_core.models.profile import profile_recipe
-
-        from evilm_core.engine.checkpoint import read_checkpoint_vocab
 
         recipe = load_recipe(self.out / "recipes" / "pretrain.yaml")
         result = profile_recipe(recipe, vocab_size=len(read_checkpoint_vocab(self.out / "pretrain" / "final")))

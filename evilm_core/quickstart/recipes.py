@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from evilm_core.config.loader import save_yaml
+from evilm_core.recipes import build_recipe
+
 
 @dataclass(frozen=True)
 class QuickstartSize:
@@ -42,11 +45,8 @@ SIZES = {
 
 def write_recipe(raw: dict, path: Path):
     """Write a recipe dict as YAML (so the individual commands can re-run it) and return it typed."""
-    from evilm_core.config.loader import from_dict, recipe_kinds, save_yaml
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_yaml(raw, path)
-    return from_dict(recipe_kinds()[raw["kind"]], raw)
+    return build_recipe(raw, path)
 
 
 def _data(out: Path, s: QuickstartSize, **extra) -> dict:

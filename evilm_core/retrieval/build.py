@@ -9,19 +9,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader
 
-from evilm_core.config.sections import DataConfig
-from evilm_core.data.dataset import collate_clips
-from evilm_core.data.manifest import ClipRecord
-from evilm_core.engine import checkpoint as ckpt
-from evilm_core.engine.distributed import pick_device
+from evilm_core import checkpoint as ckpt
+from evilm_core.data.collect import collect_videos, parse_shard, shard_of
+from evilm_core.data.dataset import clip_dataset
+from evilm_core.data.record import ClipRecord
+from evilm_core.engine.runtime import choose_device, eval_loader
 from evilm_core.errors import EvilmError
-from evilm_core.finetune.data import TaskDataset
-from evilm_core.finetune.loading import load_checkpoint, resolve_checkpoint
-from evilm_core.label.labeler import collect_videos
+from evilm_core.models.loading import load_checkpoint, resolve_checkpoint
 from evilm_core.retrieval.index import (FORMAT, META, IndexMeta, consolidate, indexed_keys, read_meta, record_skipped,
-                                        shard_of, skipped_keys, write_meta, write_part)
+                                        skipped_keys, write_meta, write_part)
 
 log = logging.getLogger("evilm.retrieve")
 ProgressFn = Callable[..., None]
@@ -73,9 +70,7 @@ def _open_or_create(out: Path, checkpoint: Path, model_hash: str, embed_dim: int
 def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     """Embed the videos of this shard that the index lacks; fold parts in once all are there.
     Returns counts: total, embedded (this run), already (present before), skipped, complete."""
-    i, n = req.shard
-    if not 0 <= i < n:
-        raise EvilmError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    i, n = parse_shard(req.shard)
     keys, root = collection(req)
     directory = resolve_checkpoint(req.checkpoint)
     model_hash = ckpt.file_sha256(directory / ckpt.WEIGHTS)
@@ -88,7 +83,7 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     log.info("index %s: %d videos, shard %d/%d owns %d, %d to embed", out, len(keys), i, n, len(mine), len(todo))
     counts = {"total": len(keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0}
     if todo:
-        device = pick_device(req.device)
+        device = choose_device(req.device)
         net.to(device).eval()
         _embed(net, todo, root, req, meta, out, device, counts, progress)
     skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
@@ -104,11 +99,8 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
 @torch.no_grad()
 def _embed(net, todo: list[str], root: str, req: IndexRequest, meta: IndexMeta, out: Path, device: torch.device,
            counts: dict, progress: ProgressFn | None) -> None:
-    data = DataConfig(num_frames=req.num_frames, image_size=meta.image_size, batch_size=req.batch_size,
-                      num_workers=req.num_workers)
-    dataset = TaskDataset([ClipRecord(video=k) for k in todo], root, data, train=False, fields=None)
-    loader = DataLoader(dataset, batch_size=req.batch_size, shuffle=False, collate_fn=collate_clips,
-                        num_workers=req.num_workers, multiprocessing_context="spawn" if req.num_workers else None)
+    dataset = clip_dataset([ClipRecord(video=k) for k in todo], root, req.num_frames, meta.image_size)
+    loader = eval_loader(dataset, req.batch_size, req.num_workers)
     keys, embs, seen, start = [], [], 0, time.monotonic()
     name = f"{time.time_ns():x}-s{req.shard[0]}of{req.shard[1]}"
     for batch in loader:

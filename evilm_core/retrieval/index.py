@@ -226,9 +226,3 @@ def _as_tensor(rows: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(rows)
-
-
-def shard_of(keys: list[str], shard: tuple[int, int]) -> list[str]:
-    """The keys shard (i, n) owns: i, i+n, i+2n, ..."""
-    i, n = shard
-    return keys[i::n]

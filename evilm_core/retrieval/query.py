@@ -14,48 +14,14 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-import torch.nn as nn
-from safetensors import safe_open
 
-from evilm_core.engine import checkpoint as ckpt
+from evilm_core import checkpoint as ckpt
+from evilm_core.data.text import TextTokens
 from evilm_core.errors import EvilmError
-from evilm_core.finetune.loading import checkpoint_model_config, resolve_checkpoint
-from evilm_core.models.config import EViLMConfig
-from evilm_core.models.evilm import FusionDecoder, text_embedding
-from evilm_core.models.text_encoder import TextEncoder
-from evilm_core.pretrain.data import TextTokens
+from evilm_core.models.loading import load_text_side, resolve_checkpoint
 from evilm_core.retrieval.index import IndexView
 
 log = logging.getLogger("evilm.retrieve")
-TEXT_PREFIXES = ("text.", "fusion.", "retrieval.text.")
-
-
-class TextSide(nn.Module):
-    """The part of EViLM a text query runs through; parameter names match EViLM's."""
-
-    def __init__(self, cfg: EViLMConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.text = TextEncoder(cfg)
-        self.fusion = FusionDecoder(cfg)
-        self.retrieval = nn.ModuleDict({"text": nn.Linear(cfg.fusion_dim, cfg.embed_dim)})
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """EViLM.embed_text's computation -> l2-normalised [B, E]."""
-        return text_embedding(self, input_ids, attention_mask)
-
-
-def load_text_side(checkpoint: str | Path) -> tuple[TextSide, Path]:
-    directory = resolve_checkpoint(checkpoint)
-    cfg = checkpoint_model_config(directory)
-    model = TextSide(cfg)
-    with safe_open(str(directory / ckpt.WEIGHTS), framework="pt") as fh:
-        state = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(TEXT_PREFIXES)}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise EvilmError(f"{directory}: text-side weights do not fit its config ({str(err)[:300]})") from None
-    return model.eval(), directory
 
 
 @dataclass
@@ -91,9 +57,8 @@ class Searcher:
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        pairs = [self.tokens(t) for t in texts]
-        ids, mask = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-        return self.model(ids, mask).float()
+        ids, mask = self.tokens.batch(texts)
+        return self.model.embed_text(ids, mask).float()
 
     def search(self, texts: list[str], k: int) -> list[list[Hit]]:
         scores, rows = self.index.search(self.embed(texts), k)

@@ -81,7 +81,7 @@ def test_final_checkpoint_rebuilds_and_embeds(run, synth_dir):
     from evilm_core.data.dataset import collate_clips
     from evilm_core.data.manifest import read_manifest
     from evilm_core.data.transforms import ClipTransform
-    from evilm_core.engine import checkpoint as ckpt
+    from evilm_core import checkpoint as ckpt
     from evilm_core.models.config import EViLMConfig
     from evilm_core.models.evilm import EViLM
     from evilm_core.pretrain.data import PretrainDataset, TextTokens

@@ -54,7 +54,7 @@ def test_run_directory_and_final_tokenizer(trained):
     keys = load_file(str(out / "final" / "model.safetensors")).keys()
     assert all(k.startswith(("encoder.", "proj.", "quantizer.codebook")) for k in keys)
     assert any(k == "quantizer.codebook" for k in keys)
-    from evilm_core.tokenizer.train import load_tokenizer
+    from evilm_core.models.tokenizer import load_tokenizer
 
     model, info = load_tokenizer(out)
     assert model.decoder is None and info["codebook_size"] == 16 and info["grid"] == 2

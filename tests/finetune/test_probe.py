@@ -8,7 +8,7 @@ import torch
 
 from evilm_core.config.sections import DataConfig
 from evilm_core.finetune.config import ProbeConfig
-from evilm_core.finetune.loading import attach_head
+from evilm_core.models.heads import attach_head
 from evilm_core.finetune.probe import cached_features, evaluate_probe, extract_features, feature_dim, fit_linear
 from tests.finetune import ListDataset, clips, tiny_model
 

@@ -11,8 +11,9 @@ from evilm_core.config.sections import DataConfig
 from evilm_core.data.manifest import ClipRecord, read_manifest
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.data import answer_vocab, caption_options, check_mc_records, normalize_answer
-from evilm_core.finetune.evaluate import evaluate_qa, qa_metrics
-from evilm_core.finetune.loading import attach_head, merge_model_config, resolve_checkpoint
+from evilm_core.finetune.tasks import evaluate_qa, qa_metrics
+from evilm_core.models.heads import attach_head
+from evilm_core.models.loading import merge_model_config, resolve_checkpoint
 from evilm_core.models.config import EViLMConfig
 from tests.finetune import ListDataset, clips, texts, tiny_config, tiny_model
 

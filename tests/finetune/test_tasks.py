@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from evilm_core.config.sections import DataConfig
-from evilm_core.finetune.evaluate import evaluate_mc
-from evilm_core.finetune.loading import attach_head
-from evilm_core.finetune.scoring import MAX_LOGIT_SCALE, contrastive_loss, option_scores, same_video
+from evilm_core.finetune.tasks import evaluate_mc
+from evilm_core.models.heads import attach_head
+from evilm_core.finetune.tasks import option_scores
+from evilm_core.models.losses import MAX_LOGIT_SCALE, contrastive_loss, same_key
 from evilm_core.finetune.tasks import MCTask, QATask, RetrievalTask
 from tests.finetune import ListDataset, clips, texts, tiny_model, tiny_recipe
 
@@ -128,7 +129,7 @@ def test_contrastive_loss_treats_captions_of_one_clip_as_positives():
     video, text = _unit(3, 16, 0), _unit(3, 16, 1)
     video = torch.cat([video[:1], video])  # rows 0 and 1 show the same clip
     text = torch.cat([text[:1] * -1, text])
-    pos = same_video(["v0", "v0", "v1", "v2"])
+    pos = same_key(["v0", "v0", "v1", "v2"])
     assert pos.sum() == 6 and pos[0, 1] and pos[1, 0]
     scale = torch.tensor(2.0)
     assert contrastive_loss(video, text, scale, pos) < contrastive_loss(video, text, scale)

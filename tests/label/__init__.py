@@ -17,8 +17,8 @@ _ASSETS: dict = {}
 
 def make_tokenizer(directory: Path, seed: int = 0, image_size: int = 64, codebook_size: int = 32) -> Path:
     from evilm_core.tokenizer.config import CodebookConfig, TokenizerModelConfig
-    from evilm_core.tokenizer.model import SemanticTokenizer
-    from evilm_core.tokenizer.train import export_tokenizer
+    from evilm_core.models.tokenizer import SemanticTokenizer
+    from evilm_core.models.tokenizer import export_tokenizer
 
     torch.manual_seed(seed)
     cfg = TokenizerModelConfig(encoder_args=dict(embed_dim=64, depth=1, num_heads=2), image_size=image_size,

@@ -18,9 +18,11 @@ from evilm_core.data.synth import generate
 from evilm_core.data.transforms import normalize
 from evilm_core.data.video import read_clip
 from evilm_core.errors import EvilmError
-from evilm_core.label.cache import LabelCache, choose_candidates
-from evilm_core.label.labeler import collect_videos, merge_shards, run_label
-from evilm_core.tokenizer.train import load_tokenizer
+from evilm_core.data.label_cache import LabelCache, choose_candidates
+from evilm_core.data.collect import collect_videos
+from evilm_core.label.labeler import run_label
+from evilm_core.label.writer import merge_shards
+from evilm_core.models.tokenizer import load_tokenizer
 from tests.label import assets, read_bytes
 
 RUN = dict(num_candidates=8, num_workers=0, device="cpu")

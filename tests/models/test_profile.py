@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evilm_core.config import load_recipe
+from evilm_core.recipes import load_recipe
 from evilm_core.errors import EvilmError
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.profile import (

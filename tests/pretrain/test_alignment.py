@@ -18,7 +18,7 @@ from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
 from evilm_core.pretrain import train as pretrain_train
 from evilm_core.pretrain.config import PretrainRecipe
-from evilm_core.pretrain.train import PretrainTask
+from evilm_core.pretrain.objectives import PretrainTask
 
 TINY = dict(video_encoder="edgenext_xx_small", image_size=64, vocab_size=20, text_layers=1, text_hidden=32,
             text_heads=2, text_intermediate=64, fusion_dim=48, fusion_layers=1, fusion_heads=2, codebook_size=8,
@@ -234,7 +234,7 @@ def test_loss_selects_masked_regions_with_their_targets(monkeypatch):
 def tokenizer_depth0(seed: int = 0, image_size: int = 64, codebook_size: int = 32):
     """A ViT/32 tokenizer without attention blocks: patch token (i, j) sees only patch (i, j)."""
     from evilm_core.tokenizer.config import CodebookConfig, TokenizerModelConfig
-    from evilm_core.tokenizer.model import SemanticTokenizer
+    from evilm_core.models.tokenizer import SemanticTokenizer
 
     torch.manual_seed(seed)
     cfg = TokenizerModelConfig(encoder_args=dict(embed_dim=64, depth=0, num_heads=2), image_size=image_size,
@@ -272,9 +272,9 @@ def test_label_cache_code_tij_is_the_code_of_patch_ij_of_frame_t(tmp_path):
     from evilm_core.data.synth import generate
     from evilm_core.data.transforms import normalize
     from evilm_core.data.video import read_frames
-    from evilm_core.label.cache import LabelCache
+    from evilm_core.data.label_cache import LabelCache
     from evilm_core.label.labeler import run_label
-    from evilm_core.tokenizer.train import export_tokenizer
+    from evilm_core.models.tokenizer import export_tokenizer
     from tests.label import VOCAB as TOK_VOCAB
 
     size, g = 96, 3

@@ -16,7 +16,7 @@ from evilm_core.errors import EvilmError
 from evilm_core.label.labeler import run_label
 from evilm_core.pretrain.config import PretrainRecipe
 from evilm_core.pretrain.data import PretrainDataset, TextTokens, open_label_cache
-from evilm_core.tokenizer.train import load_tokenizer
+from evilm_core.models.tokenizer import load_tokenizer
 from tests.label import make_tokenizer
 
 NUM_FRAMES, CANDIDATES = 4, 8
@@ -106,7 +106,7 @@ def test_other_tokenizer_is_refused_naming_both_hashes(setup, tmp_path):
 
 def test_cache_for_other_frame_size_is_refused_naming_both(setup, tmp_path):
     """A recipe at 96 px with the 64 px cache (no tokenizer given, so the cache is the only check)."""
-    from evilm_core.pretrain.train import _mvm_sources
+    from evilm_core.pretrain.train import mvm_sources as _mvm_sources
 
     s = setup
     model = dict(video_encoder="edgenext_xx_small", image_size=96, codebook_size=32, vocab_size=10)

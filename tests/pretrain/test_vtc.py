@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from evilm_core.config.loader import from_dict
-from evilm_core.finetune.scoring import contrastive_loss
+from evilm_core.models.losses import contrastive_loss
 from evilm_core.pretrain.config import PretrainRecipe
-from evilm_core.pretrain.train import PretrainTask, same_caption
+from evilm_core.models.losses import same_key as same_caption
+from evilm_core.pretrain.objectives import PretrainTask
 from tests.pretrain.test_alignment import TINY, VOCAB, text_batch
 
 

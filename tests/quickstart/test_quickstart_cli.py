@@ -43,7 +43,7 @@ def test_synthetic_recipes_describe_the_quickstart_model():
     """recipes/synthetic/* are the quickstart's settings written out: they must not drift apart."""
     from pathlib import Path
 
-    from evilm_core.config.loader import load_recipe
+    from evilm_core.recipes import load_recipe
     from evilm_core.quickstart.recipes import SIZES, _model, tokenizer_recipe
     from tests.conftest import REPO
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from evilm_core.data.manifest import read_manifest
 from evilm_core.data.vocab import build_vocab
-from evilm_core.engine import checkpoint as ckpt
+from evilm_core import checkpoint as ckpt
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
 from tests.conftest import run_evilm
@@ -67,8 +67,8 @@ def test_index_layout_and_contents(index, synth_dir):
 def test_query_ranks_equal_evaluate(index, model, synth_dir):
     """R@K from `retrieve query` output == evaluate's retrieval metrics on the same clips."""
     from evilm_core.config.sections import DataConfig
-    from evilm_core.finetune.evaluate import evaluate_retrieval
-    from evilm_core.finetune.loading import load_checkpoint
+    from evilm_core.finetune.tasks import evaluate_retrieval
+    from evilm_core.models.loading import load_checkpoint
     from evilm_core.pretrain.data import TextTokens
 
     records = read_manifest(synth_dir / "test.jsonl")

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from evilm_core.tokenizer.quantizer import VectorQuantizer, code_usage, cosine_kmeans
+from evilm_core.models.quantizer import VectorQuantizer, code_usage, cosine_kmeans
 
 
 def _vq(**kw) -> VectorQuantizer:

@@ -1,10 +1,11 @@
-"""Checkpoint directories (DESIGN 7): `model.safetensors`, `config.yaml`, `vocab.txt`,
-`trainer_state.pt`. Written under a temporary name and renamed, so a crash never leaves a half
-checkpoint; `trainer_state.pt` holds only tensors and plain values and is read with
+"""Checkpoint directories (docs/design.md, "Checkpoints"): `model.safetensors`, `config.yaml`,
+`vocab.txt`, `trainer_state.pt`. Written under a temporary name and renamed, so a crash never
+leaves a half checkpoint; `trainer_state.pt` holds only tensors and plain values and is read with
 `weights_only=True`, so loading never unpickles arbitrary objects."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import random
@@ -15,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from evilm_core.config.loader import save_yaml
 from evilm_core.data.vocab import VOCAB_FILE, read_vocab, save_vocab
 from evilm_core.errors import EvilmError
+from evilm_core.fs import atomic_write_text
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -46,7 +49,7 @@ def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], co
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE)
     for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text, encoding="utf-8")
+        atomic_write_text(tmp / name, text, fsync=False)
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
@@ -76,6 +79,13 @@ def read_checkpoint_vocab(directory: str | Path) -> list[str]:
     return read_vocab(Path(directory) / VOCAB_FILE)
 
 
+def read_yaml_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise EvilmError(f"{directory} has no {CONFIG}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def step_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete `step_XXXXXXXX` checkpoints in a run directory, oldest first."""
     run_dir = Path(run_dir)
@@ -88,6 +98,16 @@ def step_checkpoints(run_dir: str | Path) -> list[Path]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = step_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def find_checkpoint(path: str | Path, steps: bool = True) -> Path | None:
+    """The checkpoint a path names: the directory itself, a run directory's `final/`, else (with
+    `steps`) its newest complete `step_*`; None when there is none."""
+    path = Path(path)
+    for candidate in (path, path / "final"):
+        if is_checkpoint(candidate):
+            return candidate
+    return latest_checkpoint(path) if steps else None
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
@@ -118,19 +138,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import ast
-
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate(ast.literal_eval(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def read_yaml_config(directory: str | Path) -> dict:
-    import yaml
-
-    path = Path(directory) / CONFIG
-    if not path.is_file():
-        raise EvilmError(f"{directory} has no {CONFIG}")
-    return yaml.safe_load(path.read_text()) or {}

@@ -1,5 +1,5 @@
-"""The offline MVM label cache (DESIGN 5): on-disk format, writer and reader (the shard merge,
-`merge_shards`, lives with the labelling run in labeler.py).
+"""The offline MVM label cache (docs/design.md, "Label cache"): its on-disk format and its
+reader. Writing (creating, resuming, merging shards) is evilm_core/label/writer.py.
 
 Layout of a cache directory (every array fixed-size and positional, row r = line r of keys.txt):
 
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,61 +53,13 @@ class CacheKeyError(EvilmError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def shard_dir_name(index: int, count: int) -> str:
-    return f"shard-{index}-of-{count}"
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'i/n' -> (i, n) with 0 <= i < n; None stays None."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-        raise EvilmError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4 ... 3/4), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def make_meta(tok_info: dict, num_candidates: int, flips: bool, num_keys: int,
-              shard: tuple[int, int] | None, source: dict | None) -> dict:
-    """The meta.json record of a new cache."""
-    if tok_info["codebook_size"] > np.iinfo(np.uint16).max + 1:
-        raise EvilmError(f"codebook size {tok_info['codebook_size']} does not fit the cache's uint16 codes")
-    if num_candidates < 1:
-        raise EvilmError(f"--candidates must be at least 1, got {num_candidates}")
-    return {
-        "format_version": FORMAT_VERSION, "tokenizer_sha256": tok_info["sha256"],
-        "tokenizer_dir": str(tok_info["dir"]), "codebook_size": int(tok_info["codebook_size"]),
-        "image_size": int(tok_info["image_size"]), "grid": int(tok_info["grid"]),
-        "num_candidates": int(num_candidates), "candidate_rule": CANDIDATE_RULE,
-        "variants": list(VARIANTS[: 2 if flips else 1]), "dtype": "uint16", "num_keys": int(num_keys),
-        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source or {},
-    }
-
-
-def _shapes(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
+def shapes(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
     n, v, f, g = meta["num_keys"], len(meta["variants"]), meta["num_candidates"], meta["grid"]
     return {CODES: ((n, v, f, g, g), "<u2"), FRAMES: ((n, f), "<i4"), NFRAMES: ((n,), "<i4"), STATUS: ((n,), "u1")}
 
 
-def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+def nbytes(shape: tuple[int, ...], dtype: str) -> int:
     return int(np.prod(shape)) * np.dtype(dtype).itemsize
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_meta(directory: Path, meta: dict) -> None:
-    _atomic_write(directory / META, json.dumps(meta, indent=2) + "\n")
 
 
 def read_meta(directory: Path) -> dict:
@@ -129,96 +80,18 @@ def read_keys(directory: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
-def _check_keys(keys: list[str]) -> None:
-    bad = next((k for k in keys if not k or "\n" in k or "\r" in k), None)
-    if bad is not None:
-        raise EvilmError(f"video key {bad!r} cannot be stored in keys.txt (empty or contains a line break)")
-
-
-def allocate(directory: Path, meta: dict, keys: list[str]) -> None:
-    """Create keys.txt and the preallocated (sparse, zero = pending) data files; not meta.json."""
-    _check_keys(keys)
-    if len(keys) != meta["num_keys"]:
-        raise ValueError("meta num_keys differs from the key list")
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / KEYS, "".join(k + "\n" for k in keys))
-    for name, (shape, dtype) in _shapes(meta).items():
-        with open(directory / name, "wb") as f:
-            f.truncate(_nbytes(shape, dtype))
-            os.fsync(f.fileno())
-
-
 def open_arrays(directory: Path, meta: dict, mode: str = "r") -> dict[str, np.memmap]:
     """Memory-map the data files, checking their sizes against meta."""
     arrays = {}
-    for name, (shape, dtype) in _shapes(meta).items():
+    for name, (shape, dtype) in shapes(meta).items():
         path = directory / name
-        want = _nbytes(shape, dtype)
+        want = nbytes(shape, dtype)
         have = path.stat().st_size if path.is_file() else None
         if have != want:
             raise EvilmError(f"{path}: {'missing' if have is None else f'{have} bytes'}, expected {want} bytes "
                              f"for {meta['num_keys']} keys (truncated, or not part of this cache)")
         arrays[name] = np.memmap(path, dtype=dtype, mode=mode, shape=shape)
     return arrays
-
-
-def mismatch(a: dict, b: dict, fields, a_name: str = "cache", b_name: str = "this run") -> list[str]:
-    return [f"{k}: {a_name} has {a.get(k)!r}, {b_name} has {b.get(k)!r}" for k in fields if a.get(k) != b.get(k)]
-
-
-def key_difference(old: list[str], new: list[str]) -> str:
-    if len(old) != len(new):
-        return f"the cache has {len(old)} keys, this run has {len(new)}"
-    row = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
-    return f"row {row} is {old[row]!r} in the cache but {new[row]!r} in this run"
-
-
-class CacheWriter:
-    """Opens (creating or resuming) a cache directory for labelling and writes batches of rows."""
-
-    def __init__(self, directory: str | Path, meta: dict, keys: list[str]):
-        self.dir = Path(directory)
-        self.meta = meta
-        if (self.dir / META).is_file():
-            self._check_resume(meta, keys)
-            self.resumed = True
-        else:  # new, or a crash before meta.json was written: (re)allocate everything
-            allocate(self.dir, meta, keys)
-            write_meta(self.dir, meta)
-            self.resumed = False
-        self.arrays = open_arrays(self.dir, self.meta, mode="r+")
-
-    def _check_resume(self, meta: dict, keys: list[str]) -> None:
-        old = read_meta(self.dir)
-        diffs = mismatch(old, meta, IDENTITY + ("shard",))
-        if diffs:
-            raise EvilmError(f"{self.dir} holds a label cache made with different settings ("
-                             + "; ".join(diffs) + "); use another --out or delete it to start over")
-        old_keys = read_keys(self.dir)
-        if old_keys != keys:
-            raise EvilmError(f"{self.dir} holds a label cache of different videos ({key_difference(old_keys, keys)}); "
-                             "use another --out or delete it to start over")
-        self.meta = old
-
-    @property
-    def status(self) -> np.memmap:
-        return self.arrays[STATUS]
-
-    def write(self, rows: list[int], codes: np.ndarray, frames: np.ndarray, nframes: np.ndarray,
-              status: np.ndarray) -> None:
-        """Write complete rows, flush, then their status bytes, flush: a crash never shows a
-        status for a row whose data is not on disk."""
-        idx = np.asarray(rows, dtype=np.int64)
-        for name, values in ((CODES, codes), (FRAMES, frames), (NFRAMES, nframes)):
-            self.arrays[name][idx] = values
-            self.arrays[name].flush()  # msync: the rows are on disk before any status says so
-        self.arrays[STATUS][idx] = status
-        self.arrays[STATUS].flush()
-
-    def close(self) -> None:
-        for arr in self.arrays.values():
-            arr.flush()
-        self.arrays = {}
 
 
 def status_counts(status: np.ndarray) -> dict[str, int]:
@@ -313,6 +186,10 @@ class LabelCache:
         if state != OK:
             raise CacheKeyError(f"video {key!r} has no labels in {self.dir}: it is {STATUS_NAMES[state]}")
         return (np.array(self.arrays[CODES][r]), np.array(self.arrays[FRAMES][r]), int(self.arrays[NFRAMES][r]))
+
+    def candidate_frames(self, key: str) -> np.ndarray:
+        """The decoded frame index of each of the video's F candidates [F] int32."""
+        return self.entry(key)[1]
 
     def targets(self, key: str, candidate_ids: list[int], flipped: bool = False) -> torch.Tensor:
         """MVM targets [T, g, g] long: the codes of the chosen candidates, of the flipped frames

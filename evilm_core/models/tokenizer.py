@@ -1,4 +1,5 @@
-"""Semantic VQ video tokenizer (paper 3.3, Fig. 4).
+"""Semantic VQ video tokenizer (paper 3.3, Fig. 4; docs/design.md, "Tokenizer"): its config,
+the model, and its export / loading (the one call `evilm label` and `evilm pretrain` use).
 
 frames -> ViT/32 encoder (per frame) -> linear to 32-d -> l2-normalised nearest-code look-up
 (straight-through) -> decoder (self-attention blocks over all T x h x w codes of the clip) ->
@@ -8,14 +9,45 @@ codebook are kept (`with_decoder=False`): that is the tokenizer used for MVM tar
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from evilm_core import checkpoint as ckpt
+from evilm_core.config.loader import from_dict, to_dict
 from evilm_core.errors import EvilmError
 from evilm_core.models.backbones import create_backbone, trunc_normal_init
-from evilm_core.tokenizer.config import GRID_STRIDE, CodebookConfig, TokenizerModelConfig
-from evilm_core.tokenizer.quantizer import VectorQuantizer
+from evilm_core.models.config import GRID_STRIDE
+from evilm_core.models.quantizer import VectorQuantizer
+
+
+EXPORT_FORMAT = "evilm-tokenizer/1"
+
+
+@dataclass
+class TokenizerModelConfig:
+    encoder: str = "vit_base_patch32_clip_224"  # timm ViT with patch 32 (paper: CLIP ViT-B/32)
+    encoder_args: dict[str, int] = field(default_factory=dict)  # timm overrides (embed_dim, depth, num_heads)
+    pretrained: bool | str = False  # false | true (timm hub) | path/to/weights.safetensors
+    image_size: int = 0  # frame size; 0 = take data.image_size
+    code_dim: int = 32  # dimension of the l2-normalised codes
+    codebook_size: int = 9420  # M codebook entries
+    decoder_depth: int = 8  # self-attention blocks over the quantised codes
+    decoder_dim: int = 384  # decoder width
+    decoder_heads: int = 6  # decoder attention heads
+    max_frames: int = 16  # size of the decoder's frame embedding table
+    num_words: int = 0  # K caption words (set from the vocabulary when the model is built)
+
+
+@dataclass
+class CodebookConfig:
+    kmeans_init: bool = True  # initialise the codebook by cosine k-means on the first batch
+    ema: bool = True  # EMA codebook updates (replaces the codebook term of eq. 7)
+    ema_decay: float = 0.99  # EMA decay
+    restart_unused: int = 100  # re-seed codes unused for this many steps (0: never)
 
 
 class SemanticTokenizer(nn.Module):
@@ -87,3 +119,39 @@ class SemanticTokenizer(nn.Module):
         """What the exported tokenizer keeps: encoder + projection + codebook (DESIGN 4)."""
         keep = ("encoder.", "proj.", "quantizer.codebook")
         return {k: v for k, v in self.state_dict().items() if k.startswith(keep)}
+
+
+def export_tokenizer(tok: SemanticTokenizer, vocab: list[str], directory: str | Path) -> Path:
+    """Write encoder + projection + codebook only: the tokenizer used for MVM targets.
+    `pretrained` is stored as false: the weights are in the file, loading must not download."""
+    cfg = {"format": EXPORT_FORMAT, "model": {**to_dict(tok.cfg), "pretrained": False}}
+    return ckpt.write_checkpoint(directory, tok.tokenizer_state_dict(), cfg, vocab)
+
+
+def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tuple[SemanticTokenizer, dict]:
+    """Load an exported tokenizer (encoder + codebook) for labelling; returns (model, info)."""
+    directory = resolve_tokenizer_dir(path)
+    cfg = ckpt.read_yaml_config(directory)
+    if cfg.get("format") != EXPORT_FORMAT:
+        raise EvilmError(f"{directory} is not an exported tokenizer (config.yaml format is {cfg.get('format')!r}, "
+                         f"expected {EXPORT_FORMAT!r})")
+    model_cfg = from_dict(TokenizerModelConfig, cfg["model"], "model")
+    model = SemanticTokenizer(model_cfg, with_decoder=False)
+    missing, unexpected = model.load_state_dict(ckpt.read_weights(directory), strict=False)
+    missing = [k for k in missing if not k.startswith(("quantizer.initialized", "quantizer.last_used", "quantizer.steps"))]
+    if missing or unexpected:
+        raise EvilmError(f"{directory}: weights do not match the tokenizer config (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    info = {"dir": str(directory), "sha256": ckpt.file_sha256(directory / ckpt.WEIGHTS),
+            "codebook_size": model_cfg.codebook_size, "image_size": model_cfg.image_size, "grid": model.grid}
+    return model.to(device).eval(), info
+
+
+def resolve_tokenizer_dir(path: str | Path) -> Path:
+    """Accept the exported dir itself or a tokenizer run dir (then its `final/`)."""
+    found = ckpt.find_checkpoint(path, steps=False)
+    if found is None:
+        path = Path(path)
+        raise EvilmError(f"no tokenizer checkpoint at {path} (expected model.safetensors + config.yaml there or in "
+                         f"{path / 'final'}); train one with `evilm tokenize-train`")
+    return found

@@ -1,4 +1,4 @@
-"""Checkpoints in and out of stage 3.
+"""E-ViLM checkpoints in and out, each in one call (docs/design.md, "Checkpoints").
 
 In: a checkpoint argument may be the checkpoint directory itself or a run directory (its
 `final/`, else its newest complete `step_*`). The model config comes from the checkpoint's
@@ -7,9 +7,8 @@ trainer's `step_*` directories hold the whole recipe, which has a `model` sectio
 vocabulary from its vocab.txt. Task heads (`heads.qa`, `heads.probe`) are rebuilt from the
 shapes of the saved weights, so any checkpoint loads strictly without its recipe.
 
-Out: a fine-tuned `final/` is an E-ViLM checkpoint plus the task head, its config.yaml says
-{format, task, model, ...} and answers.txt (qa) / labels.txt (probe) list the classes in
-head order.
+Out: `export_model` writes a `final/`: the weights, {format, model[, task, ...]}, vocab.txt and,
+for a task head, answers.txt (qa) / labels.txt (probe) listing its classes in head order.
 """
 
 from __future__ import annotations
@@ -18,33 +17,29 @@ import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
 import torch.nn as nn
+from safetensors import safe_open
 
+from evilm_core import checkpoint as ckpt
 from evilm_core.config.loader import from_dict
-from evilm_core.engine import checkpoint as ckpt
 from evilm_core.errors import EvilmError, RecipeError
-from evilm_core.models.backbones import trunc_normal_init
 from evilm_core.models.config import EViLMConfig
-from evilm_core.models.evilm import EViLM, mlp_head
+from evilm_core.models.evilm import EViLM
+from evilm_core.models.heads import CLASS_FILES, HEAD_OUT, attach_head, class_file_text, read_class_file
 
-log = logging.getLogger("evilm.finetune")
-FORMAT = "evilm-finetune/1"
+log = logging.getLogger("evilm.models")
+FORMAT = "evilm-finetune/1"  # a fine-tuned final/ (task head included)
+PRETRAINED_FORMAT = "evilm-model/1"  # a pre-trained final/
 SAFE_MODEL_KEYS = ("dropout",)  # recipe values that may differ from the checkpoint's
-CLASS_FILES = {"qa": "answers.txt", "probe": "labels.txt"}
-HEAD_OUT = {"qa": "heads.qa.3.weight", "probe": "heads.probe.weight"}  # weight whose shape sizes the head
+TEXT_PREFIXES = ("text.", "fusion.", "retrieval.", "logit_scale")  # what EViLM.text_side holds
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint dir, or a run dir's final/, else its newest complete step_*."""
+    found = ckpt.find_checkpoint(path)
+    if found is not None:
+        return found
     path = Path(path)
-    if ckpt.is_checkpoint(path):
-        return path
-    if ckpt.is_checkpoint(path / "final"):
-        return path / "final"
-    newest = ckpt.latest_checkpoint(path)
-    if newest is not None:
-        return newest
     what = "does not exist" if not path.exists() else "is not a checkpoint"
     raise EvilmError(f"{path} {what}: expected {ckpt.WEIGHTS} and {ckpt.CONFIG} in it, in {path / 'final'}, or in "
                      "a step_XXXXXXXX directory (a run directory of `evilm pretrain` / `evilm finetune`)")
@@ -80,32 +75,6 @@ def merge_model_config(recipe: EViLMConfig, saved: EViLMConfig, where: Path) -> 
                              "the key (the checkpoint's value is used) or set init.checkpoint to null to start "
                              "from scratch")
     return merged
-
-
-def attach_head(net: EViLM, task: str, num_classes: int, in_dim: int | None = None) -> nn.Module:
-    """Add the task's head to `net.heads`: qa = MLP on the joint [CLS]; probe = one Linear."""
-    if task == "qa":
-        head = mlp_head(net.cfg.fusion_dim, num_classes)
-        trunc_normal_init(head)
-    elif task == "probe":
-        head = nn.Linear(in_dim or net.cfg.fusion_dim, num_classes)
-    else:
-        raise ValueError(f"task {task!r} has no head of its own")
-    net.heads[task] = head
-    return head
-
-
-def read_class_file(directory: Path, task: str) -> list[str] | None:
-    """answers.txt / labels.txt of a checkpoint (a trainer step_* keeps it in its run dir)."""
-    for base in (directory, directory.parent):
-        path = base / CLASS_FILES[task]
-        if path.is_file():
-            return path.read_text(encoding="utf-8").split("\n")[:-1]
-    return None
-
-
-def class_file_text(classes: list[str]) -> str:
-    return "".join(c + "\n" for c in classes)
 
 
 @dataclass
@@ -170,22 +139,28 @@ def _prefixes(keys: list[str]) -> str:
     return ", ".join(sorted({".".join(k.split(".")[:2]) for k in keys}))
 
 
-def export_finetuned(net: EViLM, directory: Path, task: str, vocab: list[str], extra: dict | None = None,
-                     classes: list[str] | None = None) -> Path:
-    """Write the fine-tuned model as final/: weights, {format, task, model, ...}, vocab, classes."""
-    config = {"format": FORMAT, "task": task, "model": net.cfg, **(extra or {})}
+def export_model(net: EViLM, directory: Path, vocab: list[str], task: str | None = None, extra: dict | None = None,
+                 classes: list[str] | None = None) -> Path:
+    """Write the model as a final/ checkpoint: weights, config (its model section rebuilds it without
+    the recipe), vocab and, for a fine-tuned task head, its class file. No task: pre-trained."""
+    if task is None:
+        config = {"format": PRETRAINED_FORMAT, "model": net.cfg}
+    else:
+        config = {"format": FORMAT, "task": task, "model": net.cfg, **(extra or {})}
     files = {CLASS_FILES[task]: class_file_text(classes)} if classes is not None else None
-    state = {k: v for k, v in net.state_dict().items()}
-    return ckpt.write_checkpoint(directory, state, config, vocab, extra_files=files)
+    return ckpt.write_checkpoint(directory, net.state_dict(), config, vocab, extra_files=files)
 
 
-def freeze_except(net: EViLM, keep: tuple[str, ...]) -> None:
-    """Freeze every pre-training head and the retrieval projections/temperature except `keep`
-    (names in net.heads, or 'retrieval' / 'logit_scale'), so DDP never waits for a gradient
-    that no loss produces. The trunk stays trainable."""
-    parts: dict[str, list[torch.nn.Parameter]] = {name: list(m.parameters()) for name, m in net.heads.items()}
-    parts["retrieval"] = list(net.retrieval.parameters())
-    parts["logit_scale"] = [net.logit_scale]
-    for name, params in parts.items():
-        for p in params:
-            p.requires_grad_(name in keep)
+def load_text_side(checkpoint: str | Path) -> tuple[EViLM, Path]:
+    """EViLM.text_side of a checkpoint, reading only its tensors (the video encoder stays on disk)."""
+    directory = resolve_checkpoint(checkpoint)
+    model = EViLM.text_side(checkpoint_model_config(directory))
+    with safe_open(str(directory / ckpt.WEIGHTS), framework="pt") as fh:
+        state = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(TEXT_PREFIXES)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise EvilmError(f"{directory}: text-side weights do not fit its config ({str(err)[:300]})") from None
+    return model.eval(), directory
+
+

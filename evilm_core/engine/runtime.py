@@ -1,0 +1,83 @@
+"""What every stage's run needs from the machine, in one place each: the device, bf16 autocast,
+the model inside a DDP wrapper, an evaluation DataLoader, and the metrics.jsonl log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from evilm_core.data.dataset import collate_clips
+from evilm_core.errors import EvilmError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto | cpu | cuda | cuda:N -> a device; 'auto' and a bare 'cuda' take this rank's GPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EvilmError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvilmError(f"device {name!r}: CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast for precision 'bf16', a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn: Callable = collate_clips,
+                pin_memory: bool = False, worker_init_fn: Callable | None = None) -> DataLoader:
+    """In-order batches for evaluation, labelling and indexing. Workers are spawned, never forked:
+    decord readers and CUDA state do not survive a fork."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers,
+                      pin_memory=pin_memory, worker_init_fn=worker_init_fn,
+                      multiprocessing_context="spawn" if num_workers else None)
+
+
+def eval_batches(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, counts: dict):
+    """Usable batches in order, on `device`; skipped clips are added to counts['skipped']."""
+    for batch in eval_loader(dataset, batch_size, num_workers):
+        counts["skipped"] = counts.get("skipped", 0) + len(batch["skipped"])
+        if batch["size"]:
+            yield to_device(batch, device)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class MetricsLog:
+    """A run directory's metrics.jsonl: one JSON object per row, appended as training goes."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def truncate(self, step: int) -> None:
+        """Drop rows after `step`: a resumed run writes them again."""
+        if self.path.exists():
+            rows = [r for r in self.path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
+            self.path.write_text("".join(r + "\n" for r in rows))

@@ -1,0 +1,110 @@
+"""`evilm finetune` and `evilm evaluate`: the task registry and the two dispatches over it.
+
+Start-up: the model config and vocab.txt come from `init.checkpoint` when one is given (the
+recipe's `model` may only change safe keys, see `models.loading.merge_model_config`); from
+scratch the vocabulary is built from every training text. `evaluate_checkpoint` takes any
+checkpoint, fine-tuned or pre-trained (zero-shot mc through the VTM head and zero-shot
+retrieval through the unimodal embeddings: paper Table 4).
+
+Accuracies, recalls and chance levels are percentages. Clips that cannot be decoded are left
+out and counted (`skipped`); every other example counts, and a QA answer outside the answer
+vocabulary (or a probe label outside the training classes) counts as wrong (`oov_answers`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from evilm_core import checkpoint as ckpt
+from evilm_core.config.sections import check_model_fits_data
+from evilm_core.data.manifest import read_manifest
+from evilm_core.data.record import ClipRecord
+from evilm_core.data.text import TextTokens
+from evilm_core.data.vocab import build_vocab
+from evilm_core.engine.runtime import autocast, choose_device
+from evilm_core.engine.startup import resolved, start_run, write_run_files
+from evilm_core.errors import EvilmError
+from evilm_core.finetune.config import FinetuneRecipe
+from evilm_core.finetune.data import texts_for_vocab
+from evilm_core.finetune.probe import ProbeTask
+from evilm_core.finetune.tasks import FinetuneTask, MCTask, QATask, RetrievalTask
+from evilm_core.models.evilm import EViLM
+from evilm_core.models.heads import CLASS_FILES, class_file_text
+from evilm_core.models.loading import (checkpoint_model_config, load_checkpoint, load_init_weights,
+                                       merge_model_config, resolve_checkpoint)
+
+log = logging.getLogger("evilm.finetune")
+TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask}
+
+
+def model_and_vocab(recipe: FinetuneRecipe, init_dir: Path | None,
+                    records: list[ClipRecord]) -> tuple[FinetuneRecipe, list[str]]:
+    """-> (the recipe with its resolved model section, the vocabulary): the checkpoint's model and
+    vocab.txt, or the recipe's model and a vocabulary built from the training texts."""
+    model = recipe.model
+    if init_dir is None:
+        vocab = build_vocab(texts_for_vocab(records))
+    else:
+        model = merge_model_config(recipe.model, checkpoint_model_config(init_dir), init_dir)
+        vocab = ckpt.read_checkpoint_vocab(init_dir)
+        if len(vocab) != model.vocab_size:
+            raise EvilmError(f"{init_dir}: vocab.txt has {len(vocab)} entries, the model {model.vocab_size}")
+    recipe = resolved(recipe, **{**vars(model), "vocab_size": len(vocab)})
+    try:
+        check_model_fits_data(recipe.model, recipe.data)
+    except ValueError as err:
+        raise EvilmError(f"{err}" + (f" (the model config comes from {init_dir})" if init_dir else "")) from None
+    return recipe, vocab
+
+
+def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Callable | None = None) -> dict:
+    """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped, ...}."""
+    task = TASKS[recipe.task]
+    run = start_run(recipe)
+    init_dir = resolve_checkpoint(recipe.init.checkpoint) if recipe.init.checkpoint else None
+    recipe, vocab = model_and_vocab(recipe, init_dir, run.records)
+    task.check_records(recipe, run.records, recipe.data.train, train=True)
+    records, classes = task.select(recipe, run.records)
+    # trainer step_* checkpoints find their answers/labels in the run dir
+    write_run_files(run, vocab, {CLASS_FILES[task.name]: class_file_text(classes)} if classes is not None else None)
+    torch.manual_seed(recipe.seed)  # identical initial weights (and new heads) on every rank
+    net = EViLM(recipe.model)
+    task.attach(net, classes)
+    if init_dir is not None and not (resume and ckpt.latest_checkpoint(run.run_dir) is not None):
+        load_init_weights(net, init_dir)
+    result = task.fit(recipe, net, vocab, classes, records, run, init_dir, progress, resume)
+    return {**result, "task": task.name}  # checkpoint, step, skipped, world_size, replicas_in_sync, metrics
+
+
+def _split_manifest(recipe: FinetuneRecipe, split: str) -> str:
+    if split not in ("test", "val"):
+        raise EvilmError(f"--split must be 'test' or 'val', got {split!r}")
+    manifest = getattr(recipe.data, split)
+    if not manifest:
+        raise EvilmError(f"recipe key data.{split} is not set: it must name the {split} manifest")
+    return manifest
+
+
+def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: str = "test") -> dict:
+    """-> {"task", "metrics"} for the recipe's task on its data.test (or data.val)."""
+    manifest, task = _split_manifest(recipe, split), TASKS[recipe.task]
+    loaded = load_checkpoint(checkpoint)
+    if loaded.task not in (None, task.name):
+        log.warning("%s was fine-tuned for %s; evaluating it on %s", loaded.directory, loaded.task, task.name)
+    net, device = loaded.model, choose_device(recipe.train.device)
+    try:
+        check_model_fits_data(net.cfg, recipe.data)
+    except ValueError as err:
+        raise EvilmError(f"checkpoint {loaded.directory}: {err}") from None
+    net.to(device).eval()
+    classes = task.head_classes(loaded)
+    records = read_manifest(manifest, recipe.data.format)
+    task.check_records(recipe, records, manifest, train=False)
+    tokens = TextTokens(loaded.directory, net.cfg.max_text_len)
+    with autocast(recipe.train.precision, device):
+        metrics = task.evaluate_split(recipe, net, records, manifest, tokens, classes, device, loaded.config)
+    return {"task": task.name, "metrics": metrics}
