@@ -1,6 +1,6 @@
 """What every command shares: stderr console and logging, progress, --json output, recipe options.
 
-Conventions (DESIGN 1): results go to stdout (one JSON object with --json), everything for
+Conventions (docs/design.md, "CLI conventions"): results go to stdout (one JSON object with --json), everything for
 people goes to stderr, and rich's live progress turns into plain periodic log lines when
 stderr is not a terminal (so SLURM logs stay readable).
 """

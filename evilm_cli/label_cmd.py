@@ -1,4 +1,4 @@
-"""`evilm label`: cache the tokenizer's codes for every video (offline MVM targets, DESIGN 5)."""
+"""`evilm label`: cache the tokenizer's codes for every video (offline MVM targets; docs/design.md, "Label cache")."""
 
 from __future__ import annotations
 

@@ -141,6 +141,9 @@ def unknown_key_error(key: str, section: str, valid: list[str]) -> RecipeError:
 
 
 def _build(cls: type[T], raw: dict, section: str) -> T:
+    expand = getattr(cls, "expand_raw", None)  # a section with named presets (the model's `size:`)
+    if expand is not None:
+        raw = expand(raw, section)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in raw:

@@ -59,6 +59,13 @@ class OutputConfig:
 
 
 @dataclass
+class InitConfig:
+    # starting weights: a checkpoint dir, or a run dir (its final/, else its newest step_*); the
+    # optimiser starts fresh. Fine-tuning also takes the model config and vocab.txt from it.
+    checkpoint: str | None = path_field()
+
+
+@dataclass
 class RunSections:
     """Fields shared by training recipes; concrete recipes subclass it."""
 

@@ -2,7 +2,7 @@
 
 Each clip shows one or two shapes; the caption, the QA pair, the 5-way multiple-choice
 options and the action label are all derived from the same `Scene`, so the pixels fully
-determine the text. This is the quickstart's data and the tests' data (DESIGN.md section 6).
+determine the text. This is the quickstart's data and the tests' data (docs/design.md, "Data").
 
 Layout of `generate(out_dir)`:
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from evilm_core.data.video_io import write_mp4
 from evilm_core.errors import EvilmError
-from evilm_core.fs import write_jsonl
+from evilm_core.fs import atomic_write_text, write_jsonl
 
 # Saturated and far apart in RGB so they survive yuv420p subsampling and resizing.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -381,7 +381,7 @@ def generate(out_dir: str | os.PathLike, num_videos: int = 200, seed: int = 0, f
                   "motions": {k: {"phrase": p, "label": lab} for k, (p, lab) in MOTIONS.items()}},
         "splits": sizes, "duplicate_captions": duplicates,
     }
-    (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "synth.json", json.dumps(meta, indent=2) + "\n")
     return {"out_dir": str(out), "videos": num_videos, "splits": sizes, "duplicate_captions": duplicates,
             "seconds": round(time.perf_counter() - start, 3), "manifests": paths["qa"],
             "mc_manifests": paths["mc"], "meta": str(out / "synth.json")}

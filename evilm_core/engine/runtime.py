@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from evilm_core.data.dataset import collate_clips
 from evilm_core.errors import EvilmError
+from evilm_core.fs import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -80,4 +81,4 @@ class MetricsLog:
         """Drop rows after `step`: a resumed run writes them again."""
         if self.path.exists():
             rows = [r for r in self.path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
-            self.path.write_text("".join(r + "\n" for r in rows))
+            atomic_write_text(self.path, "".join(r + "\n" for r in rows), fsync=False)

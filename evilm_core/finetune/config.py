@@ -6,18 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from evilm_core.config.loader import path_field
-from evilm_core.config.sections import RunSections, check_model_fits_data
+from evilm_core.config.sections import InitConfig, RunSections, check_model_fits_data
 from evilm_core.models.config import EViLMConfig
 
 TASKS = ("qa", "mc", "retrieval", "probe")
-
-
-@dataclass
-class FinetuneInitConfig:
-    # a pre-trained checkpoint dir or a run dir (its final/, else its newest step_*); the model
-    # config and vocab.txt then come from it. null: train from scratch (vocab built from the text)
-    checkpoint: str | None = path_field()
 
 
 @dataclass
@@ -50,13 +42,15 @@ class ProbeConfig:
 
 @dataclass
 class FinetuneRecipe(RunSections):
+    """`kind: finetune`: stage 3 (`evilm finetune`, `evilm evaluate`); one `task:` and its section."""
+
     task: Literal["qa", "mc", "retrieval", "probe"] | None = None  # required
-    model: EViLMConfig = field(default_factory=EViLMConfig)
-    init: FinetuneInitConfig = field(default_factory=FinetuneInitConfig)
-    qa: QAConfig = field(default_factory=QAConfig)
-    mc: MCConfig = field(default_factory=MCConfig)
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    model: EViLMConfig = field(default_factory=EViLMConfig)  # from scratch; with init, the checkpoint's wins
+    init: InitConfig = field(default_factory=InitConfig)  # a pre-trained checkpoint or run dir; null: scratch
+    qa: QAConfig = field(default_factory=QAConfig)  # open-ended QA settings
+    mc: MCConfig = field(default_factory=MCConfig)  # multiple-choice settings
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)  # text-to-video retrieval settings
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # linear-probe settings
 
     def __post_init__(self):
         if self.task is None:

@@ -1,11 +1,30 @@
-"""E-ViLM model config (paper 3.1, 4.1; DESIGN 2). Stored in every checkpoint's config.yaml so a
+"""E-ViLM model config (paper 3.1, 4.1; docs/design.md, "Model"). Stored in every checkpoint's config.yaml so a
 model rebuilds without its recipe."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GRID_STRIDE = 32  # EdgeNeXt output stride == tokenizer patch size (DESIGN 3)
+from evilm_core.errors import RecipeError
+
+# Named model sizes (timm style): a recipe's `model: {size: NAME, ...}` starts from these values
+# and its other keys override them; `EViLMConfig.sized(NAME, **overrides)` does the same in code.
+MODEL_SIZES: dict[str, dict] = {
+    # The paper's E-ViLM (4.1): EdgeNeXt-S at 256 px, 6-layer tiny BERT (hidden 128, 4 heads),
+    # 4 fusion blocks of width 384, 9,420 MVM classes: 16M parameters without heads.
+    "paper": {"video_encoder": "edgenext_small", "image_size": 256, "text_layers": 6, "text_hidden": 128,
+              "text_heads": 4, "text_intermediate": 512, "max_text_len": 40, "fusion_dim": 384, "fusion_layers": 4,
+              "fusion_heads": 6, "codebook_size": 9420, "embed_dim": 256},
+    # The quickstart's (and the synthetic recipes'): minutes on a 2-core CPU, 96 px, 32 codes.
+    "quickstart": {"video_encoder": "edgenext_xx_small", "pretrained": False, "image_size": 96, "text_layers": 2,
+                   "text_hidden": 128, "text_heads": 4, "max_text_len": 24, "fusion_dim": 192, "fusion_layers": 2,
+                   "fusion_heads": 3, "codebook_size": 32, "embed_dim": 128},
+    # `evilm quickstart --size tiny` and the tests: every stage runs, nothing is expected to learn.
+    "quickstart-tiny": {"video_encoder": "edgenext_xx_small", "pretrained": False, "image_size": 64, "text_layers": 1,
+                        "text_hidden": 128, "text_heads": 4, "max_text_len": 24, "fusion_dim": 64, "fusion_layers": 1,
+                        "fusion_heads": 1, "codebook_size": 16, "embed_dim": 128},
+}
+GRID_STRIDE = 32  # EdgeNeXt output stride == tokenizer patch size (docs/design.md, "Region grid")
 
 
 @dataclass
@@ -33,6 +52,24 @@ class EViLMConfig:
         if self.image_size % GRID_STRIDE:
             raise ValueError(f"model.image_size ({self.image_size}) must be a multiple of the video encoder "
                              f"stride {GRID_STRIDE}")
+
+    @classmethod
+    def expand_raw(cls, raw: dict, section: str = "model") -> dict:
+        """A recipe's model mapping with its `size:` replaced by that size's values (the mapping's
+        other keys win); called by the recipe loader before typing."""
+        if "size" not in raw:
+            return raw
+        raw = dict(raw)
+        name = raw.pop("size")
+        if name not in MODEL_SIZES:
+            raise RecipeError(f"recipe key '{section}.size': unknown model size {name!r}; "
+                              f"valid sizes: {', '.join(MODEL_SIZES)}")
+        return {**MODEL_SIZES[name], **raw}
+
+    @classmethod
+    def sized(cls, name: str, **overrides) -> EViLMConfig:
+        """The named size's config, with `overrides` (timm's create_model(name, **overrides))."""
+        return cls(**cls.expand_raw({"size": name, **overrides}))
 
     @property
     def grid(self) -> int:

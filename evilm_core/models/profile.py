@@ -1,4 +1,4 @@
-"""Parameter and FLOP count of an E-ViLM model per component (DESIGN 2; paper 4.1), for `evilm profile`.
+"""Parameter and FLOP count of an E-ViLM model per component (docs/design.md, "Model"; paper 4.1), for `evilm profile`.
 
 The paper's efficiency claims are "16M parameters without task heads" and "12.2 GFLOPs for a
 4-frame clip and its caption", with EdgeNeXt-S at "1.26 GFLOPs and 5.59M parameters" per 256 px

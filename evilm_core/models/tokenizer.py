@@ -116,7 +116,7 @@ class SemanticTokenizer(nn.Module):
         return self.quantizer.lookup(z)
 
     def tokenizer_state_dict(self) -> dict[str, torch.Tensor]:
-        """What the exported tokenizer keeps: encoder + projection + codebook (DESIGN 4)."""
+        """What the exported tokenizer keeps: encoder + projection + codebook (docs/design.md, "Tokenizer")."""
         keep = ("encoder.", "proj.", "quantizer.codebook")
         return {k: v for k, v in self.state_dict().items() if k.startswith(keep)}
 

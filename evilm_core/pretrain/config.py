@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from evilm_core.config.loader import path_field
-from evilm_core.config.sections import RunSections, check_model_fits_data
+from evilm_core.config.sections import InitConfig, RunSections, check_model_fits_data
 from evilm_core.models.config import EViLMConfig
 
 
@@ -36,18 +36,15 @@ class MVMConfig:
 
 
 @dataclass
-class InitConfig:
-    checkpoint: str | None = path_field()  # start from these weights (a checkpoint dir); optimiser starts fresh
-
-
-@dataclass
 class PretrainRecipe(RunSections):
-    model: EViLMConfig = field(default_factory=EViLMConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    loss: PretrainLossConfig = field(default_factory=PretrainLossConfig)
-    mvm: MVMConfig = field(default_factory=MVMConfig)
+    """`kind: pretrain`: stage 2 (`evilm pretrain`)."""
+
+    model: EViLMConfig = field(default_factory=EViLMConfig)  # the student (`size:` names a preset)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)  # MVM regions, MLM words, VTM pairs
+    loss: PretrainLossConfig = field(default_factory=PretrainLossConfig)  # eq. 8 weights and switches
+    mvm: MVMConfig = field(default_factory=MVMConfig)  # where the MVM targets come from
     vocab_file: str | None = path_field()  # vocab.txt; default: the tokenizer's, else built from captions
-    init: InitConfig = field(default_factory=InitConfig)
+    init: InitConfig = field(default_factory=InitConfig)  # optional starting weights
 
     def __post_init__(self):
         check_model_fits_data(self.model, self.data)

@@ -56,7 +56,7 @@ def block_mask(grid: int, ratio: float, g: torch.Generator, min_cells: int = 4) 
 
 
 def video_mask(batch: int, frames: int, grid: int, ratio: float, g: torch.Generator, min_cells: int = 4) -> torch.Tensor:
-    """[B, T, g, g] bool: a block mask drawn independently for every frame (DESIGN 3)."""
+    """[B, T, g, g] bool: a block mask drawn independently for every frame (docs/design.md, "Region grid")."""
     return torch.stack([torch.stack([block_mask(grid, ratio, g, min_cells) for _ in range(frames)])
                         for _ in range(batch)])
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,12 +23,17 @@ from evilm_core.pretrain.objectives import PretrainTask
 log = logging.getLogger("evilm.pretrain")
 
 
-def pretrain_vocab(recipe: PretrainRecipe, captions: list[str]) -> list[str]:
+def tokenizer_dir(recipe: PretrainRecipe) -> Path | None:
+    """The tokenizer checkpoint mvm.tokenizer names (resolved once per run), or None."""
+    return resolve_tokenizer_dir(recipe.mvm.tokenizer) if recipe.mvm.tokenizer else None
+
+
+def pretrain_vocab(recipe: PretrainRecipe, captions: list[str], tok_dir: Path | None) -> list[str]:
     """vocab_file, else the tokenizer's vocab.txt (one vocabulary for both stages), else built."""
     if recipe.vocab_file:
         return read_vocab(recipe.vocab_file)
-    if recipe.mvm.tokenizer:
-        return read_vocab(resolve_tokenizer_dir(recipe.mvm.tokenizer))
+    if tok_dir is not None:
+        return read_vocab(tok_dir)
     return build_vocab(captions)
 
 
@@ -40,13 +46,14 @@ def _check_tokenizer(recipe: PretrainRecipe, info: dict) -> None:
                          f"codebook ({info['codebook_size']}, {info['dir']})")
 
 
-def mvm_sources(recipe: PretrainRecipe, device: torch.device) -> tuple[LabelCache | None, torch.nn.Module | None]:
+def mvm_sources(recipe: PretrainRecipe, device: torch.device,
+                tok_dir: Path | None = None) -> tuple[LabelCache | None, torch.nn.Module | None]:
     """-> (label cache or None, tokenizer model or None) after checking they fit the recipe."""
     if recipe.loss.mvm <= 0:
         return None, None
     tokenizer, info = None, None
     if recipe.mvm.tokenizer:
-        tokenizer, info = load_tokenizer(recipe.mvm.tokenizer, device)
+        tokenizer, info = load_tokenizer(tok_dir or recipe.mvm.tokenizer, device)
         _check_tokenizer(recipe, info)
     if recipe.mvm.targets == "online":
         if tokenizer is None:
@@ -64,11 +71,11 @@ def mvm_sources(recipe: PretrainRecipe, device: torch.device) -> tuple[LabelCach
 
 def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: Callable | None = None) -> dict:
     """Pre-train per the recipe; returns {checkpoint, step, skipped, metrics}."""
-    run = start_run(recipe)
-    vocab = pretrain_vocab(recipe, [r.caption or "" for r in run.records])
+    run, tok_dir = start_run(recipe), tokenizer_dir(recipe)
+    vocab = pretrain_vocab(recipe, [r.caption or "" for r in run.records], tok_dir)
     recipe = resolved(recipe, vocab_size=len(vocab))
     write_run_files(run, vocab)
-    cache, tokenizer = mvm_sources(recipe, run.info.device)
+    cache, tokenizer = mvm_sources(recipe, run.info.device, tok_dir)
     train, val = build_datasets(recipe, run.records, run.run_dir, cache)
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     task = PretrainTask(recipe, vocab, val, tokenizer)

@@ -10,36 +10,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evilm_core.config.loader import save_yaml
+from evilm_core.models.config import MODEL_SIZES
 from evilm_core.recipes import build_recipe
 
 
 @dataclass(frozen=True)
 class QuickstartSize:
+    model: str  # the E-ViLM size (evilm_core/models/config.py, MODEL_SIZES): frames, codebook, widths
     videos: int  # synthetic clips in all (70% train, 10% val, 20% test)
     frames: int  # frames rendered per clip
-    image_size: int  # frame size in pixels; a multiple of 32 (regions are 32 x 32)
     num_frames: int  # T frames sampled per clip by every stage
     batch_size: int  # clips per step
     tokenizer_depth: int  # ViT/32 blocks of the tokenizer
-    codebook_size: int  # tokenizer codes (= MVM classes)
     tokenizer_epochs: int  # stage 1 passes over the training clips
-    text_layers: int  # tiny BERT layers
-    fusion_dim: int  # fusion decoder width
-    fusion_layers: int  # fusion decoder blocks
     pretrain_epochs: int  # stage 2 passes
     retrieval_epochs: int  # fine-tuning passes, text-to-video retrieval
     qa_epochs: int  # fine-tuning passes, open-ended QA
 
+    @property
+    def image_size(self) -> int:  # frame size in pixels, the model's (a multiple of 32: regions are 32 x 32)
+        return MODEL_SIZES[self.model]["image_size"]
+
+    @property
+    def codebook_size(self) -> int:  # tokenizer codes (= MVM classes), the model's
+        return MODEL_SIZES[self.model]["codebook_size"]
+
 
 SIZES = {
     # The default: the whole run in a few minutes on this project's 2-core CPU reference machine.
-    "default": QuickstartSize(videos=800, frames=8, image_size=96, num_frames=4, batch_size=16, tokenizer_depth=2,
-                              codebook_size=32, tokenizer_epochs=4, text_layers=2, fusion_dim=192, fusion_layers=2,
-                              pretrain_epochs=8, retrieval_epochs=8, qa_epochs=5),
+    "default": QuickstartSize(model="quickstart", videos=800, frames=8, num_frames=4, batch_size=16, tokenizer_depth=2,
+                              tokenizer_epochs=4, pretrain_epochs=8, retrieval_epochs=8, qa_epochs=5),
     # For tests: every stage runs, nothing is expected to learn much.
-    "tiny": QuickstartSize(videos=40, frames=8, image_size=64, num_frames=2, batch_size=8, tokenizer_depth=1,
-                           codebook_size=16, tokenizer_epochs=1, text_layers=1, fusion_dim=64, fusion_layers=1,
-                           pretrain_epochs=1, retrieval_epochs=1, qa_epochs=1),
+    "tiny": QuickstartSize(model="quickstart-tiny", videos=40, frames=8, num_frames=2, batch_size=8, tokenizer_depth=1,
+                           tokenizer_epochs=1, pretrain_epochs=1, retrieval_epochs=1, qa_epochs=1),
 }
 
 
@@ -62,10 +65,7 @@ def _train(epochs: int) -> dict:
 
 
 def _model(s: QuickstartSize) -> dict:
-    return {"video_encoder": "edgenext_xx_small", "pretrained": False, "image_size": s.image_size,
-            "text_layers": s.text_layers, "text_hidden": 128, "text_heads": 4, "max_text_len": 24,
-            "fusion_dim": s.fusion_dim, "fusion_layers": s.fusion_layers, "fusion_heads": max(1, s.fusion_dim // 64),
-            "codebook_size": s.codebook_size, "embed_dim": 128}
+    return {"size": s.model}
 
 
 def tokenizer_recipe(out: Path, s: QuickstartSize, seed: int) -> dict:

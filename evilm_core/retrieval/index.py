@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from evilm_core.config.loader import save_yaml
 from evilm_core.errors import EvilmError
+from evilm_core.fs import atomic_path, atomic_write_text
 
 log = logging.getLogger("evilm.retrieve")
 FORMAT = "evilm-index/1"
@@ -77,9 +78,7 @@ def read_meta(directory: str | Path) -> IndexMeta:
 
 
 def write_meta(directory: Path, meta: IndexMeta) -> None:
-    tmp = directory / f".{META}.{os.getpid()}"
-    save_yaml(asdict(meta), tmp)
-    os.replace(tmp, directory / META)
+    save_yaml(asdict(meta), directory / META)
 
 
 def _read_keys(path: Path) -> list[str]:
@@ -87,9 +86,7 @@ def _read_keys(path: Path) -> list[str]:
 
 
 def _write_keys(path: Path, keys: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text("".join(k + "\n" for k in keys), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(k + "\n" for k in keys), fsync=False)
 
 
 def _part_files(directory: Path) -> list[Path]:
@@ -111,9 +108,8 @@ def write_part(directory: Path, name: str, keys: list[str], embeddings: torch.Te
     parts = directory / PARTS
     parts.mkdir(exist_ok=True)
     _write_keys(parts / f"{name}.keys", keys)
-    tmp = parts / f".{name}.{os.getpid()}.tmp"
-    save_file({"embeddings": embeddings.float().contiguous().cpu()}, str(tmp))
-    os.replace(tmp, parts / f"{name}.safetensors")
+    with atomic_path(parts / f"{name}.safetensors") as tmp:
+        save_file({"embeddings": embeddings.float().contiguous().cpu()}, str(tmp))
 
 
 def skipped_keys(directory: Path) -> set[str]:
@@ -145,9 +141,8 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         for part in parts:
             keys += _read_keys(part.with_suffix(".keys"))
             chunks.append(load_file(str(part))["embeddings"])
-        tmp = directory / f".{EMBEDDINGS}.{os.getpid()}"
-        save_file({"embeddings": torch.cat(chunks).contiguous()}, str(tmp))
-        os.replace(tmp, directory / EMBEDDINGS)  # the new file holds every part's rows...
+        with atomic_path(directory / EMBEDDINGS) as tmp:  # the new file holds every part's rows...
+            save_file({"embeddings": torch.cat(chunks).contiguous()}, str(tmp))
         _write_keys(directory / KEYS, keys)
         meta.count = len(keys)
         write_meta(directory, meta)

@@ -30,12 +30,14 @@ class VocabConfig:
 
 @dataclass
 class TokenizerRecipe(RunSections):
-    model: TokenizerModelConfig = field(default_factory=TokenizerModelConfig)
-    codebook: CodebookConfig = field(default_factory=CodebookConfig)
-    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
-    vocab: VocabConfig = field(default_factory=VocabConfig)
+    """`kind: tokenizer`: stage 1 (`evilm tokenize-train`)."""
+
+    model: TokenizerModelConfig = field(default_factory=TokenizerModelConfig)  # the VQ tokenizer
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)  # how the codebook learns
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)  # word and VQ loss weights
+    vocab: VocabConfig = field(default_factory=VocabConfig)  # the caption words predicted
 
     def __post_init__(self):
-        if self.model.image_size == 0:
+        if self.model.image_size == 0:  # resolved at load: the frames the data section gives
             self.model.image_size = self.data.image_size
         check_model_fits_data(self.model, self.data)

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from evilm_core.data.dataset import ClipDataset, collate_clips, video_root
-from evilm_core.data.manifest import ClipRecord
+from evilm_core.data.dataset import ClipDataset, SegmentFrames, collate_clips
+from evilm_core.data.manifest import video_root
+from evilm_core.data.record import ClipRecord
 from evilm_core.data.transforms import ClipTransform
 from evilm_core.data.video_io import write_mp4
 
@@ -22,7 +23,7 @@ def _records(tmp_path):
 
 
 def test_skips_are_reported_not_raised(tmp_path):
-    ds = ClipDataset(_records(tmp_path), str(tmp_path), 4, 64, ClipTransform(train=True))
+    ds = ClipDataset(_records(tmp_path), str(tmp_path), SegmentFrames(4, 64), ClipTransform(train=True))
     loader = DataLoader(ds, batch_size=4, collate_fn=collate_clips, num_workers=2)
     batch = next(iter(loader))
     assert batch["size"] == 2 and batch["pixels"].shape == (2, 4, 3, 64, 64)
@@ -33,7 +34,7 @@ def test_skips_are_reported_not_raised(tmp_path):
 
 def test_items_are_deterministic_per_seed_epoch_index(tmp_path):
     records = _records(tmp_path)
-    ds = ClipDataset(records, str(tmp_path), 4, 64, ClipTransform(train=True), seed=7)
+    ds = ClipDataset(records, str(tmp_path), SegmentFrames(4, 64), ClipTransform(train=True), seed=7)
     a, b = ds[0], ds[0]
     assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["frame_indices"], b["frame_indices"])
     seen = set()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evilm_core.data.vocab import (SPECIAL_TOKENS, WordTargets, build_vocab, load_tokenizer, read_vocab,
-                                   save_vocab, split_words)
+from evilm_core.data.text import load_bert_tokenizer
+from evilm_core.data.vocab import SPECIAL_TOKENS, WordTargets, build_vocab, read_vocab, save_vocab, split_words
 from evilm_core.errors import EvilmError
 
 CAPTIONS = ["A red circle moves left.", "a Red square grows", "a blue circle moves left", "café"]
@@ -36,7 +36,7 @@ def test_vocab_round_trip_and_bert_tokenizer(tmp_path):
     vocab = build_vocab(CAPTIONS)
     save_vocab(vocab, tmp_path)
     assert read_vocab(tmp_path) == vocab
-    tok = load_tokenizer(tmp_path)
+    tok = load_bert_tokenizer(tmp_path)
     assert len(tok) == len(vocab)
     enc = tok("A red circle zebra")
     ids = enc["input_ids"]

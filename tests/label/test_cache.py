@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from evilm_core.errors import EvilmError
-from evilm_core.label.cache import (CORRUPT, MISSING, OK, CacheKeyError, CacheWriter, LabelCache, choose_candidates,
-                                    make_meta, parse_shard)
+from evilm_core.data.collect import parse_shard
+from evilm_core.data.label_cache import CORRUPT, MISSING, OK, CacheKeyError, LabelCache, choose_candidates
+from evilm_core.label.writer import CacheWriter, make_meta
 
 INFO = {"sha256": "a" * 64, "dir": "/tok", "codebook_size": 50, "image_size": 64, "grid": 2}
 KEYS = ["v/0.mp4", "v/1.mp4", "v/2.mp4", "v/3.mp4"]

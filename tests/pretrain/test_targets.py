@@ -15,7 +15,9 @@ from evilm_core.data.transforms import ClipTransform, flip_codes
 from evilm_core.errors import EvilmError
 from evilm_core.label.labeler import run_label
 from evilm_core.pretrain.config import PretrainRecipe
-from evilm_core.pretrain.data import PretrainDataset, TextTokens, open_label_cache
+from evilm_core.data.dataset import CachedCandidates, ClipDataset
+from evilm_core.data.text import TextTokens
+from evilm_core.pretrain.data import PretrainExtras, open_label_cache
 from evilm_core.models.tokenizer import load_tokenizer
 from tests.label import make_tokenizer
 
@@ -42,10 +44,10 @@ def setup(tmp_path_factory):
             "info": info, "records": read_manifest(manifest)}
 
 
-def dataset(s, cache_dir, transform, need_flips=False, cache=True) -> PretrainDataset:
-    label_cache = open_label_cache(str(cache_dir), s["info"], 64, CANDIDATES, need_flips) if cache else None
-    return PretrainDataset(s["records"], str(s["data"]), NUM_FRAMES, 64, transform, TextTokens(s["tok_dir"], 12),
-                           label_cache, seed=0)
+def dataset(s, cache_dir, transform, need_flips=False) -> ClipDataset:
+    cache = open_label_cache(str(cache_dir), s["info"], 64, CANDIDATES, need_flips)
+    return ClipDataset(s["records"], str(s["data"]), CachedCandidates(cache, NUM_FRAMES, 64), transform, seed=0,
+                       extras=PretrainExtras(TextTokens(s["tok_dir"], 12), cache))
 
 
 def online(s, pixels: torch.Tensor) -> torch.Tensor:
@@ -64,7 +66,7 @@ def test_cached_targets_equal_online_codes(setup):
         assert targets.shape == (NUM_FRAMES, 2, 2) and targets.dtype == torch.long and not item["flipped"]
         assert torch.equal(online(s, item["pixels"]), targets), item["video"]
         # eval mode: the middle candidate of each group of F/T, so the same frames every time
-        _, frames, _ = ds.cache.entry(item["video"])
+        _, frames, _ = ds.frames.cache.entry(item["video"])
         assert item["frame_indices"].tolist() == [int(frames[g * 2 + 1]) for g in range(NUM_FRAMES)]
     assert torch.equal(ds[0]["mvm_targets"], ds[0]["mvm_targets"])
 
@@ -81,7 +83,7 @@ def test_cached_targets_equal_online_codes_of_flipped_frames(setup):
             flipped, plain = flipped + item["flipped"], plain + (not item["flipped"])
             if item["flipped"]:
                 # the tokenizer is not flip-equivariant: mirroring the unflipped codes would be wrong
-                codes, frames, _ = ds.cache.entry(item["video"])
+                codes, frames, _ = ds.frames.cache.entry(item["video"])
                 cand = [frames.tolist().index(f) for f in item["frame_indices"].tolist()]
                 not_mirrored += not torch.equal(flip_codes(torch.from_numpy(codes[0, cand].astype("int64"))),
                                                 item["mvm_targets"])

@@ -43,14 +43,15 @@ def test_synthetic_recipes_describe_the_quickstart_model():
     """recipes/synthetic/* are the quickstart's settings written out: they must not drift apart."""
     from pathlib import Path
 
+    from evilm_core.models.config import EViLMConfig
+    from evilm_core.quickstart.recipes import SIZES, tokenizer_recipe
     from evilm_core.recipes import load_recipe
-    from evilm_core.quickstart.recipes import SIZES, _model, tokenizer_recipe
     from tests.conftest import REPO
 
-    model = _model(SIZES["default"])
+    model = EViLMConfig.sized(SIZES["default"].model)
     for name in ("pretrain", "qa", "mc", "retrieval", "probe"):
         recipe = load_recipe(REPO / "recipes" / "synthetic" / f"{name}.yaml")
-        assert {k: getattr(recipe.model, k) for k in model} == model, name
+        assert recipe.model == model, name
         assert recipe.data.image_size == SIZES["default"].image_size, name
     tok = load_recipe(REPO / "recipes" / "synthetic" / "tokenizer.yaml")
     expected = tokenizer_recipe(Path("."), SIZES["default"], 0)["model"]
