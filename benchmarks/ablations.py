@@ -67,7 +67,7 @@ def tokenizer(kind: str, data: Path, base: Path, seed: int) -> Path:
     if kind == "random":
         import torch
 
-        vocab = _vocab(recipe, [r.caption or "" for r in read_manifest(recipe.data.train)])
+        vocab = tokenizer_vocab(recipe, [r.caption or "" for r in read_manifest(recipe.data.train)])
         recipe.model.num_words = len(vocab) - len(SPECIAL_TOKENS)
         torch.manual_seed(seed)
         export_tokenizer(SemanticTokenizer(recipe.model), vocab, run / "final")

@@ -38,7 +38,7 @@ from evilm_core.data.manifest import video_root  # noqa: E402
 from evilm_core.data.manifest import read_manifest  # noqa: E402
 from evilm_core.errors import EvilmError  # noqa: E402
 from evilm_core.finetune.config import ProbeConfig  # noqa: E402
-from evilm_core.engine.runtime import eval_batches
+from evilm_core.engine.runtime import eval_batches  # noqa: E402
 from evilm_core.finetune.data import label_vocab  # noqa: E402
 from evilm_core.models.loading import load_checkpoint  # noqa: E402
 from evilm_core.finetune.probe import fit_linear, probe_dataset  # noqa: E402
@@ -52,7 +52,7 @@ def load_split(data, manifest: Path, labels: list[str]) -> dict:
     records = read_manifest(manifest)
     dataset = probe_dataset(records, video_root(None, manifest), data, labels, seed=0)
     pixels, ys = [], []
-    for batch in eval_batches(dataset, data, torch.device("cpu"), {}):
+    for batch in eval_batches(dataset, data.batch_size, data.num_workers, torch.device("cpu"), {}):
         pixels.append(batch["pixels"])
         ys.append(batch["label"])
     one_shape = torch.tensor([" while " not in (r.caption or "") for r in records])

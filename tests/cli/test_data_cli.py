@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from evilm_core.data.video_io import write_mp4
-from tests.conftest import REPO, last_json, run_evilm
+from tests.helpers.cli import REPO, last_json, run_evilm
 
 
 def test_help_lists_commands():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, last_json, run_evilm
-from tests.label import make_tokenizer
+from tests.helpers.cli import REPO, last_json, run_evilm
+from tests.helpers.label import make_tokenizer
 
 RECIPE = str(REPO / "recipes/synthetic/pretrain.yaml")
 

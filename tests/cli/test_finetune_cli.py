@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from evilm_core.errors import EvilmError
-from tests.conftest import REPO, last_json, run_evilm
+from tests.helpers.cli import REPO, last_json, run_evilm
 
 TASKS = ("qa", "mc", "retrieval", "probe")
 TINY_MODEL = {"model.video_encoder": "edgenext_xx_small", "model.image_size": 64, "model.text_layers": 1,

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from evilm_cli.main import app
 from evilm_core.errors import EvilmError
-from tests.label import assets, read_bytes
+from tests.helpers.label import assets, read_bytes
 
 SUMMARY_KEYS = {"videos", "labelled", "skipped", "codebook_usage", "seconds", "out", "newly_labelled"}
 

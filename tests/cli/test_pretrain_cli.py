@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, last_json, run_evilm
+from tests.helpers.cli import REPO, last_json, run_evilm
 
 TOK_RECIPE = str(REPO / "recipes/synthetic/tokenizer.yaml")
 RECIPE = str(REPO / "recipes/synthetic/pretrain.yaml")
@@ -78,13 +78,13 @@ def test_pretrain_reports_all_three_tasks(run):
 
 def test_final_checkpoint_rebuilds_and_embeds(run, synth_dir):
     from evilm_core.config.loader import from_dict
-    from evilm_core.data.dataset import collate_clips
+    from evilm_core.data.dataset import clip_dataset, collate_clips
     from evilm_core.data.manifest import read_manifest
-    from evilm_core.data.transforms import ClipTransform
+    from evilm_core.data.text import TextTokens
     from evilm_core import checkpoint as ckpt
     from evilm_core.models.config import EViLMConfig
     from evilm_core.models.evilm import EViLM
-    from evilm_core.pretrain.data import PretrainDataset, TextTokens
+    from evilm_core.pretrain.data import PretrainExtras
 
     out, result = run
     final = Path(result["checkpoint"])
@@ -96,8 +96,8 @@ def test_final_checkpoint_rebuilds_and_embeds(run, synth_dir):
     model = EViLM(model_cfg)
     model.load_state_dict(ckpt.read_weights(final))  # strict: every key present, none extra
     model.eval()
-    ds = PretrainDataset(read_manifest(synth_dir / "val.jsonl"), str(synth_dir), 4, 64, ClipTransform(train=False),
-                         TextTokens(final, model_cfg.max_text_len))
+    ds = clip_dataset(read_manifest(synth_dir / "val.jsonl"), str(synth_dir), 4, 64,
+                      extras=PretrainExtras(TextTokens(final, model_cfg.max_text_len)))
     batch = collate_clips([ds[i] for i in range(len(ds))])
     with torch.no_grad():
         v = model.embed_video(batch["pixels"])

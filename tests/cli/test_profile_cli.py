@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import REPO, last_json, run_evilm
+from tests.helpers.cli import REPO, last_json, run_evilm
 
 
 def test_profile_json_keys():

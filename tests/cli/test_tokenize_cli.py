@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import REPO, last_json, run_evilm
+from tests.helpers.cli import REPO, last_json, run_evilm
 
 RECIPE = str(REPO / "recipes/synthetic/tokenizer.yaml")
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from evilm_core.data.dataset import ClipDataset, SegmentFrames, collate_clips
+from evilm_core.data.dataset import ClipDataset, SegmentFrames, clip_dataset, collate_clips
 from evilm_core.data.manifest import video_root
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.transforms import ClipTransform
@@ -53,3 +53,27 @@ def test_video_root_defaults_to_manifest_dir(tmp_path):
     assert video_root(None, tmp_path / "m.jsonl") == str(tmp_path)
     assert video_root(None, tmp_path) == str(tmp_path)
     assert video_root("/data", tmp_path / "m.jsonl") == "/data"
+
+
+def test_clip_dataset_hands_extras_the_sample_with_its_own_stream(tmp_path):
+    records = _records(tmp_path)
+    seen = []
+
+    def extras(record, sample):
+        seen.append(sample)
+        return {"draw": float(sample.rng.random()), "n": len(sample.clip.indices)}
+
+    ds = clip_dataset(records, str(tmp_path), 4, 64, train=True, seed=7, extras=extras)
+    item = ds[3]
+    sample = seen[-1]
+    assert sample.index == 3 and sample.picked is None and sample.flipped == item["flipped"]
+    assert sample.clip.indices == item["frame_indices"].tolist() and item["n"] == 4
+    assert ds[3]["draw"] == item["draw"]  # a function of (seed, epoch, index)
+    ds.set_epoch(1)
+    assert ds[3]["draw"] != item["draw"]
+    assert "skip" in ds[1] and len(seen) == 3  # extras never run for a skipped clip
+    plain = clip_dataset(records, str(tmp_path), 4, 64)  # evaluation: centre frames, no flip, any epoch
+    first = plain[0]
+    plain.set_epoch(5)
+    assert not plain.transform.train and not first["flipped"]
+    assert plain[0]["frame_indices"].tolist() == first["frame_indices"].tolist() == [1, 3, 5, 7]

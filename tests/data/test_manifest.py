@@ -323,3 +323,11 @@ def test_json_item_missing_key(tmp_path):
 
 def test_manifest_error_is_a_user_error():
     assert issubclass(ManifestError, EvilmError)
+
+
+def test_msrvtt_multiple_choice_tsv_reads_as_published(tmp_path):
+    path = tmp_path / "MSR_MC_test.csv"
+    path.write_text("key\tvid_key\tvideo_id\ta1\ta2\ta3\ta4\ta5\tanswer\n"
+                    "msr0\tmsr7010\tvideo7010\ta man sings\ta dog runs\ta car\ta cat\ta cook\t1\n")
+    [record] = read_manifest(path)
+    assert record.video == "video7010.mp4" and record.answer == 1 and record.options[1] == "a dog runs"

@@ -1,5 +1,5 @@
 """QA answer vocabulary and honest QA metrics (out-of-vocabulary answers count as wrong, majority
-baseline), multiple-choice records and options, checkpoint config merging and resolution."""
+baseline), multiple-choice records and options."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import pytest
 import torch
 
 from evilm_core.config.sections import DataConfig
-from evilm_core.data.manifest import ClipRecord, read_manifest
+from evilm_core.data.record import ClipRecord
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.data import answer_vocab, caption_options, check_mc_records, normalize_answer
 from evilm_core.finetune.tasks import evaluate_qa, qa_metrics
 from evilm_core.models.heads import attach_head
-from evilm_core.models.loading import merge_model_config, resolve_checkpoint
-from evilm_core.models.config import EViLMConfig
-from tests.finetune import ListDataset, clips, texts, tiny_config, tiny_model
+from tests.helpers.finetune import ListDataset, clips, texts, tiny_model
 
 
 def test_answer_vocab_keeps_most_frequent_first_ties_alphabetical():
@@ -70,34 +68,3 @@ def test_mc_records_are_checked_with_file_and_record_named():
         check_mc_records([ClipRecord(video="c.mp4", caption="x")], "m.jsonl", train=False, num_options=5)
     with pytest.raises(EvilmError, match="different numbers of options"):
         check_mc_records(good + [ClipRecord(video="w.mp4", options=["a", "b"], answer=0)], "m.jsonl", False, 5)
-
-
-def test_msrvtt_multiple_choice_tsv_reads_as_published(tmp_path):
-    path = tmp_path / "MSR_MC_test.csv"
-    path.write_text("key\tvid_key\tvideo_id\ta1\ta2\ta3\ta4\ta5\tanswer\n"
-                    "msr0\tmsr7010\tvideo7010\ta man sings\ta dog runs\ta car\ta cat\ta cook\t1\n")
-    [record] = read_manifest(path)
-    assert record.video == "video7010.mp4" and record.answer == 1 and record.options[1] == "a dog runs"
-
-
-def test_model_config_from_checkpoint_allows_only_safe_changes(tmp_path):
-    saved = tiny_config(dropout=0.1)
-    merged = merge_model_config(tiny_config(dropout=0.3, max_text_len=40), saved, tmp_path)
-    assert merged.dropout == 0.3 and merged.max_text_len == 40 and merged.fusion_dim == saved.fusion_dim
-    assert merge_model_config(EViLMConfig(), saved, tmp_path).fusion_dim == 96  # recipe silent: checkpoint's
-    with pytest.raises(EvilmError, match=r"model.fusion_layers is 3 but checkpoint .* has 1"):
-        merge_model_config(tiny_config(fusion_layers=3), saved, tmp_path)
-
-
-def test_resolve_checkpoint_prefers_final_then_newest_step(tmp_path):
-    for name in ("step_00000002", "step_00000010"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.safetensors").write_bytes(b"")
-        (tmp_path / name / "config.yaml").write_text("{}")
-    assert resolve_checkpoint(tmp_path) == tmp_path / "step_00000010"
-    (tmp_path / "final").mkdir()
-    (tmp_path / "final" / "model.safetensors").write_bytes(b"")
-    (tmp_path / "final" / "config.yaml").write_text("{}")
-    assert resolve_checkpoint(tmp_path) == tmp_path / "final"
-    with pytest.raises(EvilmError, match="nothing-here.*does not exist"):
-        resolve_checkpoint(tmp_path / "nothing-here")

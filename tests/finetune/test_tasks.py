@@ -7,15 +7,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from evilm_core.config.sections import DataConfig
-from evilm_core.finetune.tasks import evaluate_mc
+from evilm_core.finetune.tasks import MCTask, QATask, RetrievalTask, evaluate_mc, option_scores
 from evilm_core.models.heads import attach_head
-from evilm_core.finetune.tasks import option_scores
-from evilm_core.models.losses import MAX_LOGIT_SCALE, contrastive_loss, same_key
-from evilm_core.finetune.tasks import MCTask, QATask, RetrievalTask
-from tests.finetune import ListDataset, clips, texts, tiny_model, tiny_recipe
+from tests.helpers.finetune import ListDataset, clips, texts, tiny_model, tiny_recipe
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -109,46 +105,3 @@ def test_mc_evaluation_picks_the_option_with_the_highest_match_score():
     right = evaluate_mc(net, items(best), data, torch.device("cpu"))
     assert right == {"accuracy": 100.0, "chance": 20.0, "num_examples": 4, "skipped": 0}
     assert evaluate_mc(net, items(worst), data, torch.device("cpu"))["accuracy"] == 0.0
-
-
-def _unit(n: int, d: int, seed: int) -> torch.Tensor:
-    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-def test_contrastive_loss_is_symmetric_and_matches_clip_formula():
-    video, text, scale = _unit(6, 16, 0), _unit(6, 16, 1), torch.tensor(2.0)
-    loss = contrastive_loss(video, text, scale)
-    assert loss == pytest.approx(float(contrastive_loss(text, video, scale)), rel=1e-6)
-    logits = scale.exp() * text @ video.T
-    target = torch.arange(6)
-    clip = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    assert loss == pytest.approx(float(clip), rel=1e-5)
-
-
-def test_contrastive_loss_treats_captions_of_one_clip_as_positives():
-    video, text = _unit(3, 16, 0), _unit(3, 16, 1)
-    video = torch.cat([video[:1], video])  # rows 0 and 1 show the same clip
-    text = torch.cat([text[:1] * -1, text])
-    pos = same_key(["v0", "v0", "v1", "v2"])
-    assert pos.sum() == 6 and pos[0, 1] and pos[1, 0]
-    scale = torch.tensor(2.0)
-    assert contrastive_loss(video, text, scale, pos) < contrastive_loss(video, text, scale)
-    swapped = contrastive_loss(text, video, scale, pos.T)
-    assert contrastive_loss(video, text, scale, pos) == pytest.approx(float(swapped), rel=1e-6)
-
-
-def test_temperature_is_learned_and_capped_at_100():
-    video, text = _unit(5, 16, 0), _unit(5, 16, 1)
-    scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    opt = torch.optim.SGD([scale], lr=0.5)
-    contrastive_loss(video, text, scale).backward()
-    assert scale.grad is not None and scale.grad.abs() > 0
-    before = scale.item()
-    opt.step()
-    assert scale.item() != before
-    capped = torch.nn.Parameter(torch.tensor(MAX_LOGIT_SCALE + 1.0))
-    loss = contrastive_loss(video, text, capped)
-    loss.backward()
-    assert capped.grad.item() == 0.0  # beyond the cap the scale is exactly 100 and gets no gradient
-    at_cap = contrastive_loss(video, text, torch.tensor(MAX_LOGIT_SCALE))
-    assert float(loss.detach()) == pytest.approx(float(at_cap), rel=1e-6)

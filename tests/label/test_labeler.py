@@ -19,11 +19,10 @@ from evilm_core.data.transforms import normalize
 from evilm_core.data.video import read_clip
 from evilm_core.errors import EvilmError
 from evilm_core.data.label_cache import LabelCache, choose_candidates
-from evilm_core.data.collect import collect_videos
 from evilm_core.label.labeler import run_label
 from evilm_core.label.writer import merge_shards
 from evilm_core.models.tokenizer import load_tokenizer
-from tests.label import assets, read_bytes
+from tests.helpers.label import assets, read_bytes
 
 RUN = dict(num_candidates=8, num_workers=0, device="cpu")
 
@@ -131,16 +130,6 @@ def test_other_tokenizer_is_rejected(a, mixed_ref):
     with pytest.raises(EvilmError, match=f"tokenizer_sha256: cache has '{info_a['sha256']}', "
                                          f"this run has '{info_b['sha256']}'"):
         run_label(manifest=a["mixed"], tokenizer=a["tok_b"], out=out, flips=True, **RUN)
-
-
-def test_collect_videos_from_a_directory(a):
-    keys, paths, source = collect_videos(videos=a["data"] / "videos")
-    assert keys == sorted(keys) and "empty.mp4" in keys and "00000.mp4" in keys and len(keys) == 15
-    assert paths[0] == str(a["data"] / "videos" / keys[0]) and source["videos"]
-    with pytest.raises(EvilmError, match="exactly one of --videos DIR or --manifest FILE"):
-        collect_videos()
-    with pytest.raises(EvilmError, match="no video files"):
-        collect_videos(videos=a["tok"])
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""MVM region alignment (DESIGN 3; PEERS: VIOLET #4, targets off by one from a video [CLS]).
+"""MVM region alignment (docs/design.md, "Region grid"; PEERS: VIOLET #4, targets off by one from
+a video [CLS]).
 
 Region (t, i, j) must be the same region everywhere: the 32x32 pixel square of frame t, the mask
 cell, the target (a tokenizer code, cached or online) and the MVM logits row t*g*g + i*g + j.
@@ -16,14 +17,10 @@ import torch.nn.functional as F
 from evilm_core.config.loader import from_dict
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
-from evilm_core.pretrain import train as pretrain_train
+from evilm_core.pretrain import objectives
 from evilm_core.pretrain.config import PretrainRecipe
 from evilm_core.pretrain.objectives import PretrainTask
-
-TINY = dict(video_encoder="edgenext_xx_small", image_size=64, vocab_size=20, text_layers=1, text_hidden=32,
-            text_heads=2, text_intermediate=64, fusion_dim=48, fusion_layers=1, fusion_heads=2, codebook_size=8,
-            max_text_len=8)
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(15)]
+from tests.helpers.pretrain import TINY, VOCAB, text_batch
 
 
 def tiny_model(image_size: int = 64, seed: int = 0) -> EViLM:
@@ -34,15 +31,6 @@ def tiny_model(image_size: int = 64, seed: int = 0) -> EViLM:
 def cell(size: int, t: int, i: int, j: int) -> tuple:
     """Index of the pixels of region (t, i, j) in a [B, T, 3, H, W] tensor (all clips)."""
     return (slice(None), t, slice(None), slice(32 * i, 32 * i + 32), slice(32 * j, 32 * j + 32))
-
-
-def text_batch(b: int, length: int = 8, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 20, (b, length), generator=g)
-    attn = torch.ones(b, length, dtype=torch.long)
-    ids[:, 0], ids[:, -3] = 2, 3  # [CLS] ... [SEP] [PAD] [PAD]
-    ids[:, -2:], attn[:, -2:] = 0, 0
-    return ids, attn
 
 
 def local_backbone(model: EViLM) -> None:
@@ -189,8 +177,8 @@ def test_loss_selects_masked_regions_with_their_targets(monkeypatch):
     local_backbone(model)
     identity_fusion(model)
     calls = []
-    real_ce = pretrain_train.masked_ce
-    monkeypatch.setattr(pretrain_train, "masked_ce", lambda head, f, y, sel: calls.append((head, f, y, sel))
+    real_ce = objectives.masked_ce
+    monkeypatch.setattr(objectives, "masked_ce", lambda head, f, y, sel: calls.append((head, f, y, sel))
                         or real_ce(head, f, y, sel))
     b, t, g = 6, 2, 2
     ids, attn = text_batch(b)
@@ -233,8 +221,7 @@ def test_loss_selects_masked_regions_with_their_targets(monkeypatch):
 
 def tokenizer_depth0(seed: int = 0, image_size: int = 64, codebook_size: int = 32):
     """A ViT/32 tokenizer without attention blocks: patch token (i, j) sees only patch (i, j)."""
-    from evilm_core.tokenizer.config import CodebookConfig, TokenizerModelConfig
-    from evilm_core.models.tokenizer import SemanticTokenizer
+    from evilm_core.models.tokenizer import CodebookConfig, SemanticTokenizer, TokenizerModelConfig
 
     torch.manual_seed(seed)
     cfg = TokenizerModelConfig(encoder_args=dict(embed_dim=64, depth=0, num_heads=2), image_size=image_size,
@@ -275,7 +262,7 @@ def test_label_cache_code_tij_is_the_code_of_patch_ij_of_frame_t(tmp_path):
     from evilm_core.data.label_cache import LabelCache
     from evilm_core.label.labeler import run_label
     from evilm_core.models.tokenizer import export_tokenizer
-    from tests.label import VOCAB as TOK_VOCAB
+    from tests.helpers.label import VOCAB as TOK_VOCAB
 
     size, g = 96, 3
     tok = tokenizer_depth0(image_size=size)

@@ -1,5 +1,6 @@
-"""Pre-training masks (DESIGN 3): BEiT block masking on the region grid, pixel zeroing, BERT word
-masking and VTM mismatched pairs. Every draw comes from an explicit torch.Generator."""
+"""Pre-training masks (docs/design.md, "Region grid"): BEiT block masking on the region grid,
+pixel zeroing, BERT word masking and VTM mismatched pairs. Every draw comes from an explicit
+torch.Generator."""
 
 from __future__ import annotations
 

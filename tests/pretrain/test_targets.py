@@ -1,6 +1,6 @@
 """MVM targets from the label cache equal the online tokenizer's codes of the frames the student
-sees (DESIGN 5: exactness), flipped clips included; a cache made for another tokenizer or frame
-size is refused with a message naming both values."""
+sees, flipped clips included (docs/design.md, "Label cache": exactness); a cache made for another
+tokenizer or frame size is refused with a message naming both values."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from evilm_core.data.dataset import CachedCandidates, ClipDataset
 from evilm_core.data.text import TextTokens
 from evilm_core.pretrain.data import PretrainExtras, open_label_cache
 from evilm_core.models.tokenizer import load_tokenizer
-from tests.label import make_tokenizer
+from tests.helpers.label import make_tokenizer
 
 NUM_FRAMES, CANDIDATES = 4, 8
 

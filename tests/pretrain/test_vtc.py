@@ -11,9 +11,8 @@ import torch
 from evilm_core.config.loader import from_dict
 from evilm_core.models.losses import contrastive_loss
 from evilm_core.pretrain.config import PretrainRecipe
-from evilm_core.models.losses import same_key as same_caption
 from evilm_core.pretrain.objectives import PretrainTask
-from tests.pretrain.test_alignment import TINY, VOCAB, text_batch
+from tests.helpers.pretrain import TINY, VOCAB, text_batch
 
 
 def _task(vtc: float) -> PretrainTask:
@@ -51,8 +50,3 @@ def test_vtc_trains_the_retrieval_projections_and_is_off_by_default():
     assert "vtc_loss" not in parts
     assert not any(p.requires_grad for p in paper.model.retrieval.parameters())
     assert PretrainRecipe().loss.vtc == 0.0
-
-
-def test_same_caption_marks_duplicates_as_positives():
-    pos = same_caption(["a", "b", "a"], torch.device("cpu"))
-    assert pos.tolist() == [[True, False, True], [False, True, False], [True, False, True]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import last_json, run_evilm
+from tests.helpers.cli import last_json, run_evilm
 
 STAGES = ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
 
@@ -46,7 +46,7 @@ def test_synthetic_recipes_describe_the_quickstart_model():
     from evilm_core.models.config import EViLMConfig
     from evilm_core.quickstart.recipes import SIZES, tokenizer_recipe
     from evilm_core.recipes import load_recipe
-    from tests.conftest import REPO
+    from tests.helpers.cli import REPO
 
     model = EViLMConfig.sized(SIZES["default"].model)
     for name in ("pretrain", "qa", "mc", "retrieval", "probe"):

@@ -17,7 +17,7 @@ from evilm_core.data.vocab import build_vocab
 from evilm_core import checkpoint as ckpt
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
-from tests.conftest import run_evilm
+from tests.helpers.cli import run_evilm
 
 TINY = dict(video_encoder="edgenext_xx_small", image_size=64, text_layers=1, fusion_layers=1, fusion_dim=96,
             fusion_heads=2, codebook_size=16, max_text_len=24, embed_dim=32)

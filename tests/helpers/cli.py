@@ -1,0 +1,30 @@
+"""Running `evilm` as a user does, and reading its `--json` result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_evilm(*args: str, cwd: Path | str | None = None, check: bool = True, timeout: int = 600,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `evilm` console script (falls back to `python -m evilm_cli.main`)."""
+    exe = Path(sys.executable).with_name("evilm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "evilm_cli.main"]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"evilm {' '.join(map(str, args))} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr}")
+    return proc
+
+
+def last_json(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert lines, "no output on stdout"
+    return json.loads(lines[-1])
