@@ -1,4 +1,5 @@
-"""The project's one training loop (tokenizer and pre-training use it; tasks plug in).
+"""The project's one training loop: the tokenizer, pre-training and the qa, mc and retrieval
+fine-tuning tasks plug into it (docs/design.md, "Training loop").
 
 A `TrainTask` owns the model and says how to compute a loss on a batch, how to evaluate and
 what to export at the end; the trainer owns everything else: data order, AdamW + schedule,

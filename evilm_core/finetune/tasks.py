@@ -105,12 +105,14 @@ class FinetuneTask:
 
     @classmethod
     def dataset(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, fields, train: bool = False):
+        """The clips of `records` (videos resolved as `manifest`'s) with the task's `fields`."""
         d = recipe.data
         return clip_dataset(records, video_root(d.root, manifest), d.num_frames, d.image_size, train=train,
                             hflip=d.hflip, color_jitter=d.color_jitter, seed=recipe.seed, extras=fields)
 
     @classmethod
     def read_split(cls, recipe: FinetuneRecipe, manifest: str, train: bool) -> tuple[list[ClipRecord], str]:
+        """A split's records, checked for the task's fields, and the manifest they came from."""
         records = read_manifest(manifest, recipe.data.format)
         cls.check_records(recipe, records, manifest, train)
         return records, manifest

@@ -1,5 +1,6 @@
-"""E-ViLM model config (paper 3.1, 4.1; docs/design.md, "Model"). Stored in every checkpoint's config.yaml so a
-model rebuilds without its recipe."""
+"""Model configs, light to import (recipes load them without torch): E-ViLM's (paper 3.1, 4.1;
+docs/design.md, "Model") with its named sizes, and the VQ tokenizer's. Stored in every
+checkpoint's config.yaml so a model rebuilds without its recipe."""
 
 from __future__ import annotations
 
@@ -74,3 +75,26 @@ class EViLMConfig:
     @property
     def grid(self) -> int:
         return self.image_size // GRID_STRIDE
+
+
+@dataclass
+class TokenizerModelConfig:
+    encoder: str = "vit_base_patch32_clip_224"  # timm ViT with patch 32 (paper: CLIP ViT-B/32)
+    encoder_args: dict[str, int] = field(default_factory=dict)  # timm overrides (embed_dim, depth, num_heads)
+    pretrained: bool | str = False  # false | true (timm hub) | path/to/weights.safetensors
+    image_size: int = 0  # frame size; 0 = take data.image_size
+    code_dim: int = 32  # dimension of the l2-normalised codes
+    codebook_size: int = 9420  # M codebook entries
+    decoder_depth: int = 8  # self-attention blocks over the quantised codes
+    decoder_dim: int = 384  # decoder width
+    decoder_heads: int = 6  # decoder attention heads
+    max_frames: int = 16  # size of the decoder's frame embedding table
+    num_words: int = 0  # K caption words (set from the vocabulary when the model is built)
+
+
+@dataclass
+class CodebookConfig:
+    kmeans_init: bool = True  # initialise the codebook by cosine k-means on the first batch
+    ema: bool = True  # EMA codebook updates (replaces the codebook term of eq. 7)
+    ema_decay: float = 0.99  # EMA decay
+    restart_unused: int = 100  # re-seed codes unused for this many steps (0: never)

@@ -1,5 +1,5 @@
-"""Semantic VQ video tokenizer (paper 3.3, Fig. 4; docs/design.md, "Tokenizer"): its config,
-the model, and its export / loading (the one call `evilm label` and `evilm pretrain` use).
+"""Semantic VQ video tokenizer (paper 3.3, Fig. 4; docs/design.md, "Tokenizer"): the model
+(its config is in config.py) and its export / loading (the one call `evilm label` and `evilm pretrain` use).
 
 frames -> ViT/32 encoder (per frame) -> linear to 32-d -> l2-normalised nearest-code look-up
 (straight-through) -> decoder (self-attention blocks over all T x h x w codes of the clip) ->
@@ -9,7 +9,6 @@ codebook are kept (`with_decoder=False`): that is the tokenizer used for MVM tar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,34 +19,11 @@ from evilm_core import checkpoint as ckpt
 from evilm_core.config.loader import from_dict, to_dict
 from evilm_core.errors import EvilmError
 from evilm_core.models.backbones import create_backbone, trunc_normal_init
-from evilm_core.models.config import GRID_STRIDE
+from evilm_core.models.config import GRID_STRIDE, CodebookConfig, TokenizerModelConfig
 from evilm_core.models.quantizer import VectorQuantizer
 
 
 EXPORT_FORMAT = "evilm-tokenizer/1"
-
-
-@dataclass
-class TokenizerModelConfig:
-    encoder: str = "vit_base_patch32_clip_224"  # timm ViT with patch 32 (paper: CLIP ViT-B/32)
-    encoder_args: dict[str, int] = field(default_factory=dict)  # timm overrides (embed_dim, depth, num_heads)
-    pretrained: bool | str = False  # false | true (timm hub) | path/to/weights.safetensors
-    image_size: int = 0  # frame size; 0 = take data.image_size
-    code_dim: int = 32  # dimension of the l2-normalised codes
-    codebook_size: int = 9420  # M codebook entries
-    decoder_depth: int = 8  # self-attention blocks over the quantised codes
-    decoder_dim: int = 384  # decoder width
-    decoder_heads: int = 6  # decoder attention heads
-    max_frames: int = 16  # size of the decoder's frame embedding table
-    num_words: int = 0  # K caption words (set from the vocabulary when the model is built)
-
-
-@dataclass
-class CodebookConfig:
-    kmeans_init: bool = True  # initialise the codebook by cosine k-means on the first batch
-    ema: bool = True  # EMA codebook updates (replaces the codebook term of eq. 7)
-    ema_decay: float = 0.99  # EMA decay
-    restart_unused: int = 100  # re-seed codes unused for this many steps (0: never)
 
 
 class SemanticTokenizer(nn.Module):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from evilm_core.config.loader import path_field
 from evilm_core.config.sections import RunSections, check_model_fits_data
-from evilm_core.models.tokenizer import CodebookConfig, TokenizerModelConfig
+from evilm_core.models.config import CodebookConfig, TokenizerModelConfig
 
 @dataclass
 class TokenizerLossConfig:
