@@ -50,9 +50,14 @@ def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], co
         torch.save(trainer_state, tmp / STATE)
     for name, text in (extra_files or {}).items():
         atomic_write_text(tmp / name, text, fsync=False)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    if directory.exists():  # replace: move the old one aside first, so one complete copy always exists
+        old = directory.with_name(f".old-{directory.name}-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
     return directory
 
 

@@ -3,10 +3,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from evilm_core.config.loader import path_field
+
+
+def at_least(section, name: str, **minimums: float) -> None:
+    """Each named field of `section` must be >= its minimum; the error names the key and value."""
+    for key, low in minimums.items():
+        value = getattr(section, key)
+        if value < low:
+            raise ValueError(f"{name}.{key} must be >= {low}, got {value}")
 
 
 @dataclass
@@ -24,6 +33,9 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength in training
 
     def __post_init__(self):
+        at_least(self, "data", batch_size=1, num_workers=0)
+        if self.color_jitter < 0:
+            raise ValueError(f"data.color_jitter must be >= 0, got {self.color_jitter}")
         if self.num_frames < 1:
             raise ValueError(f"data.num_frames must be >= 1, got {self.num_frames}")
         if self.image_size < 32 or self.image_size % 32:
@@ -39,6 +51,11 @@ class OptimConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
     grad_clip: float = 1.0  # max global grad norm (0 disables)
 
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        at_least(self, "optim", weight_decay=0, warmup_steps=0, grad_clip=0)
+
 
 @dataclass
 class TrainConfig:
@@ -51,6 +68,15 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints (0: at the end of each epoch)
     keep_checkpoints: int = 2  # newest complete checkpoints kept on disk
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_nonfinite: int = 10  # consecutive steps with a NaN/Inf loss or gradient (skipped) before the run stops
+
+    def __post_init__(self):
+        at_least(self, "train", epochs=0, max_steps=0, grad_accum=1, log_every=1, eval_every=0, save_every=0,
+                 keep_checkpoints=0, max_nonfinite=1)
+        if self.epochs == 0 and self.max_steps == 0:
+            raise ValueError("train.epochs and train.max_steps are both 0: the run would train nothing")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass

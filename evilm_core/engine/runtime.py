@@ -78,7 +78,19 @@ class MetricsLog:
         self.path.unlink(missing_ok=True)
 
     def truncate(self, step: int) -> None:
-        """Drop rows after `step`: a resumed run writes them again."""
-        if self.path.exists():
-            rows = [r for r in self.path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
-            atomic_write_text(self.path, "".join(r + "\n" for r in rows), fsync=False)
+        """Drop rows after `step`: a resumed run writes them again. A torn last line (a crash in the
+        middle of an append) is dropped too; a damaged line before it is an error naming it."""
+        if not self.path.exists():
+            return
+        lines = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines):
+                    break  # torn by a crash mid-append: that row is written again
+                raise EvilmError(f"{self.path}:{n}: not a JSON row; fix or delete the line, then --resume") from None
+            if row.get("step", 0) <= step:
+                rows.append(line)
+        atomic_write_text(self.path, "".join(r + "\n" for r in rows), fsync=False)

@@ -33,6 +33,7 @@ from evilm_core.engine.optim import build_optimizer, lr_at
 from evilm_core.engine.runtime import MetricsLog, autocast, to_device
 from evilm_core.engine.sampler import ResumableSampler
 from evilm_core.errors import EvilmError, TrainingInterrupted
+from evilm_core.evaluation.metrics import require_finite_metrics
 
 log = logging.getLogger("evilm.train")
 
@@ -52,6 +53,7 @@ class Position:
     epoch: int = 0  # current epoch
     batch: int = 0  # micro-batches of this epoch already consumed
     skipped: int = 0  # clips skipped so far (undecodable)
+    nonfinite: int = 0  # optimizer steps skipped so far for a NaN/Inf loss or gradient
 
 
 class Trainer:
@@ -77,22 +79,24 @@ class Trainer:
         self.window = _Window()  # metrics since the last metrics.jsonl row (spans epochs)
         self._stop_signal: int | None = None
         self.metrics_log = MetricsLog(self.run_dir)
+        self.nonfinite_run = 0  # consecutive steps skipped for a NaN/Inf loss or gradient
 
     # ------------------------------------------------------------------ state
     def _trainer_state(self) -> dict:
         p = self.pos
-        return {"step": p.step, "epoch": p.epoch, "batch": p.batch, "skipped": p.skipped,
+        return {"step": p.step, "epoch": p.epoch, "batch": p.batch, "skipped": p.skipped, "nonfinite": p.nonfinite,
                 "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(), "world": self.info.world}
 
     def save(self) -> Path | None:
-        path = None
-        if self.info.is_main:
-            path = ckpt.write_checkpoint(self.run_dir / f"step_{self.pos.step:08d}", self.model.state_dict(),
-                                         self.recipe, self.task.vocab, self._trainer_state())
+        """Write step_XXXXXXXX (once per step: the same step is never written twice) and prune."""
+        path = self.run_dir / f"step_{self.pos.step:08d}"
+        check_finite_weights(self.model, path)  # on every rank: all stop together
+        if self.info.is_main and not ckpt.is_checkpoint(path):
+            ckpt.write_checkpoint(path, self.model.state_dict(), self.recipe, self.task.vocab, self._trainer_state())
             ckpt.prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
             log.info("checkpoint %s", path)
         barrier()
-        return path
+        return path if self.info.is_main else None
 
     def resume(self) -> bool:
         last = ckpt.latest_checkpoint(self.run_dir)
@@ -103,7 +107,7 @@ class Trainer:
         self.model.load_state_dict(ckpt.read_weights(last))
         self.optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
-        self.pos = Position(state["step"], state["epoch"], state["batch"], state["skipped"])
+        self.pos = Position(state["step"], state["epoch"], state["batch"], state["skipped"], state.get("nonfinite", 0))
         if self.info.is_main:
             self.metrics_log.truncate(self.pos.step)
         log.info("resumed from %s (step %d, epoch %d)", last, self.pos.step, self.pos.epoch)
@@ -199,7 +203,7 @@ class Trainer:
         if self.info.is_main:
             self.model.eval()
             with torch.no_grad(), autocast(self.recipe.train.precision, self.info.device):
-                metrics = self.task.evaluate(self.model)
+                metrics = require_finite_metrics(self.task.evaluate(self.model), f"validation at step {self.pos.step}")
             self.model.train()
             self._log_row({"step": self.pos.step, "epoch": self.pos.epoch, "split": "val", **metrics})
             log.info("eval step %d: %s", self.pos.step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -230,7 +234,7 @@ class Trainer:
             if self.pos.step % t.log_every == 0 or self.pos.step == self.total_steps:
                 self._log_row({"step": self.pos.step, "epoch": self.pos.epoch,
                                "lr": self.optimizer.param_groups[0]["lr"], **self.window.row(),
-                               "skipped": self.pos.skipped})
+                               "skipped": self.pos.skipped, "skipped_nonfinite": self.pos.nonfinite})
                 self.window = _Window()
             if self.progress:
                 self.progress(self.pos.step, self.total_steps, loss=float(parts.get("loss", loss.item())))
@@ -251,11 +255,26 @@ class Trainer:
         return torch.Generator().manual_seed(seed)
 
     def _optimizer_step(self) -> None:
+        """One update, or none when the loss or a gradient is NaN/Inf: the step is counted as skipped
+        (gradients are all-reduced, so every rank decides the same), and too many in a row stop the run."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.pos.step, self.total_steps, self.recipe.optim)
-        if self.recipe.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
-        self.optimizer.step()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.recipe.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else grad_norm(params)
+        if bool(torch.isfinite(norm)):
+            self.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            self.pos.nonfinite, self.nonfinite_run = self.pos.nonfinite + 1, self.nonfinite_run + 1
+            log.warning("step %d: the loss or a gradient is NaN/Inf; update skipped (%d in a row)", self.pos.step,
+                        self.nonfinite_run)
+            if self.nonfinite_run >= self.recipe.train.max_nonfinite:
+                last = ckpt.latest_checkpoint(self.run_dir)
+                kept = f"the last checkpoint, {last}, holds finite weights" if last else "no checkpoint was written"
+                raise EvilmError(f"training diverged: {self.nonfinite_run} steps in a row had a NaN/Inf loss or "
+                                 f"gradient (step {self.pos.step}); {kept}. Lower optim.lr or raise "
+                                 "train.max_nonfinite")
         self.optimizer.zero_grad(set_to_none=True)
         self.pos.step += 1
 
@@ -277,7 +296,8 @@ class _Window:
 
     def add(self, parts: dict[str, float], clips: int, accum: int) -> None:
         for k, v in parts.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v / accum
+            if math.isfinite(v):  # a skipped, non-finite step is counted apart (skipped_nonfinite)
+                self.sums[k] = self.sums.get(k, 0.0) + v / accum
         self.clips += clips
 
     def restart_clock(self) -> None:
@@ -286,3 +306,18 @@ class _Window:
     def row(self) -> dict[str, float]:
         rate = self.clips / max(1e-9, time.perf_counter() - self.tic)
         return {**{k: v / max(1, self.steps) for k, v in self.sums.items()}, "clips_per_s": rate}
+
+
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The global l2 norm of the gradients (NaN/Inf if any gradient is), without changing them."""
+    if not params:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]))
+
+
+def check_finite_weights(model: nn.Module, where: Path) -> None:
+    """A checkpoint never holds NaN/Inf weights: refuse to write one (the previous one stays)."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise EvilmError(f"not writing {where}: {len(bad)} weight tensors are NaN or infinite (e.g. {bad[0]}); the "
+                         "run diverged. The last complete checkpoint is intact; lower optim.lr and --resume from it")

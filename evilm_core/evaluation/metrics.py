@@ -7,7 +7,30 @@ therefore gets the worst rank, not the best; an optimistic rule would give it R@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from evilm_core.errors import EvilmError
+
+
+def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """A NaN or an infinity is never scored: it would rank as a perfect match (a NaN compares
+    neither higher nor equal). Raises an EvilmError saying how many and of what."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise EvilmError(f"{bad} of {values.numel()} {what} are NaN or infinite, so no metric can be computed; "
+                         "the model's weights or inputs are not finite (a diverged run? check metrics.jsonl)")
+    return values
+
+
+def require_finite_metrics(metrics: dict, where: str) -> dict:
+    """Every float of a metrics dict is finite, else an EvilmError naming the keys."""
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise EvilmError(f"{where}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} NaN or infinite; the run "
+                         "diverged or its inputs are not finite (see metrics.jsonl), so no result is reported")
+    return metrics
 
 
 def retrieval_ranks(scores: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,6 +57,7 @@ def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = No
     """sim [T, V] text x video similarities; text_to_video [T] the true video of each text
     (default diagonal). Video-to-text uses, for each video, the best-ranked of its texts."""
     t, v = sim.shape
+    require_finite(sim, "text-video similarities")
     t2v_target = torch.arange(t) if text_to_video is None else text_to_video
     metrics = rank_metrics(retrieval_ranks(sim, t2v_target), "t2v")
     v2t_ranks = []

@@ -29,7 +29,7 @@ from evilm_core.data.dataset import ClipDataset, clip_dataset
 from evilm_core.data.manifest import read_manifest, video_root
 from evilm_core.engine.runtime import MetricsLog, autocast, eval_batches
 from evilm_core.errors import EvilmError
-from evilm_core.evaluation.metrics import accuracy
+from evilm_core.evaluation.metrics import accuracy, require_finite
 from evilm_core.finetune.config import ProbeConfig
 from evilm_core.finetune.data import LabelFields, label_vocab
 from evilm_core.finetune.tasks import FinetuneTask, head_classes
@@ -121,6 +121,7 @@ def fit_linear(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, cf
 
 def probe_metrics(logits: torch.Tensor, labels: torch.Tensor, skipped: int) -> dict[str, float]:
     """Top-1 accuracy; clips whose label is not a training class count as wrong (oov_labels)."""
+    require_finite(logits, "class scores")
     num_classes = logits.shape[1]
     preds = logits.argmax(-1).tolist() if len(logits) else []
     return {"accuracy": accuracy(preds, labels.tolist()), "chance": 100.0 / num_classes,

@@ -35,7 +35,7 @@ from evilm_core.data.text import TextTokens
 from evilm_core.engine.runtime import eval_batches, unwrap
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
-from evilm_core.evaluation.metrics import accuracy, retrieval_metrics
+from evilm_core.evaluation.metrics import accuracy, require_finite, retrieval_metrics
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import (CaptionFields, MCFields, QAFields, answer_vocab, check_mc_records,
                                       normalize_answer, require_fields)
@@ -267,7 +267,7 @@ def evaluate_qa(net: EViLM, dataset, answers: list[str], data: DataConfig, devic
     preds, gold = [], []
     for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
         out = net(batch["pixels"], batch["input_ids"], batch["attention_mask"])
-        best = net.heads["qa"](out["cls"]).float().argmax(-1).tolist()
+        best = require_finite(net.heads["qa"](out["cls"]).float(), "answer scores").argmax(-1).tolist()
         preds += [answers[i] for i in best]
         gold += batch["answer_text"]
     return {**qa_metrics(preds, gold, answers), "skipped": counts["skipped"]}
@@ -278,7 +278,8 @@ def evaluate_mc(net: EViLM, dataset, data: DataConfig, device: torch.device) -> 
     counts: dict = {"skipped": 0}
     preds, gold, k = [], [], 0
     for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
-        scores = option_scores(net, batch["pixels"], batch["option_ids"], batch["option_mask"])
+        scores = require_finite(option_scores(net, batch["pixels"], batch["option_ids"], batch["option_mask"]),
+                                "option scores")
         preds += scores.argmax(-1).tolist()
         gold += batch["answer"].tolist()
         k = scores.shape[1]
