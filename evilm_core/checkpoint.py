@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 from evilm_core.config.loader import save_yaml
 from evilm_core.data.vocab import VOCAB_FILE, read_vocab, save_vocab
 from evilm_core.errors import EvilmError
-from evilm_core.fs import atomic_write_text
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -49,7 +48,7 @@ def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], co
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE)
     for name, text in (extra_files or {}).items():
-        atomic_write_text(tmp / name, text, fsync=False)
+        (tmp / name).write_text(text, encoding="utf-8")  # inside the temporary dir: renamed with it
     if directory.exists():  # replace: move the old one aside first, so one complete copy always exists
         old = directory.with_name(f".old-{directory.name}-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)

@@ -28,11 +28,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> Path:
-    """Write `text` (UTF-8, '\\n' line ends) to `path` atomically."""
+def atomic_write_text(path: str | os.PathLike, text: str | Iterable[str], fsync: bool = True) -> Path:
+    """Write `text` (or its pieces, streamed) as UTF-8 with '\\n' line ends to `path` atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+            f.writelines([text] if isinstance(text, str) else text)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -40,5 +40,5 @@ def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) ->
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Write JSON objects one per line, atomically (a manifest is never read half-written)."""
-    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    """Write JSON objects one per line, streamed and atomically (a manifest is never read half-written)."""
+    return atomic_write_text(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -19,10 +19,14 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """'i/n' (or (i, n)) -> (i, n) with 0 <= i < n; None stays None."""
     if shard is None:
         return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", f"{shard[0]}/{shard[1]}" if isinstance(shard, tuple) else str(shard))
-    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+    if isinstance(shard, tuple):
+        i, n = shard
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+        i, n = (int(m.group(1)), int(m.group(2))) if m else (-1, 0)
+    if not 0 <= i < n:
         raise EvilmError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4 ... 3/4), got {shard!r}")
-    return int(m.group(1)), int(m.group(2))
+    return i, n
 
 
 def shard_of(items: list, shard: tuple[int, int]) -> list:

@@ -179,17 +179,22 @@ class LabelCache:
     def counts(self) -> dict[str, int]:
         return status_counts(self.arrays[STATUS])
 
-    def entry(self, key: str) -> tuple[np.ndarray, np.ndarray, int]:
-        """(codes [V, F, g, g] uint16, candidate frame indices [F] int32, frames in the video)."""
+    def _labelled_row(self, key: str) -> int:
         r = self.row(key)
         state = int(self.arrays[STATUS][r])
         if state != OK:
             raise CacheKeyError(f"video {key!r} has no labels in {self.dir}: it is {STATUS_NAMES[state]}")
+        return r
+
+    def entry(self, key: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """(codes [V, F, g, g] uint16, candidate frame indices [F] int32, frames in the video)."""
+        r = self._labelled_row(key)
         return (np.array(self.arrays[CODES][r]), np.array(self.arrays[FRAMES][r]), int(self.arrays[NFRAMES][r]))
 
     def candidate_frames(self, key: str) -> np.ndarray:
-        """The decoded frame index of each of the video's F candidates [F] int32."""
-        return self.entry(key)[1]
+        """The decoded frame index of each of the video's F candidates [F] int32 (reads that row only)."""
+        r = self._labelled_row(key)
+        return np.array(self.arrays[FRAMES][r])
 
     def targets(self, key: str, candidate_ids: list[int], flipped: bool = False) -> torch.Tensor:
         """MVM targets [T, g, g] long: the codes of the chosen candidates, of the flipped frames

@@ -45,7 +45,7 @@ def write_run_files(run: RunStart, vocab: list[str], files: dict[str, str] | Non
     barrier()  # the other ranks read run_dir/vocab.txt
 
 
-def resolved(recipe: Any, **model_values: Any) -> Any:
-    """A copy of `recipe` whose model section has `model_values` set: what the run saves as its
-    config.yaml. The recipe the caller passed in is left as it was."""
-    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, **model_values))
+def resolved(recipe: Any, model: Any = None, **model_values: Any) -> Any:
+    """A copy of `recipe` whose model section is `model` (default: the recipe's) with `model_values`
+    set: what the run saves as its config.yaml. The recipe the caller passed in is left as it was."""
+    return dataclasses.replace(recipe, model=dataclasses.replace(model or recipe.model, **model_values))

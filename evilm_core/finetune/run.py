@@ -53,7 +53,7 @@ def model_and_vocab(recipe: FinetuneRecipe, init_dir: Path | None,
         vocab = ckpt.read_checkpoint_vocab(init_dir)
         if len(vocab) != model.vocab_size:
             raise EvilmError(f"{init_dir}: vocab.txt has {len(vocab)} entries, the model {model.vocab_size}")
-    recipe = resolved(recipe, **{**vars(model), "vocab_size": len(vocab)})
+    recipe = resolved(recipe, model, vocab_size=len(vocab))
     try:
         check_model_fits_data(recipe.model, recipe.data)
     except ValueError as err:
