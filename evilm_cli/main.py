@@ -51,9 +51,9 @@ def _global(
 def main() -> None:
     try:
         app()
-    except TrainingInterrupted as err:  # a checkpoint was written; say where, exit like a signal
+    except TrainingInterrupted as err:  # a checkpoint was written; say where
         console.print(f"[yellow]stopped:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(143)
+        sys.exit(err.exit_code)
     except EvilmError as err:
         if STATE["debug"]:
             raise

@@ -24,6 +24,8 @@ def load(recipe: Path, overrides: list[str], expect: str | None = None, print_co
 # The recipe options every recipe-driven command shares (one definition, one help text).
 OVERRIDES = typer.Option([], "--set", help="Override a key: --set section.key=value (repeatable).")
 RESUME = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in output.dir.")
+REPLAN = typer.Option(False, "--replan", help="With --resume: accept another recipe, data or number of processes "
+                      "(the LR schedule and epoch position are re-planned; see docs/reliability.md).")
 PRINT_CONFIG = typer.Option(False, "--print-config", help="Print the resolved recipe and exit.")
 JSON_RESULT = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics, ...} on stdout.")
 
@@ -32,10 +34,11 @@ def metrics_line(metrics: dict) -> str:
     return "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
 
 
-def run_training(name: str, train, recipe: Path, overrides: list[str], resume: bool, print_config: bool,
+def run_training(name: str, train, recipe: Path, overrides: list[str], resume: bool | str, print_config: bool,
                  json_out: bool, expect: str) -> None:
     """Load the recipe, run `train(cfg, resume=, progress=)` under a progress display, print the
-    checkpoint, step and final metrics (rank 0), and the result as JSON with --json."""
+    checkpoint, step and final metrics (rank 0), and the result as JSON with --json. `resume`:
+    False, True, or "replan" (--replan implies --resume)."""
     cfg = load(recipe, overrides, expect=expect, print_config=print_config)
     label = f"{name} {cfg.task}" if getattr(cfg, "task", None) else name
     with progress(label) as update:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, progress
+from evilm_cli.common import console, emit_json, log, progress
 from evilm_core.errors import EvilmError
+from evilm_core.fs import escape_key
 
 app = typer.Typer(help="Index videos and answer text queries (text-to-video search).", no_args_is_help=True)
 
@@ -62,7 +63,13 @@ def _queries(args: list[str]):
         return
     if sys.stdin.isatty():
         raise EvilmError("no query: give QUERY arguments or pipe queries one per line on stdin")
-    for line in sys.stdin:
+    for n, raw in enumerate(sys.stdin.buffer, 1):  # bytes: one bad line must not end the stream
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            log.warning("stdin line %d is not UTF-8 (byte %d: %r); skipped, the stream goes on", n, err.start,
+                        raw[err.start:err.start + 4])
+            continue
         if line.strip():
             yield line.strip()
 
@@ -92,8 +99,9 @@ def query(
     for hits in searcher.stream(_queries(queries or []), k):
         answered += 1
         for hit in hits:
-            line = json.dumps({"query": hit.query, "rank": hit.rank, "key": hit.key, "score": round(hit.score, 6)}) \
-                if json_out else f"{hit.query}\t{hit.rank}\t{hit.key}\t{hit.score:.6f}"
+            key = escape_key(hit.key)  # as keys.txt stores it: one field, valid UTF-8
+            line = json.dumps({"query": hit.query, "rank": hit.rank, "key": key, "score": round(hit.score, 6)}) \
+                if json_out else f"{escape_key(hit.query)}\t{hit.rank}\t{key}\t{hit.score:.6f}"
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
         if sheet is not None:

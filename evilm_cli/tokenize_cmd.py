@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, RESUME, run_training
+from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, REPLAN, RESUME, run_training
 
 
 def register(app: typer.Typer) -> None:
@@ -15,6 +15,7 @@ def register(app: typer.Typer) -> None:
         recipe: Path = typer.Argument(..., help="A `kind: tokenizer` recipe."),
         overrides: list[str] = OVERRIDES,
         resume: bool = RESUME,
+        replan: bool = REPLAN,
         print_config: bool = PRINT_CONFIG,
         json_out: bool = JSON_RESULT,
     ):
@@ -29,4 +30,4 @@ def register(app: typer.Typer) -> None:
         """
         from evilm_core.tokenizer.train import train_tokenizer
 
-        run_training("tokenizer", train_tokenizer, recipe, overrides, resume, print_config, json_out, expect="tokenizer")
+        run_training("tokenizer", train_tokenizer, recipe, overrides, "replan" if replan else resume, print_config, json_out, expect="tokenizer")

@@ -1,12 +1,16 @@
 """Checkpoint directories (docs/design.md, "Checkpoints"): `model.safetensors`, `config.yaml`,
 `vocab.txt`, `trainer_state.pt`. Written under a temporary name and renamed, so a crash never
-leaves a half checkpoint; `trainer_state.pt` holds only tensors and plain values and is read with
-`weights_only=True`, so loading never unpickles arbitrary objects."""
+leaves a half checkpoint; a full disk leaves the previous one and no temporary (docs/reliability.md).
+`trainer_state.pt` holds only tensors and plain values and is read with `weights_only=True`, so
+loading never unpickles arbitrary objects. A damaged file is an EvilmError naming it and what
+to do, never a traceback."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import io
+import pickle
 import os
 import random
 import re
@@ -17,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from evilm_core.config.loader import save_yaml
 from evilm_core.data.vocab import VOCAB_FILE, read_vocab, save_vocab
 from evilm_core.errors import EvilmError
+from evilm_core.fs import disk_errors, read_text, readable_mode, temp_sibling
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -36,28 +42,47 @@ def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], co
                      vocab: list[str] | None = None, trainer_state: dict | None = None,
                      extra_files: dict[str, str] | None = None) -> Path:
     """Write a complete checkpoint directory atomically (temp dir, then rename); `extra_files`
-    ({name: text}, e.g. a task's answers.txt) go in before the rename."""
+    ({name: text}, e.g. a task's answers.txt) go in before the rename. A full disk or an I/O
+    error removes the temporary directory and raises an EvilmError naming the space needed."""
     directory = Path(directory)
-    tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
+    tmp = temp_sibling(directory)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        with disk_errors(directory, needed=sum(t.numel() * t.element_size() for t in weights.values())):
+            tmp.mkdir(parents=True)
+            _write_files(directory, tmp, weights, config, vocab, trainer_state, extra_files)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _write_files(directory: Path, tmp: Path, weights, config, vocab, trainer_state, extra_files) -> None:
     save_weights(weights, tmp / WEIGHTS)
     save_yaml(config, tmp / CONFIG)
     if vocab is not None:
         save_vocab(vocab, tmp)
     if trainer_state is not None:
-        torch.save(trainer_state, tmp / STATE)
+        buffer = io.BytesIO()  # serialised in memory: torch.save hides a full disk behind a C++ assertion,
+        torch.save(trainer_state, buffer)  # a plain write reports it as ENOSPC
+        (tmp / STATE).write_bytes(buffer.getbuffer())
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text, encoding="utf-8")  # inside the temporary dir: renamed with it
+    for f in (tmp, *tmp.iterdir()):
+        readable_mode(f)  # safetensors writes 0600; a lab shares its checkpoints
     if directory.exists():  # replace: move the old one aside first, so one complete copy always exists
-        old = directory.with_name(f".old-{directory.name}-{os.getpid()}")
+        old = temp_sibling(directory, "old")  # a kill between the renames: the next run moves it back
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
         os.replace(tmp, directory)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, directory)
-    return directory
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of `state` holding a NaN or an infinity."""
+    return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def is_checkpoint(directory: str | Path) -> bool:
@@ -69,14 +94,26 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     directory = Path(directory)
     if not is_checkpoint(directory):
         raise EvilmError(f"{directory} is not a checkpoint directory (needs {WEIGHTS} and {CONFIG})")
-    return load_file(str(directory / WEIGHTS))
+    try:
+        return load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise damaged(directory / WEIGHTS, err) from None
 
 
 def read_trainer_state(directory: str | Path) -> dict:
     path = Path(directory) / STATE
     if not path.is_file():
         raise EvilmError(f"{directory} has no {STATE}; it cannot be resumed from")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # objects other than tensors and plain values: never loaded
+        raise damaged(path, "it holds objects other than tensors and plain values, so it was not written by "
+                            "evilm; loading it could run code, and it was refused") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise damaged(path, err) from None
+    if not isinstance(state, dict) or "step" not in state or "optimizer" not in state:
+        raise damaged(path, "it is not an evilm trainer state (no step / optimizer)")
+    return state
 
 
 def read_checkpoint_vocab(directory: str | Path) -> list[str]:
@@ -87,7 +124,29 @@ def read_yaml_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise EvilmError(f"{directory} has no {CONFIG}")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(read_text(path, "checkpoint config")) or {}
+    except yaml.YAMLError as err:
+        raise damaged(path, f"not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(raw, dict):
+        raise damaged(path, f"expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def damaged(path: Path, why: Any) -> EvilmError:
+    """The error for a checkpoint file that cannot be read, with what to do: resume from an older
+    step checkpoint of the same run where there is one, else re-create the checkpoint."""
+    path = Path(path)
+    run_dir, name = path.parent.parent, path.parent.name
+    older = [d for d in step_checkpoints(run_dir) if d.name < name] if _STEP_DIR.match(name) else []
+    if older:
+        todo = (f"move {path.parent} aside (e.g. `mv {path.parent} {run_dir}/damaged-{name}`) and run the same "
+                f"command with --resume to continue from {older[-1].name}")
+    elif _STEP_DIR.match(name):
+        todo = "no older checkpoint of this run is complete; start the run again in a new output.dir"
+    else:
+        todo = "re-create it (re-run the command that wrote it, or copy it again)"
+    return EvilmError(f"{path} is damaged or truncated ({str(why).splitlines()[0][:300]}); {todo}")
 
 
 def step_checkpoints(run_dir: str | Path) -> list[Path]:

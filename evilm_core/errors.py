@@ -26,14 +26,24 @@ class VideoDecodeError(EvilmError):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+# Exit code of a run stopped by SIGTERM or SIGUSR1 after writing its checkpoint: EX_TEMPFAIL
+# ("try again later"), what a SLURM script tests to requeue the job (docs/reliability.md, "Signals").
+REQUEUE_EXIT = 75
+
+
 class TrainingInterrupted(EvilmError):
-    """SIGINT/SIGTERM arrived during training; a checkpoint was written and the run stopped.
-    `hint` says how to continue; a caller that continues differently (the quickstart) rebuilds
-    the message with its own hint through `with_hint`."""
+    """SIGINT/SIGTERM/SIGUSR1 arrived during training; a checkpoint was written and the run
+    stopped. `hint` says how to continue; a caller that continues differently (the quickstart)
+    rebuilds the message with its own hint through `with_hint`. Exit code: 130 for SIGINT (a
+    person pressed Ctrl-C), REQUEUE_EXIT for the signals a cluster sends."""
 
     def __init__(self, signal: int, step: int, checkpoint: str, hint: str = "continue with --resume"):
         self.signal, self.step, self.checkpoint, self.hint = signal, step, str(checkpoint), hint
         super().__init__(f"stopped by signal {signal} at step {step}; checkpoint {checkpoint}; {hint}")
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.signal == 2 else REQUEUE_EXIT
 
     def with_hint(self, prefix: str, hint: str) -> "TrainingInterrupted":
         err = TrainingInterrupted(self.signal, self.step, self.checkpoint, hint)

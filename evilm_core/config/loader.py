@@ -21,8 +21,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from evilm_core.errors import RecipeError
-from evilm_core.fs import atomic_write_text
+from evilm_core.errors import EvilmError, RecipeError
+from evilm_core.fs import atomic_write_text, read_text
 
 T = TypeVar("T")
 
@@ -180,9 +180,15 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = read_text(path, "recipe")
+    except EvilmError as err:
+        raise RecipeError(str(err)) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raise RecipeError(f"{path}: the recipe is empty; start from one of recipes/ (it needs at least `kind:`)")
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
     return raw

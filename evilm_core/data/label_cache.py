@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from evilm_core.errors import EvilmError
+from evilm_core.fs import read_text, unescape_key
 
 log = logging.getLogger("evilm.label")
 
@@ -77,7 +78,7 @@ def read_keys(directory: Path) -> list[str]:
     path = directory / KEYS
     if not path.is_file():
         raise EvilmError(f"{directory}: label cache has meta.json but no {KEYS}")
-    return path.read_text(encoding="utf-8").split("\n")[:-1]
+    return [unescape_key(k) for k in read_text(path, "label cache key list").split("\n")[:-1]]
 
 
 def open_arrays(directory: Path, meta: dict, mode: str = "r") -> dict[str, np.memmap]:

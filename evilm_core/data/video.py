@@ -59,9 +59,20 @@ def _open_reader(path: Path, size: int | None):
     if size:
         kwargs.update(width=size, height=size)
     try:
-        return decord.VideoReader(str(path), **kwargs)
+        if _utf8(str(path)):
+            return decord.VideoReader(str(path), **kwargs)
+        with open(path, "rb") as fh:  # a name that is not UTF-8: decord cannot pass it to FFmpeg, its bytes it can
+            return decord.VideoReader(fh, **kwargs)
     except Exception as err:  # decord raises its own DECORDError and RuntimeError variants
         raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _short(err: Exception) -> str:

@@ -1,9 +1,13 @@
 """What every stage's run needs from the machine, in one place each: the device, bf16 autocast,
-the model inside a DDP wrapper, an evaluation DataLoader, and the metrics.jsonl log."""
+the model inside a DDP wrapper, an evaluation DataLoader, the metrics.jsonl log, and the record of
+the software and machine a run used (`environment`, written into every run directory and --json)."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +20,23 @@ from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+# what a result depends on (float sums follow the thread count; docs/reliability.md, "Reproducible numbers")
+RECORDED_PACKAGES = ("evilm", "torch", "timm", "transformers", "tokenizers", "numpy", "safetensors", "decord")
+
+
+def environment(device: torch.device | str | None = None) -> dict:
+    """Library versions, threads and device of this process: written beside every result."""
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"versions": {"python": platform.python_version(), **versions}, "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "device": str(device), "gpu": gpu,
+            "cpu": platform.processor() or platform.machine()}
 
 
 def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:

@@ -4,12 +4,14 @@ fine-tuning tasks plug into it (docs/design.md, "Training loop").
 A `TrainTask` owns the model and says how to compute a loss on a batch, how to evaluate and
 what to export at the end; the trainer owns everything else: data order, AdamW + schedule,
 gradient accumulation and clipping, bf16 autocast, DDP, metrics.jsonl, atomic checkpoints,
-`--resume` to the exact batch, and SIGINT/SIGTERM -> checkpoint and stop.
+`--resume` to the exact batch (or refused: engine/resume.py), and SIGINT/SIGTERM/SIGUSR1 ->
+checkpoint and stop (docs/reliability.md, "Signals").
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from contextlib import nullcontext
 import math
@@ -30,12 +32,16 @@ from evilm_core import checkpoint as ckpt
 from evilm_core.data.dataset import collate_clips
 from evilm_core.engine.distributed import DistInfo, barrier
 from evilm_core.engine.optim import build_optimizer, lr_at
-from evilm_core.engine.runtime import MetricsLog, autocast, to_device
+from evilm_core.engine.resume import check_identity, checkpoint_to_resume, replanned_batch, run_identity
+from evilm_core.engine.runtime import MetricsLog, autocast, environment, to_device
 from evilm_core.engine.sampler import ResumableSampler
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.evaluation.metrics import require_finite_metrics
+from evilm_core.fs import atomic_write_text
 
 log = logging.getLogger("evilm.train")
+# SIGUSR1: what SLURM sends before a time limit or preemption (`--signal=USR1@120`)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class TrainTask(Protocol):
@@ -80,12 +86,15 @@ class Trainer:
         self._stop_signal: int | None = None
         self.metrics_log = MetricsLog(self.run_dir)
         self.nonfinite_run = 0  # consecutive steps skipped for a NaN/Inf loss or gradient
+        self.identity = run_identity(recipe, dataset, info.world)  # what --resume compares
+        self.replanned: list[str] = []  # what --replan accepted, for the result
 
     # ------------------------------------------------------------------ state
     def _trainer_state(self) -> dict:
         p = self.pos
         return {"step": p.step, "epoch": p.epoch, "batch": p.batch, "skipped": p.skipped, "nonfinite": p.nonfinite,
-                "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(), "world": self.info.world}
+                "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(), "batch_size": self.recipe.data.batch_size,
+                **self.identity}
 
     def save(self) -> Path | None:
         """Write step_XXXXXXXX (once per step: the same step is never written twice) and prune."""
@@ -98,20 +107,35 @@ class Trainer:
         barrier()
         return path if self.info.is_main else None
 
-    def resume(self) -> bool:
-        last = ckpt.latest_checkpoint(self.run_dir)
+    def resume(self, replan: bool = False) -> bool:
+        last = checkpoint_to_resume(self.run_dir)
         if last is None:
             log.info("no checkpoint in %s; starting from scratch", self.run_dir)
             return False
         state = ckpt.read_trainer_state(last)
+        self.replanned = check_identity(state, self.identity, last, replan)
         self.model.load_state_dict(ckpt.read_weights(last))
         self.optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         self.pos = Position(state["step"], state["epoch"], state["batch"], state["skipped"], state.get("nonfinite", 0))
+        if self.replanned:
+            self._replan(state)
         if self.info.is_main:
             self.metrics_log.truncate(self.pos.step)
         log.info("resumed from %s (step %d, epoch %d)", last, self.pos.step, self.pos.epoch)
         return True
+
+    def _replan(self, state: dict) -> None:
+        """--replan: keep the step (the LR follows the new total_steps from it) and convert this
+        epoch's position through the clips already consumed."""
+        batch, exact = replanned_batch(state, self.pos.batch, self.recipe.data.batch_size, self.info.world)
+        if batch * self.recipe.data.batch_size >= len(self.sampler):
+            self.pos.epoch, batch = self.pos.epoch + 1, 0
+        self.pos.batch = batch
+        log.warning("--replan: %s; continuing at step %d of %d, epoch %d batch %d%s", "; ".join(self.replanned),
+                    self.pos.step, self.total_steps, self.pos.epoch, batch,
+                    "" if exact else " (the new global batch does not divide the clips consumed: up to one "
+                    "batch of this epoch's clips is seen twice)")
 
     def _log_row(self, row: dict) -> None:
         if self.info.is_main:
@@ -139,24 +163,28 @@ class Trainer:
                           num_workers=d.num_workers, pin_memory=self.info.device.type == "cuda",
                           persistent_workers=False, multiprocessing_context="spawn" if d.num_workers else None)
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool | str = False) -> dict[str, Any]:
+        """Train to the end. `resume`: True continues the newest complete checkpoint exactly,
+        "replan" also accepts another recipe, data or number of processes (engine/resume.py)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and ckpt.latest_checkpoint(self.run_dir) is not None:
             raise EvilmError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
                              "or set output.dir to a new directory")
         if resume:
-            self.resume()
+            self.resume(replan=resume == "replan")
         elif self.info.is_main:
             self.metrics_log.clear()
+        env = environment(self.info.device)
         if self.info.is_main:
             save_yaml(self.recipe, self.run_dir / "config.yaml")
-        old = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            atomic_write_text(self.run_dir / "environment.json", json.dumps(env, indent=2) + "\n", fsync=False)
+        old = {s: signal.signal(s, self._signal) for s in STOP_SIGNALS}
         try:
             metrics = self._run()
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
-        return metrics
+        return {**metrics, "environment": env, **({"replanned": self.replanned} if self.replanned else {})}
 
     def _run(self) -> dict[str, Any]:
         t = self.recipe.train
@@ -317,7 +345,7 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 
 def check_finite_weights(model: nn.Module, where: Path) -> None:
     """A checkpoint never holds NaN/Inf weights: refuse to write one (the previous one stays)."""
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = ckpt.nonfinite_tensors(model.state_dict())
     if bad:
         raise EvilmError(f"not writing {where}: {len(bad)} weight tensors are NaN or infinite (e.g. {bad[0]}); the "
                          "run diverged. The last complete checkpoint is intact; lower optim.lr and --resume from it")

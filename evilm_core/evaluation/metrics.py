@@ -55,7 +55,9 @@ def rank_metrics(ranks: torch.Tensor, prefix: str, ks=(1, 5, 10)) -> dict[str, f
 
 def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = None) -> dict[str, float]:
     """sim [T, V] text x video similarities; text_to_video [T] the true video of each text
-    (default diagonal). Video-to-text uses, for each video, the best-ranked of its texts."""
+    (default diagonal). Video-to-text uses, for each video, the best-ranked of its texts, ranked
+    against the other videos' texts only (its own captions never compete with each other; a tie
+    with another video's text counts against it)."""
     t, v = sim.shape
     require_finite(sim, "text-video similarities")
     t2v_target = torch.arange(t) if text_to_video is None else text_to_video
@@ -65,9 +67,9 @@ def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = No
         own = (t2v_target == video).nonzero().flatten()
         if own.numel() == 0:
             continue
-        column = sim[:, video]
-        ranks = [1 + int((column > column[i]).sum()) + int((column == column[i]).sum()) - 1 for i in own.tolist()]
-        v2t_ranks.append(min(ranks))
+        column, others = sim[:, video], torch.ones(t, dtype=torch.bool)
+        others[own] = False
+        v2t_ranks.append(1 + int((column[others] >= column[own].max()).sum()))
     metrics.update(rank_metrics(torch.tensor(v2t_ranks), "v2t"))
     return metrics
 

@@ -68,27 +68,40 @@ def extract_features(net: EViLM, dataset: ClipDataset, feature: str, data: DataC
 def records_digest(dataset: ClipDataset, labels: list[str]) -> str:
     digest = hashlib.sha256(json.dumps(labels).encode())
     for r in dataset.records:
-        digest.update(f"{r.video}\t{r.label}\n".encode())
+        digest.update(f"{r.video}\t{r.label}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
 def cached_features(path: Path | None, key: dict[str, str], compute: Callable[[], dict]) -> dict:
     """Load features saved under the same key, else compute and save them (temp name, rename)."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
-    if path is not None and path.is_file():
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-            if {k: v for k, v in meta.items() if k != "skipped"} == key:
-                log.info("probe: features from %s", path)
-                return {"features": fh.get_tensor("features"), "labels": fh.get_tensor("labels"),
-                        "skipped": int(meta["skipped"])}
+    saved = _saved_features(path, key) if path is not None and path.is_file() else None
+    if saved is not None:
+        return saved
     out = compute()
     if path is not None:
         with atomic_path(path) as tmp:
             save_file({"features": out["features"].contiguous(), "labels": out["labels"].contiguous()}, str(tmp),
                       metadata={**key, "skipped": str(out["skipped"])})
+    return out
+
+
+def _saved_features(path: Path, key: dict[str, str]) -> dict | None:
+    """The features cached under `key`; None (recompute) when the key differs or the file is damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+            if {k: v for k, v in meta.items() if k != "skipped"} != key:
+                return None
+            out = {"features": fh.get_tensor("features"), "labels": fh.get_tensor("labels"),
+                   "skipped": int(meta["skipped"])}
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        log.warning("probe: feature cache %s is damaged (%s); computing the features again", path, err)
+        return None
+    log.info("probe: features from %s", path)
     return out
 
 

@@ -25,7 +25,7 @@ from evilm_core.data.manifest import read_manifest
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.text import TextTokens
 from evilm_core.data.vocab import build_vocab
-from evilm_core.engine.runtime import autocast, choose_device
+from evilm_core.engine.runtime import autocast, choose_device, environment
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.config import FinetuneRecipe
@@ -107,4 +107,4 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
     tokens = TextTokens(loaded.directory, net.cfg.max_text_len)
     with autocast(recipe.train.precision, device):
         metrics = task.evaluate_split(recipe, net, records, manifest, tokens, classes, device, loaded.config)
-    return {"task": task.name, "metrics": metrics}
+    return {"task": task.name, "metrics": metrics, "environment": environment(device)}

@@ -24,7 +24,7 @@ from evilm_core.data.collect import collect_videos, parse_shard
 from evilm_core.data.label_cache import CORRUPT, MISSING
 from evilm_core.data.transforms import normalize
 from evilm_core.data.video import read_frames, segment_indices
-from evilm_core.engine.runtime import choose_device, eval_loader
+from evilm_core.engine.runtime import choose_device, environment, eval_loader
 from evilm_core.errors import EvilmError, VideoDecodeError
 from evilm_core.label.writer import CacheWriter, make_meta, shard_dir_name
 from evilm_core.models.tokenizer import load_tokenizer
@@ -151,7 +151,7 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
             "skipped": counts["missing"] + counts["corrupt"], "missing": counts["missing"], "corrupt": counts["corrupt"],
             "pending": counts["pending"], "newly_labelled": new_ok, "codebook_usage": round(usage, 6),
             "seconds": round(time.perf_counter() - start, 3), "videos_per_second": round(done / max(loop_s, 1e-9), 2),
-            "shard": writer.meta["shard"], "total_keys": len(keys)}
+            "shard": writer.meta["shard"], "total_keys": len(keys), "environment": environment(dev)}
 
 
 def run_label(videos=None, manifest=None, format: str = "auto", root=None, **kwargs) -> dict:

@@ -4,9 +4,11 @@ are in evilm_core/data/label_cache.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+from contextlib import ExitStack
 import time
 from pathlib import Path
 
@@ -16,9 +18,10 @@ from evilm_core.data.label_cache import (CHUNK_ROWS, CODES, FRAMES, IDENTITY, KE
                                          CANDIDATE_RULE, FORMAT_VERSION, VARIANTS, codebook_usage, find_shards,
                                          nbytes, open_arrays, read_keys, read_meta, shapes, status_counts)
 from evilm_core.errors import EvilmError
-from evilm_core.fs import atomic_write_text
+from evilm_core.fs import atomic_write_text, disk_errors, escape_key, process_lock
 
 log = logging.getLogger("evilm.label")
+LOCK = ".label.lock"  # held by the one process writing a cache directory (fs.process_lock)
 
 
 def shard_dir_name(index: int, count: int) -> str:
@@ -47,22 +50,27 @@ def write_meta(directory: Path, meta: dict) -> None:
     atomic_write_text(directory / META, json.dumps(meta, indent=2) + "\n")
 
 
-def _check_keys(keys: list[str]) -> None:
-    bad = next((k for k in keys if not k or "\n" in k or "\r" in k), None)
-    if bad is not None:
-        raise EvilmError(f"video key {bad!r} cannot be stored in keys.txt (empty or contains a line break)")
-
-
 def allocate(directory: Path, meta: dict, keys: list[str]) -> None:
-    """Create keys.txt and the preallocated (sparse, zero = pending) data files; not meta.json."""
-    _check_keys(keys)
+    """Create keys.txt (keys escaped: one line each whatever the file name) and the zero-filled
+    (zero = pending) data files; not meta.json. The blocks are reserved now (`posix_fallocate`):
+    rows are written through memory maps, and a full disk under a map is a SIGBUS, not an error."""
+    bad = next((k for k in keys if not k), None)
+    if bad is not None:
+        raise EvilmError("a video key is empty; every video needs a path")
     if len(keys) != meta["num_keys"]:
         raise ValueError("meta num_keys differs from the key list")
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(directory / KEYS, "".join(k + "\n" for k in keys))
-    for name, (shape, dtype) in shapes(meta).items():
-        with open(directory / name, "wb") as f:
-            f.truncate(nbytes(shape, dtype))
+    atomic_write_text(directory / KEYS, (escape_key(k) + "\n" for k in keys))
+    sizes = {name: nbytes(shape, dtype) for name, (shape, dtype) in shapes(meta).items()}
+    for name, size in sizes.items():
+        with disk_errors(directory / name, needed=sum(sizes.values())), open(directory / name, "wb") as f:
+            f.truncate(size)
+            if size and hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(f.fileno(), 0, size)
+                except OSError as err:  # a file system without it: stay sparse
+                    if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
             os.fsync(f.fileno())
 
 
@@ -83,6 +91,18 @@ class CacheWriter:
     def __init__(self, directory: str | Path, meta: dict, keys: list[str]):
         self.dir = Path(directory)
         self.meta = meta
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = ExitStack()  # one writer per cache directory, for as long as it is open
+        if not self._lock.enter_context(process_lock(self.dir / LOCK)):
+            raise EvilmError(f"another `evilm label` is writing {self.dir} right now; wait for it to finish (a re-run "
+                             "then labels only what is left), or give this run its own --out or --shard i/n")
+        try:
+            self._open(meta, keys)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, meta: dict, keys: list[str]) -> None:
         if (self.dir / META).is_file():
             self._check_resume(meta, keys)
             self.resumed = True
@@ -145,6 +165,7 @@ class CacheWriter:
         for arr in self.arrays.values():
             arr.flush()
         self.arrays = {}
+        self._lock.close()
 
 
 def _shard_dirs(out: Path) -> tuple[int, list[Path]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from evilm_core import checkpoint as ckpt
 from evilm_core.config.loader import from_dict
@@ -155,8 +155,11 @@ def load_text_side(checkpoint: str | Path) -> tuple[EViLM, Path]:
     """EViLM.text_side of a checkpoint, reading only its tensors (the video encoder stays on disk)."""
     directory = resolve_checkpoint(checkpoint)
     model = EViLM.text_side(checkpoint_model_config(directory))
-    with safe_open(str(directory / ckpt.WEIGHTS), framework="pt") as fh:
-        state = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(TEXT_PREFIXES)}
+    try:
+        with safe_open(str(directory / ckpt.WEIGHTS), framework="pt") as fh:
+            state = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(TEXT_PREFIXES)}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ckpt.damaged(directory / ckpt.WEIGHTS, err) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -113,7 +113,12 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tupl
                          f"expected {EXPORT_FORMAT!r})")
     model_cfg = from_dict(TokenizerModelConfig, cfg["model"], "model")
     model = SemanticTokenizer(model_cfg, with_decoder=False)
-    missing, unexpected = model.load_state_dict(ckpt.read_weights(directory), strict=False)
+    weights = ckpt.read_weights(directory)
+    bad = ckpt.nonfinite_tensors(weights)
+    if bad:  # every code would be 0: a cache of nothing, silently
+        raise EvilmError(f"{directory}: {len(bad)} tokenizer weight tensors are NaN or infinite (e.g. {bad[0]}); the "
+                         "tokenizer run diverged. Retrain it (lower optim.lr) before labelling")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith(("quantizer.initialized", "quantizer.last_used", "quantizer.steps"))]
     if missing or unexpected:
         raise EvilmError(f"{directory}: weights do not match the tokenizer config (missing {missing[:5]}, "

@@ -69,9 +69,18 @@ def mvm_sources(recipe: PretrainRecipe, device: torch.device,
     return cache, tokenizer
 
 
+def _warn_uncaptioned(records: list, manifest: str) -> None:
+    """Clips without a caption still train MVM but give MLM/VTM an empty text: say how many."""
+    missing = [r.video for r in records if not (r.caption or "").strip()]
+    if missing:
+        log.warning("%s: %d of %d clips have no caption (e.g. %s); their text is empty for MLM and VTM",
+                    manifest, len(missing), len(records), missing[0])
+
+
 def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: Callable | None = None) -> dict:
     """Pre-train per the recipe; returns {checkpoint, step, skipped, metrics}."""
     run, tok_dir = start_run(recipe), tokenizer_dir(recipe)
+    _warn_uncaptioned(run.records, recipe.data.train)
     vocab = pretrain_vocab(recipe, [r.caption or "" for r in run.records], tok_dir)
     recipe = resolved(recipe, vocab_size=len(vocab))
     write_run_files(run, vocab)

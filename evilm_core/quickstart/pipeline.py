@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ContextManager
 
+from evilm_core.engine.runtime import environment
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.fs import atomic_write_text
 from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recipe, tokenizer_recipe, write_recipe
@@ -47,7 +48,7 @@ class Quickstart:
         """A DIR started with other settings would mix runs: refuse instead of resuming."""
         path, mine = self.out / "quickstart.json", {"size": self.size_name, "seed": self.seed}
         if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
+            saved = _read_json(path)
             if saved != mine:
                 raise EvilmError(f"{self.out} holds a quickstart run with {saved}, not {mine}; use another --out "
                                  "or the same settings to resume it")
@@ -60,7 +61,7 @@ class Quickstart:
     def run_stage(self, stage: str, fn: Callable[[Callable | None], dict]) -> dict:
         marker = self._marker(stage)
         if marker.is_file():
-            self.results[stage] = json.loads(marker.read_text(encoding="utf-8"))
+            self.results[stage] = _read_json(marker)
             log.info("quickstart: %s already done (%s), skipped", stage, marker)
             return self.results[stage]
         start = time.perf_counter()
@@ -150,6 +151,8 @@ class Quickstart:
     def run(self) -> dict:
         start = time.perf_counter()
         self._check_settings()
+        self.environment = environment()  # versions and threads the numbers depend on
+        atomic_write_text(self.out / "environment.json", json.dumps(self.environment, indent=2) + "\n", fsync=False)
         for stage in STAGES:
             if stage in ("retrieval", "qa"):
                 self.run_stage(stage, lambda update, task=stage: self.finetune(task, update))
@@ -174,4 +177,13 @@ class Quickstart:
             "stage_seconds": {s: r[s]["seconds"] for s in STAGES},
             "artefacts": {s: r[s]["dir"] for s in ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index")},
             "out": str(self.out),
+            "environment": self.environment,
         }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EvilmError(f"{path} is damaged ({err}); delete it and run the same `evilm quickstart` again (the "
+                         "stage it records is then redone)") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from evilm_core import checkpoint as ckpt
 from evilm_core.data.collect import collect_videos, parse_shard, shard_of
 from evilm_core.data.dataset import clip_dataset
 from evilm_core.data.record import ClipRecord
-from evilm_core.engine.runtime import choose_device, eval_loader
+from evilm_core.engine.runtime import choose_device, environment, eval_loader
 from evilm_core.errors import EvilmError
+from evilm_core.fs import atomic_write_text
 from evilm_core.models.loading import load_checkpoint, resolve_checkpoint
 from evilm_core.retrieval.index import (FORMAT, META, IndexMeta, consolidate, indexed_keys, read_meta, record_skipped,
                                         skipped_keys, write_meta, write_part)
@@ -76,14 +78,16 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     model_hash = ckpt.file_sha256(directory / ckpt.WEIGHTS)
     loaded = load_checkpoint(directory)
     net, out = loaded.model, Path(req.out)
+    if not 1 <= req.num_frames <= net.cfg.max_frames:  # before anything is written: index.yaml would fix it
+        raise EvilmError(f"--frames {req.num_frames}: the model of {directory} takes 1 to {net.cfg.max_frames} frames")
     meta = _open_or_create(out, directory, model_hash, net.cfg.embed_dim, req, net.cfg.image_size, root)
     done = indexed_keys(out) | skipped_keys(out)
     mine = shard_of(keys, req.shard)
     todo = [k for k in mine if k not in done]
     log.info("index %s: %d videos, shard %d/%d owns %d, %d to embed", out, len(keys), i, n, len(mine), len(todo))
     counts = {"total": len(keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0}
+    device = choose_device(req.device) if todo else None
     if todo:
-        device = choose_device(req.device)
         net.to(device).eval()
         _embed(net, todo, root, req, meta, out, device, counts, progress)
     skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
@@ -92,6 +96,8 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     if counts["complete"]:
         consolidate(out, meta)
     counts["skipped_total"] = len(skipped)
+    counts["environment"] = env = environment(device if todo else "cpu")
+    atomic_write_text(out / "environment.json", json.dumps(env, indent=2) + "\n", fsync=False)
     counts["index"] = str(out)
     return counts
 

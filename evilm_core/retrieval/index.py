@@ -11,8 +11,14 @@ Layout of an index directory:
 Building is resumable and shardable: each run embeds only the keys its shard owns that no
 part or consolidated file holds yet, writing a part every `part_size` videos (temp file, then
 rename), so an interrupted run loses at most one part. When every key of the collection is
-present, the parts are folded into embeddings.safetensors + keys.txt (under a lock file, so
-concurrent shards never fold twice). Indexing into an existing index adds the new videos.
+present, the parts are folded into embeddings.safetensors + keys.txt under a POSIX lock (held by
+the process, so it never outlives it; concurrent shards never fold twice) and a journal: the new
+files are written complete beside the old ones, then `consolidate.journal` names them and the
+parts they replace, then they are renamed in and the parts removed. A kill at any line leaves
+either the old files and every part, or a journal that the next reader or writer rolls forward
+(docs/reliability.md). Indexing into an existing index adds the new videos. Keys are stored
+escaped (evilm_core/fs.py `escape_key`): a file name with a tab, a line break or bytes that are
+not UTF-8 stays one line.
 
 Embeddings are memory-mapped at query time (`IndexView`): the safetensors header gives the
 byte offset of the tensor, so a million-video index is searched without reading it into RAM.
@@ -30,15 +36,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from evilm_core.config.loader import save_yaml
 from evilm_core.errors import EvilmError
-from evilm_core.fs import atomic_path, atomic_write_text
+from evilm_core.fs import (atomic_path, atomic_write_text, disk_errors, escape_key, process_lock, read_text,
+                           readable_mode, unescape_key)
 
 log = logging.getLogger("evilm.retrieve")
 FORMAT = "evilm-index/1"
 META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors", "keys.txt", "parts", "skipped.tsv"
+JOURNAL, LOCK, NEXT = "consolidate.journal", ".consolidate.lock", ".next"  # NEXT: suffix of the files being folded in
 
 
 @dataclass
@@ -82,11 +91,19 @@ def write_meta(directory: Path, meta: IndexMeta) -> None:
 
 
 def _read_keys(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").split("\n")[:-1] if path.is_file() else []
+    return [unescape_key(k) for k in read_text(path, "key list").split("\n")[:-1]] if path.is_file() else []
 
 
 def _write_keys(path: Path, keys: list[str]) -> None:
-    atomic_write_text(path, "".join(k + "\n" for k in keys), fsync=False)
+    atomic_write_text(path, (escape_key(k) + "\n" for k in keys), fsync=True)
+
+
+def _load_embeddings(path: Path) -> torch.Tensor:
+    try:
+        return load_file(str(path))["embeddings"]
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise EvilmError(f"{path} is damaged or truncated ({str(err).splitlines()[0][:200]}); delete it and run "
+                         "`evilm retrieve index` again to re-embed its videos") from None
 
 
 def _part_files(directory: Path) -> list[Path]:
@@ -108,62 +125,110 @@ def write_part(directory: Path, name: str, keys: list[str], embeddings: torch.Te
     parts = directory / PARTS
     parts.mkdir(exist_ok=True)
     _write_keys(parts / f"{name}.keys", keys)
-    with atomic_path(parts / f"{name}.safetensors") as tmp:
+    with atomic_path(parts / f"{name}.safetensors") as tmp:  # a full disk: atomic_path names it
         save_file({"embeddings": embeddings.float().contiguous().cpu()}, str(tmp))
 
 
 def skipped_keys(directory: Path) -> set[str]:
     path = directory / SKIPPED
-    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()} if path.is_file() else set()
+    lines = read_text(path, "skip list").splitlines() if path.is_file() else []
+    return {unescape_key(line.split("\t", 1)[0]) for line in lines}
 
 
 def record_skipped(directory: Path, skipped: list[tuple[str, str, str]]) -> None:
     if skipped:
-        with open(directory / SKIPPED, "a", encoding="utf-8") as fh:
-            fh.writelines(f"{k}\t{r}\t{' '.join(d.split())}\n" for k, r, d in skipped)
+        with disk_errors(directory / SKIPPED), open(directory / SKIPPED, "a", encoding="utf-8") as fh:
+            fh.writelines(f"{escape_key(k)}\t{r}\t{escape_key(' '.join(d.split()))}\n" for k, r, d in skipped)
 
 
 def consolidate(directory: Path, meta: IndexMeta) -> bool:
     """Fold parts into embeddings.safetensors + keys.txt. False if another process holds the lock."""
-    lock = directory / ".consolidate.lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    try:
-        os.close(fd)
+    with process_lock(directory / LOCK) as held:
+        if not held:
+            return False
+        _finish_journal(directory)
         parts = _part_files(directory)
         if not parts:
             return True
         keys, chunks = _read_keys(directory / KEYS), []
         if keys:
-            chunks.append(load_file(str(directory / EMBEDDINGS))["embeddings"])
+            chunks.append(_load_embeddings(directory / EMBEDDINGS))
         for part in parts:
             keys += _read_keys(part.with_suffix(".keys"))
-            chunks.append(load_file(str(part))["embeddings"])
-        with atomic_path(directory / EMBEDDINGS) as tmp:  # the new file holds every part's rows...
-            save_file({"embeddings": torch.cat(chunks).contiguous()}, str(tmp))
-        _write_keys(directory / KEYS, keys)
-        meta.count = len(keys)
-        write_meta(directory, meta)
-        for part in parts:  # ...so removing the parts afterwards loses nothing
-            part.unlink()
-            part.with_suffix(".keys").unlink(missing_ok=True)
+            chunks.append(_load_embeddings(part))
+        rows = torch.cat(chunks).contiguous()
+        try:
+            with disk_errors(directory / EMBEDDINGS, needed=rows.numel() * 4):  # the old files stay until the journal
+                save_file({"embeddings": rows}, str(directory / (EMBEDDINGS + NEXT)))
+                readable_mode(directory / (EMBEDDINGS + NEXT))  # safetensors writes 0600
+                _write_keys(directory / (KEYS + NEXT), keys)
+                _fsync(directory / (EMBEDDINGS + NEXT))
+                journal = {"count": len(keys), "parts": [p.name for p in parts]}
+                atomic_write_text(directory / JOURNAL, json.dumps(journal) + "\n")  # the commit point
+        except BaseException:
+            if not (directory / JOURNAL).is_file():
+                _finish_journal(directory)  # no journal: drop the half-written new files
+            raise
+        _finish_journal(directory, meta)
         return True
-    finally:
-        lock.unlink(missing_ok=True)
+
+
+def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
+    """Roll a committed consolidation forward (rename the new files in, update the count, remove
+    the folded parts), or drop the new files of one that never reached its journal. Idempotent:
+    a kill in here is finished by the next call. The caller holds the lock."""
+    path = directory / JOURNAL
+    if not path.is_file():
+        for name in (EMBEDDINGS, KEYS):
+            (directory / (name + NEXT)).unlink(missing_ok=True)
+        return
+    journal = json.loads(read_text(path, "consolidation journal"))
+    for name in (EMBEDDINGS, KEYS):
+        if (directory / (name + NEXT)).exists():
+            os.replace(directory / (name + NEXT), directory / name)
+    meta = meta or read_meta(directory)
+    meta.count = journal["count"]
+    write_meta(directory, meta)
+    for name in journal["parts"]:
+        part = directory / PARTS / name
+        part.unlink(missing_ok=True)
+        part.with_suffix(".keys").unlink(missing_ok=True)
+    path.unlink()
+
+
+def recover(directory: Path) -> None:
+    """Finish a consolidation a kill interrupted (waits for a live one to end)."""
+    if not (directory / JOURNAL).is_file():
+        return
+    try:
+        with process_lock(directory / LOCK, wait=True):
+            _finish_journal(directory)
+    except PermissionError:
+        raise EvilmError(f"{directory}: a consolidation was interrupted and this user cannot finish it (read-only); "
+                         "run `evilm retrieve index` on it as its owner") from None
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _mapped_tensor(path: Path, name: str) -> np.ndarray:
     """A float32 tensor of a safetensors file as a read-only memory map (no copy into RAM)."""
-    with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
-    entry = header.get(name)
-    if entry is None or entry.get("dtype") != "F32":
-        raise EvilmError(f"{path} has no float32 tensor {name!r}: the index is damaged; rebuild it")
-    start, end = entry["data_offsets"]
-    shape = tuple(entry["shape"])
+    damaged = f"{path} is damaged or truncated; rebuild the index (`evilm retrieve index` into a new --out)"
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        entry = header[name]
+        start, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+    except (struct.error, ValueError, KeyError, TypeError, OSError, MemoryError, OverflowError):
+        raise EvilmError(damaged) from None
+    if entry.get("dtype") != "F32" or len(shape) != 2:
+        raise EvilmError(f"{path} has no float32 matrix {name!r}: {damaged}")
+    if path.stat().st_size < 8 + size + end or end - start != 4 * shape[0] * shape[1]:
+        raise EvilmError(f"{damaged} (the file is shorter than its header says)")
     if shape[0] == 0:
         return np.zeros(shape, dtype=np.float32)
     return np.memmap(path, dtype=np.float32, mode="r", offset=8 + size + start, shape=shape)
@@ -176,6 +241,7 @@ class IndexView:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.meta = read_meta(self.directory)
+        recover(self.directory)
         self.keys: list[str] = _read_keys(self.directory / KEYS)
         blocks: list[np.ndarray] = []
         if self.keys:
@@ -186,7 +252,7 @@ class IndexView:
             blocks.append(mapped)
         for part in _part_files(self.directory):
             self.keys += _read_keys(part.with_suffix(".keys"))
-            blocks.append(load_file(str(part))["embeddings"].numpy())
+            blocks.append(_load_embeddings(part).numpy())
         if not self.keys:
             raise EvilmError(f"{self.directory} holds no embedded videos yet (every video skipped, or indexing "
                              "has not finished a batch)")

@@ -1,5 +1,5 @@
 """Pre-training as users run it at scale: under torchrun (2 ranks, gloo) and across a
-SIGTERM + --resume, on tiny synthetic data."""
+SIGUSR1 (SLURM's warning signal) + --resume, on tiny synthetic data."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from evilm_core.errors import REQUEUE_EXIT
 from tests.helpers.cli import REPO, last_json, run_evilm
 from tests.helpers.label import make_tokenizer
 
@@ -74,11 +75,11 @@ def test_sigterm_then_resume_matches_uninterrupted(synth_dir, sources, tmp_path)
     while time.time() < deadline and proc.poll() is None:  # stop mid-epoch, a few steps in
         metrics = out / "metrics.jsonl"
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit (--signal=USR1@120)
             break
         time.sleep(0.05)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == REQUEUE_EXIT, err[-2000:]
     assert "checkpoint" in err and "--resume" in err
     stopped_at = max(_losses(out))
     assert 4 <= stopped_at < 28

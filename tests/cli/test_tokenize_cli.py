@@ -68,8 +68,11 @@ def test_existing_run_needs_resume(trained, synth_dir):
 
 def test_resume_continues_to_more_epochs(trained, synth_dir):
     out, _ = trained
-    result = last_json(run_evilm("tokenize-train", RECIPE, *tiny(synth_dir, out, epochs=5), "--resume", "--json").stdout)
-    assert result["step"] == 20
+    refused = run_evilm("tokenize-train", RECIPE, *tiny(synth_dir, out, epochs=5), "--resume", check=False)
+    assert refused.returncode == 2 and "recipe hash: checkpoint" in refused.stderr and "--replan" in refused.stderr
+    result = last_json(run_evilm("tokenize-train", RECIPE, *tiny(synth_dir, out, epochs=5), "--resume", "--replan",
+                                 "--json").stdout)
+    assert result["step"] == 20 and any("recipe hash" in d for d in result["replanned"])
     steps = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()]
     train_steps = [s for s, r in zip(steps, (out / "metrics.jsonl").read_text().splitlines()) if '"lr"' in r]
     assert train_steps == sorted(set(train_steps))  # no duplicated rows after resume

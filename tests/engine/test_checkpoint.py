@@ -3,7 +3,6 @@ names, pruning, and the RNG state a resumed run restores."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 
 from evilm_core import checkpoint as ckpt
 from evilm_core.errors import EvilmError
+from evilm_core.fs import temp_sibling
 from tests.helpers.models import VOCAB
 
 WEIGHTS = {"a.weight": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2, 3])}
@@ -44,8 +44,9 @@ def test_write_checkpoint_layout_and_round_trip(tmp_path):
 
 def test_write_checkpoint_replaces_a_checkpoint_only_once_the_new_one_is_complete(tmp_path, monkeypatch):
     target = _fake(tmp_path / "final")
-    (tmp_path / f".tmp-final-{os.getpid()}").mkdir()  # debris of an earlier crash of this process
-    (tmp_path / f".tmp-final-{os.getpid()}" / "junk").write_text("x")
+    debris = temp_sibling(tmp_path / "final")  # debris of an earlier crash of this process
+    debris.mkdir()
+    (debris / "junk").write_text("x")
 
     def crash(obj, path):
         raise OSError("disk full")
@@ -57,7 +58,7 @@ def test_write_checkpoint_replaces_a_checkpoint_only_once_the_new_one_is_complet
     monkeypatch.undo()
     ckpt.write_checkpoint(target, {"new": torch.zeros(1)}, {"model": {}})
     assert set(ckpt.read_weights(target)) == {"new"} and not (target / "vocab.txt").exists()
-    assert not (tmp_path / f".tmp-final-{os.getpid()}").exists()
+    assert not debris.exists()
 
 
 def test_read_errors_name_the_directory(tmp_path):
@@ -77,7 +78,7 @@ def test_find_checkpoint_precedence_directory_then_final_then_newest_step(tmp_pa
         _fake(run / f"step_{step:08d}")
     (run / "step_00000011").mkdir()  # incomplete (no weights): never chosen
     (run / "step_00000011" / "config.yaml").write_text("{}")
-    (run / ".tmp-step_00000012-99").mkdir()  # a write in progress
+    temp_sibling(run / "step_00000012").mkdir()  # a write in progress
     (run / "step_12").mkdir()  # not a step_XXXXXXXX name
     assert [p.name for p in ckpt.step_checkpoints(run)] == ["step_00000002", "step_00000009", "step_00000010"]
     assert ckpt.find_checkpoint(run) == run / "step_00000010"

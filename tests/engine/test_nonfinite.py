@@ -16,8 +16,9 @@ from evilm_core import checkpoint as ckpt
 from evilm_core.config.sections import DataConfig, OptimConfig, TrainConfig
 from evilm_core.engine.runtime import MetricsLog
 from evilm_core.errors import EvilmError
+from evilm_core.fs import temp_sibling
 from evilm_core.evaluation.metrics import require_finite_metrics, retrieval_metrics
-from tests.engine.test_trainer import ToyData, ToyTask, fit, rows
+from tests.engine.test_trainer import ToyTask, fit, rows
 
 
 class NaNTask(ToyTask):
@@ -116,15 +117,14 @@ def test_replacing_a_checkpoint_keeps_one_complete_copy(tmp_path, monkeypatch):
     real_replace = ckpt.os.replace
 
     def crash_on_second(src, dst):  # a kill right after the old copy was moved aside
-        if str(src).endswith(f".tmp-final-{ckpt.os.getpid()}") and any(p.name.startswith(".old-") for p in
-                                                                        tmp_path.iterdir()):
+        if src == temp_sibling(directory) and temp_sibling(directory, "old").exists():
             raise KeyboardInterrupt
         real_replace(src, dst)
 
     monkeypatch.setattr(ckpt.os, "replace", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         ckpt.write_checkpoint(directory, {"w": torch.ones(2)}, {"format": "toy"})
-    moved_aside = [p for p in tmp_path.iterdir() if p.name.startswith(".old-final")]
+    moved_aside = [p for p in tmp_path.iterdir() if p == temp_sibling(directory, "old")]
     assert len(moved_aside) == 1 and ckpt.is_checkpoint(moved_aside[0])  # the old copy is whole
     monkeypatch.setattr(ckpt.os, "replace", real_replace)
     ckpt.write_checkpoint(directory, {"w": torch.ones(2)}, {"format": "toy"})

@@ -43,6 +43,15 @@ def test_retrieval_metrics_both_directions_with_several_captions_per_video():
     assert m["v2t_R@1"] == 50.0 and m["v2t_MdR"] == 1.5
 
 
+def test_a_videos_own_captions_do_not_rank_against_each_other():
+    # video 0 has two captions scoring exactly the same (0.6); video 1's caption scores 0.5 on video 0
+    sim = torch.tensor([[0.6, 0.1], [0.6, 0.2], [0.5, 0.9]])
+    m = retrieval_metrics(sim, torch.tensor([0, 0, 1]))
+    assert m["v2t_R@1"] == 100.0  # the tie between its own captions used to make video 0 rank 2
+    sim[2, 0] = 0.6  # a tie with another video's caption still counts against it
+    assert retrieval_metrics(sim, torch.tensor([0, 0, 1]))["v2t_R@1"] == 50.0
+
+
 def test_accuracy_counts_unanswerable_as_wrong():
     assert accuracy(["red", "blue", None], ["red", "green", "purple"]) == pytest.approx(100 / 3)
     assert accuracy([], []) == 0.0

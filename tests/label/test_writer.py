@@ -60,3 +60,20 @@ def test_write_batch_gives_the_bytes_of_row_writes_and_pending_shrinks(tmp_path)
     assert usage == pytest.approx(len(np.unique(codes[1, 0])) / 50)  # row 0's unflipped codes only
     w.close()
     assert read_bytes(tmp_path / "c") == read_bytes(tmp_path / "ref")
+
+
+def test_a_second_writer_of_the_same_cache_is_refused_while_the_first_lives(tmp_path):
+    import subprocess
+    import sys
+
+    write_cache(tmp_path / "c")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | "
+                               "os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / "c" / ".label.lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    meta = make_meta(INFO, 8, True, 4, None, None)
+    with pytest.raises(EvilmError, match="another `evilm label` is writing .* right now"):
+        CacheWriter(tmp_path / "c", meta, KEYS)
+    holder.kill()
+    holder.wait()
+    CacheWriter(tmp_path / "c", meta, KEYS).close()  # the lock died with its process
