@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def read_trainer_state(directory: str | Path) -> dict:
     if not path.is_file():
         raise EvilmError(f"{directory} has no {STATE}; it cannot be resumed from")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before refusing an unsafe pickle: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # objects other than tensors and plain values: never loaded
         raise damaged(path, "it holds objects other than tensors and plain values, so it was not written by "
                             "evilm; loading it could run code, and it was refused") from None
@@ -174,8 +177,13 @@ def find_checkpoint(path: str | Path, steps: bool = True) -> Path | None:
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Remove all but the newest `keep` step checkpoints; each is renamed to a temporary name
+    first, so a kill in the middle of the removal leaves debris the next run cleans, never a
+    half-deleted `step_*` (fs.clean_stale_temps)."""
     for old in step_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = temp_sibling(old)
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

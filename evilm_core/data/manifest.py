@@ -32,11 +32,29 @@ def _require_exists(path: Path) -> None:
 
 def _first_line(path: Path) -> str | None:
     """The first non-blank line, stripped; None for an empty file. Reads only that far."""
-    with formats.open_text(path) as f:
-        for line in f:
-            if line.strip():
-                return line.strip()
+    try:
+        with formats.open_text(path) as f:
+            for line in f:
+                if line.strip():
+                    return line.strip()
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     return None
+
+
+def _not_utf8(path: Path) -> ManifestError:
+    """The error for a manifest that is not UTF-8, naming the first bad line (found by reading
+    the bytes again: a decoder's position is relative to its buffer, not to the file)."""
+    with open(path, "rb") as fh:
+        offset = 0
+        for n, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return ManifestError(f"{path}:{n}: not UTF-8 text ({err.reason} at byte {offset + err.start}: "
+                                     f"{raw[err.start:err.start + 4]!r}); save the manifest as UTF-8")
+            offset += len(raw)
+    return ManifestError(f"{path}: not UTF-8 text; save the manifest as UTF-8")
 
 
 def _sniff(path: Path) -> tuple[str, Any]:
@@ -90,8 +108,8 @@ def read_manifest(path: str | os.PathLike, format: str = "auto") -> list[ClipRec
         raise _unknown_format(f"unknown manifest format '{format}' for {p}")
     try:
         records = formats.read(fmt, p, data)
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(p) from None
     except csv.Error as e:
         raise ManifestError(f"{p}: malformed CSV ({e})") from None
     if not records:

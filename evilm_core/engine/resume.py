@@ -6,8 +6,8 @@ without the keys that cannot change the result, and a fingerprint of the trainin
 a resume compares it with this run's, naming both values of whatever differs. `--replan` accepts
 a change and re-plans: the LR schedule follows the new total steps, and the epoch position is
 converted through the clips already consumed (exact when the new global batch divides it).
-A run directory that shows an earlier run (metrics rows, a damaged step) but holds no complete
-checkpoint is refused too, instead of silently starting from step 0.
+A run directory whose checkpoint.json records a complete checkpoint but that holds none any more
+is refused too, instead of silently starting from step 0.
 """
 
 from __future__ import annotations
@@ -81,20 +81,22 @@ def replanned_batch(saved: dict, batches_done: int, batch_size: int, world: int)
     return clips // per_batch, clips % per_batch == 0
 
 
+LAST_CHECKPOINT = "checkpoint.json"  # {"last": "step_XXXXXXXX", "step": N}, rewritten after every save
+
+
 def checkpoint_to_resume(run_dir: Path) -> Path | None:
     """The newest complete step checkpoint of `run_dir` (stale temporaries cleaned first, a
-    checkpoint moved aside by a kill moved back), None for a run that never started; an error
-    when the directory shows an earlier run but no complete checkpoint is left."""
+    checkpoint moved aside by a kill moved back), None for a run that never completed one (it
+    starts again from step 0: nothing is lost); an error when one was completed
+    (checkpoint.json says so) but none is left."""
     for action in clean_stale_temps(run_dir):
         log.info("--resume: %s (left by a killed run)", action)
     last = ckpt.latest_checkpoint(run_dir)
     if last is not None:
         return last
-    partial = sorted(p.name for p in run_dir.glob("step_*") if p.is_dir()) if run_dir.is_dir() else []
-    metrics = run_dir / "metrics.jsonl"
-    trained = metrics.is_file() and any('"lr"' in line for line in metrics.read_text(errors="replace").splitlines())
-    if partial or trained:
-        evidence = f"incomplete {', '.join(partial)}" if partial else f"training rows in {metrics}"
-        raise EvilmError(f"--resume: {run_dir} shows an earlier run ({evidence}) but holds no complete checkpoint "
-                         "to continue from; start again without --resume in a new output.dir (or delete this one)")
+    record = run_dir / LAST_CHECKPOINT
+    if record.is_file():
+        raise EvilmError(f"--resume: {record} records a complete checkpoint ({record.read_text(errors='replace').strip()})"
+                         f" but {run_dir} holds none any more; restore it, or start again without --resume in a new "
+                         "output.dir (or delete this one)")
     return None

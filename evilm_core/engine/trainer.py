@@ -32,7 +32,8 @@ from evilm_core import checkpoint as ckpt
 from evilm_core.data.dataset import collate_clips
 from evilm_core.engine.distributed import DistInfo, barrier
 from evilm_core.engine.optim import build_optimizer, lr_at
-from evilm_core.engine.resume import check_identity, checkpoint_to_resume, replanned_batch, run_identity
+from evilm_core.engine.resume import (LAST_CHECKPOINT, check_identity, checkpoint_to_resume, replanned_batch,
+                                     run_identity)
 from evilm_core.engine.runtime import MetricsLog, autocast, environment, to_device
 from evilm_core.engine.sampler import ResumableSampler
 from evilm_core.errors import EvilmError, TrainingInterrupted
@@ -103,6 +104,7 @@ class Trainer:
         if self.info.is_main and not ckpt.is_checkpoint(path):
             ckpt.write_checkpoint(path, self.model.state_dict(), self.recipe, self.task.vocab, self._trainer_state())
             ckpt.prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
+            atomic_write_text(self.run_dir / LAST_CHECKPOINT, json.dumps({"last": path.name, "step": self.pos.step}) + "\n")
             log.info("checkpoint %s", path)
         barrier()
         return path if self.info.is_main else None
@@ -170,10 +172,9 @@ class Trainer:
         if not resume and ckpt.latest_checkpoint(self.run_dir) is not None:
             raise EvilmError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
                              "or set output.dir to a new directory")
-        if resume:
-            self.resume(replan=resume == "replan")
-        elif self.info.is_main:
-            self.metrics_log.clear()
+        resumed = bool(resume) and self.resume(replan=resume == "replan")
+        if not resumed and self.info.is_main:
+            self.metrics_log.clear()  # a fresh start (also a kill before the first checkpoint: nothing was kept)
         env = environment(self.info.device)
         if self.info.is_main:
             save_yaml(self.recipe, self.run_dir / "config.yaml")

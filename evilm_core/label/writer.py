@@ -18,7 +18,7 @@ from evilm_core.data.label_cache import (CHUNK_ROWS, CODES, FRAMES, IDENTITY, KE
                                          CANDIDATE_RULE, FORMAT_VERSION, VARIANTS, codebook_usage, find_shards,
                                          nbytes, open_arrays, read_keys, read_meta, shapes, status_counts)
 from evilm_core.errors import EvilmError
-from evilm_core.fs import atomic_write_text, disk_errors, escape_key, process_lock
+from evilm_core.fs import atomic_write_text, clean_stale_temps, disk_errors, escape_key, process_lock
 
 log = logging.getLogger("evilm.label")
 LOCK = ".label.lock"  # held by the one process writing a cache directory (fs.process_lock)
@@ -96,6 +96,7 @@ class CacheWriter:
         if not self._lock.enter_context(process_lock(self.dir / LOCK)):
             raise EvilmError(f"another `evilm label` is writing {self.dir} right now; wait for it to finish (a re-run "
                              "then labels only what is left), or give this run its own --out or --shard i/n")
+        clean_stale_temps(self.dir)  # what a killed labeller of this host left
         try:
             self._open(meta, keys)
         except BaseException:

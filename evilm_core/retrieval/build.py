@@ -17,10 +17,10 @@ from evilm_core.data.dataset import clip_dataset
 from evilm_core.data.record import ClipRecord
 from evilm_core.engine.runtime import choose_device, environment, eval_loader
 from evilm_core.errors import EvilmError
-from evilm_core.fs import atomic_write_text
+from evilm_core.fs import atomic_write_text, clean_stale_temps
 from evilm_core.models.loading import load_checkpoint, resolve_checkpoint
-from evilm_core.retrieval.index import (FORMAT, META, IndexMeta, consolidate, indexed_keys, read_meta, record_skipped,
-                                        skipped_keys, write_meta, write_part)
+from evilm_core.retrieval.index import (FORMAT, META, PARTS, IndexMeta, consolidate, indexed_keys, read_meta,
+                                        record_skipped, skipped_keys, write_meta, write_part)
 
 log = logging.getLogger("evilm.retrieve")
 ProgressFn = Callable[..., None]
@@ -80,6 +80,8 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     net, out = loaded.model, Path(req.out)
     if not 1 <= req.num_frames <= net.cfg.max_frames:  # before anything is written: index.yaml would fix it
         raise EvilmError(f"--frames {req.num_frames}: the model of {directory} takes 1 to {net.cfg.max_frames} frames")
+    for debris in (out, out / PARTS):  # what killed runs of this host left behind
+        clean_stale_temps(debris)
     meta = _open_or_create(out, directory, model_hash, net.cfg.embed_dim, req, net.cfg.image_size, root)
     done = indexed_keys(out) | skipped_keys(out)
     mine = shard_of(keys, req.shard)

@@ -5,6 +5,7 @@ what a killed writer left behind is cleaned (or moved back)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -99,12 +100,20 @@ def test_a_malicious_trainer_state_is_refused_and_never_runs(tmp_path, monkeypat
 def test_a_run_without_a_complete_checkpoint_is_not_restarted_from_zero(tmp_path):
     run = tmp_path / "run"
     _half_run(run)
-    shutil.rmtree(run / "step_00000003")  # what a full disk or a careless `rm` leaves
-    with pytest.raises(EvilmError, match=r"shows an earlier run \(training rows in .*metrics.jsonl\) but holds no "
-                                         "complete checkpoint"):
+    assert json.loads((run / "checkpoint.json").read_text()) == {"last": "step_00000003", "step": 3}
+    shutil.rmtree(run / "step_00000003")  # what a careless `rm` leaves
+    with pytest.raises(EvilmError, match=r"checkpoint.json records a complete checkpoint .*step_00000003.* but .* "
+                                         "holds none any more"):
         fit(run, resume=True)
     _, _, result = fit(tmp_path / "fresh", resume=True)  # nothing there yet: --resume starts the run
     assert result["step"] == 10
+    early = tmp_path / "early"  # killed before its first checkpoint: metrics rows, no checkpoint ever completed
+    with pytest.raises(EvilmError):
+        fit(early, ToyTask(stop_at=2), save_every=5)  # the stop's own checkpoint is then removed
+    shutil.rmtree(early / "step_00000002")
+    (early / "checkpoint.json").unlink()
+    _, _, result = fit(early, resume=True)  # nothing was lost: it starts again, and rows are not doubled
+    assert result["step"] == 10 and [r["step"] for r in rows(early)[0]] == list(range(1, 11))
 
 
 def test_stale_temporaries_are_removed_and_a_moved_aside_checkpoint_comes_back(tmp_path):

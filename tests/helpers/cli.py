@@ -28,3 +28,13 @@ def last_json(stdout: str) -> dict:
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert lines, "no output on stdout"
     return json.loads(lines[-1])
+
+
+def hold_lock(path: Path) -> subprocess.Popen:
+    """Another process holding the POSIX lock on `path` (as a concurrent evilm run would); kill it
+    to see the lock end with its process."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+            "fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -174,3 +174,19 @@ def test_sigkill_then_resume_is_byte_identical(a, many, tmp_path):
     resumed = run_label(videos=many, tokenizer=a["tok"], out=out, flips=True, batch_size=5, **RUN)
     assert resumed["newly_labelled"] == 36 - len(done) and resumed["labelled"] == 36
     assert read_bytes(out) == read_bytes(ref)
+
+
+def test_a_tokenizer_with_nan_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from evilm_core.errors import EvilmError
+    from evilm_core.models.tokenizer import load_tokenizer
+    from tests.helpers.label import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok", codebook_size=16)
+    weights = load_file(str(tok / "model.safetensors"))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))  # what a diverged tokenizer run exports
+    save_file(weights, str(tok / "model.safetensors"))
+    with pytest.raises(EvilmError, match="tokenizer weight tensors are NaN or infinite .*Retrain it"):
+        load_tokenizer(tok)

@@ -11,6 +11,7 @@ import pytest
 from evilm_core.data.label_cache import CORRUPT, MISSING, OK
 from evilm_core.errors import EvilmError
 from evilm_core.label.writer import CacheWriter, make_meta
+from tests.helpers.cli import hold_lock
 from tests.helpers.label import INFO, KEYS, random_codes, read_bytes, write_cache
 
 
@@ -63,14 +64,8 @@ def test_write_batch_gives_the_bytes_of_row_writes_and_pending_shrinks(tmp_path)
 
 
 def test_a_second_writer_of_the_same_cache_is_refused_while_the_first_lives(tmp_path):
-    import subprocess
-    import sys
-
     write_cache(tmp_path / "c")
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | "
-                               "os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
-                               str(tmp_path / "c" / ".label.lock")], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold_lock(tmp_path / "c" / ".label.lock")
     meta = make_meta(INFO, 8, True, 4, None, None)
     with pytest.raises(EvilmError, match="another `evilm label` is writing .* right now"):
         CacheWriter(tmp_path / "c", meta, KEYS)

@@ -5,8 +5,6 @@ round-trip as one line each."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 
 from evilm_core.errors import EvilmError
 from evilm_core.retrieval import index as ix
+from tests.helpers.cli import hold_lock
 
 KEYS = ["a.mp4", "tab\tname.mp4", "line\nbreak.mp4", "bad\udcffbyte.mp4", "back\\slash.mp4", "ü.mp4"]
 
@@ -84,10 +83,7 @@ def test_consolidation_killed_at_any_file_operation_loses_nothing(tmp_path, monk
 def test_the_lock_dies_with_its_process(tmp_path):
     d = tmp_path / "idx"
     meta = _build(d)
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | "
-                               "os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
-                               str(d / ix.LOCK)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
+    holder = hold_lock(d / ix.LOCK)
     assert ix.consolidate(d, meta) is False  # a live holder: another shard is folding
     holder.kill()
     holder.wait()

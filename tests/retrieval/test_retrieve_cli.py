@@ -149,3 +149,7 @@ def test_bad_input_gives_clear_errors(model, index, synth_dir, tmp_path):
     extend = run_evilm("retrieve", "index", "--checkpoint", other, "--manifest", synth_dir / "val.jsonl", "--out",
                        index, "--workers", "0", check=False)
     assert extend.returncode == 2 and "built with another model" in extend.stderr
+    frames = run_evilm("retrieve", "index", "--checkpoint", other, "--manifest", synth_dir / "val.jsonl", "--out",
+                       tmp_path / "frames", "--frames", "64", "--workers", "0", check=False)
+    assert frames.returncode == 2 and "--frames 64: the model of" in frames.stderr and "takes 1 to" in frames.stderr
+    assert not (tmp_path / "frames" / "index.yaml").exists()  # nothing written that would fix 64 frames
