@@ -89,9 +89,19 @@ def process_lock(path: str | os.PathLike, wait: bool = False) -> Iterator[bool]:
 
 def readable_mode(path: Path) -> None:
     """Files get the usual 0666 & ~umask, not the 0600 of a temporary file: a lab shares runs."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask, read once (reading it means setting it: not something to do per file)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
 
 
 @contextmanager
