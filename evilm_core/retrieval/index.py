@@ -147,6 +147,9 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         if not held:
             return False
         _finish_journal(directory)
+        for orphan in (directory / PARTS).glob("*.keys") if (directory / PARTS).is_dir() else ():
+            if not orphan.with_suffix(".safetensors").exists():  # a kill between a part's two files
+                orphan.unlink()
         parts = _part_files(directory)
         if not parts:
             return True
