@@ -1,4 +1,4 @@
-"""`evilm data synth` and `evilm data check`."""
+"""`evilm data synth`, `evilm data check` and `evilm data shards`."""
 
 from __future__ import annotations
 
@@ -76,3 +76,48 @@ def check(
                   f"{report.missing} missing, {report.corrupt} corrupt, {report.short} too short")
     for p in report.problems:
         console.print(f"  {p['reason']:8s} {p['video']}  {p['detail']}", highlight=False)
+
+
+@app.command("shards")
+def shards(
+    input: str = typer.Argument(None, help="A manifest (any --format), or WebDataset tars: a directory of *.tar, "
+                                "a brace pattern 'webvid/{00000..00099}.tar' or one tar. Omit with --merge."),
+    out: Path = typer.Option(..., "--out", help="The shard directory (created; resumed when it exists)."),
+    format: str = typer.Option("auto", "--format", help="Manifest format (see `evilm data check --help`)."),
+    root: Path = typer.Option(None, "--root", help="Where a manifest's relative video paths resolve."),
+    candidates: int = typer.Option(8, "--candidates", help="Frames stored per clip: the label cache's F candidates."),
+    size: int = typer.Option(256, "--size", help="Frames are stored SIZE x SIZE (aspect squashed, as training decodes)."),
+    quality: int = typer.Option(95, "--quality", help="JPEG quality (95: mean abs error ~1 level of 255)."),
+    samples_per_shard: int = typer.Option(1000, "--samples-per-shard", min=1, help="Videos per shard (manifest input; "
+                                          "tar input keeps one output shard per input tar)."),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Encoder processes."),
+    shard: str = typer.Option(None, "--shard", help="i/n: write only the shards j with j % n == i (one run per node)."),
+    merge: bool = typer.Option(False, "--merge", help="Only merge finished shards into the index (after --shard runs)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+):
+    """Decode every clip once into WebDataset training shards.
+
+    Each clip's F candidate frames (the label cache's) are resized, stored as JPEG with its
+    records (captions and task fields), and indexed for random access; `tokenize-train`,
+    `label`, `pretrain`, `finetune`, `evaluate` and `retrieve index` then read the shard
+    directory wherever they take a manifest (data.train, data.val, --manifest). Re-running the
+    same command resumes; undecodable clips are skipped and listed in OUT/skipped.tsv.
+
+    Example: evilm data shards data/synth/train.jsonl --out data/shards/train
+    Example: evilm data shards 'webvid/{00000..02499}.tar' --out shards/webvid --shard 0/8
+    """
+    from evilm_core.data.shards.build import ShardRequest, build_shards, settings_of
+
+    if input is None and not merge:
+        raise typer.BadParameter("give INPUT (a manifest or WebDataset tars), or --merge to finish a --shard run")
+    req = ShardRequest(input=input, out=str(out), format=format, root=str(root) if root else None,
+                       settings=settings_of(candidates, size, quality), samples_per_shard=samples_per_shard,
+                       workers=workers, shard=shard, merge=merge)
+    with progress("shards") as update:
+        summary = build_shards(req, progress=update)
+    if json_out:
+        emit_json(summary)
+        return
+    if summary.get("complete"):
+        log.info("%s: %d clips, %d written, %d skipped, %d shards in %.1f s", out, summary["clips"],
+                 summary["written"], summary["skipped"], summary["shards"], summary["seconds"])

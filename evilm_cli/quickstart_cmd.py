@@ -9,7 +9,7 @@ from rich.table import Table
 
 from evilm_cli.common import console, emit_json, progress
 
-STAGE_TITLES = {"data": "data synth", "tokenizer": "tokenize-train", "label": "label", "pretrain": "pretrain",
+STAGE_TITLES = {"data": "data synth", "shards": "data shards", "tokenizer": "tokenize-train", "label": "label", "pretrain": "pretrain",
                 "retrieval": "finetune retrieval", "qa": "finetune qa", "index": "retrieve index",
                 "evaluate": "evaluate", "profile": "profile"}
 

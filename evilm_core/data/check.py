@@ -1,4 +1,5 @@
-"""`evilm data check`: decode every clip of a manifest the way training would and count problems."""
+"""`evilm data check`: decode every clip of a manifest (or of WebDataset tars, or every sample of
+a shard set) the way training would and count problems."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from evilm_core.data.manifest import detect_format, read_manifest, resolve_video, video_root
+from evilm_core.data.shards.layout import ShardSet, looks_like_shards
+from evilm_core.data.shards.sources import ShardJob, expand_tars, job_clips, plan_jobs
 from evilm_core.data.video import read_clip
 from evilm_core.errors import VideoDecodeError
 
@@ -32,7 +35,7 @@ class CheckReport:
         return {k: getattr(self, k) for k in keys}
 
 
-def _probe(args: tuple[str, str, int, int]) -> tuple[str, str, str]:
+def _probe(args: tuple) -> tuple[str, str, str]:
     """Decode one clip in eval mode; returns (video, status, detail)."""
     video, path, num_frames, size = args
     try:
@@ -47,6 +50,10 @@ def _probe(args: tuple[str, str, int, int]) -> tuple[str, str, str]:
 def check_manifest(path: str, format: str = "auto", root: str | None = None, num_frames: int = 4,
                    image_size: int = 256, workers: int = 2, progress: Progress | None = None) -> CheckReport:
     """Decode every clip of `path` (T frames at image_size, segment centres) and count problems."""
+    if looks_like_shards(path):
+        return check_shards(path, workers, progress)
+    if expand_tars(path) is not None:
+        return check_tars(path, num_frames, image_size, workers, progress)
     start = time.perf_counter()
     fmt = detect_format(path) if format == "auto" else format
     records = read_manifest(path, fmt)
@@ -63,3 +70,56 @@ def check_manifest(path: str, format: str = "auto", root: str | None = None, num
                 progress(done, len(jobs))
     report.seconds = round(time.perf_counter() - start, 3)
     return report
+
+
+def _tally(report: CheckReport, results, total: int, progress: Progress | None, start: float) -> CheckReport:
+    """Count (video, status, detail) results into the report."""
+    for done, (video, status, detail) in enumerate(results, 1):
+        setattr(report, status, getattr(report, status) + 1)
+        if status != "ok":
+            report.problems.append({"video": video, "reason": status, "detail": detail})
+        if progress:
+            progress(done, total)
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+def _check_shard(args: tuple[ShardSet, int]) -> list[tuple[str, str, str]]:
+    """Read every sample of one shard: (video, ok|corrupt|missing, detail) each."""
+    shards, shard = args
+    out = []
+    for s in (int(i) for i in (shards.samples[:, 0] == shard).nonzero()[0]):
+        try:
+            sample = shards.read(s)
+            out.append((sample.info["video"], "ok", ""))
+        except VideoDecodeError as err:
+            out.append((err.path, err.reason, err.detail))
+    return out
+
+
+def check_shards(path: str, workers: int = 2, progress: Progress | None = None) -> CheckReport:
+    """Every sample of a shard set: its members parse and its frames decode at the stored size."""
+    start, shards = time.perf_counter(), ShardSet.open(path)
+    report = CheckReport(manifest=str(path), format="shards", records=len(shards.records), total=len(shards))
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        per_shard = pool.map(_check_shard, [(shards, j) for j in range(len(shards.names))])
+        return _tally(report, (r for rows in per_shard for r in rows), len(shards), progress, start)
+
+
+def _check_tar(args: tuple[ShardJob, int, int]) -> list[tuple[str, str, str]]:
+    job, num_frames, size = args
+    problems: list = []
+    out = [_probe((clip.video, clip.source, num_frames, size)) for clip in job_clips(job, problems)]
+    return out + [(video, reason, detail) for _, video, reason, detail in problems]
+
+
+def check_tars(spec: str, num_frames: int = 4, image_size: int = 256, workers: int = 2,
+               progress: Progress | None = None) -> CheckReport:
+    """Every video of WebDataset tars (video2dataset's layout), decoded from the tar's bytes."""
+    start = time.perf_counter()
+    jobs, _ = plan_jobs(spec, "auto", None, 1)
+    report = CheckReport(manifest=str(spec), format="webdataset")
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        rows = [r for per_tar in pool.map(_check_tar, [(j, num_frames, image_size) for j in jobs]) for r in per_tar]
+    report.records = report.total = len(rows)
+    return _tally(report, rows, len(rows), progress, start)

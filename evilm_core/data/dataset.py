@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ from torch.utils.data import Dataset
 from evilm_core.data.label_cache import LabelCache, choose_candidates
 from evilm_core.data.manifest import resolve_video
 from evilm_core.data.record import ClipRecord
+from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import ClipTransform
 from evilm_core.data.video import Clip, read_clip, read_frames
-from evilm_core.errors import VideoDecodeError
+from evilm_core.errors import EvilmError, VideoDecodeError
 
 
 @dataclass
@@ -72,18 +73,52 @@ class CachedCandidates:
     num_frames: int  # T
     image_size: int  # frames are resized to this size in the decoder
 
-    def __call__(self, record, path, mode, rng):
-        state = self.cache.status(record.video)
+    @staticmethod
+    def check_status(cache: LabelCache, record: ClipRecord) -> None:
+        state = cache.status(record.video)
         if state != "ok":  # labelled as undecodable (or never labelled): skip, as the decoder would
             raise VideoDecodeError(record.video, state if state in ("missing", "corrupt") else "corrupt",
                                    f"label cache status: {state}")
+
+    def __call__(self, record, path, mode, rng):
+        self.check_status(self.cache, record)
         frames = self.cache.candidate_frames(record.video)
         cand = choose_candidates(len(frames), self.num_frames, mode, rng)
         return read_frames(path, lambda n: [int(frames[c]) for c in cand], self.image_size), cand
 
 
+@dataclass
+class ShardCandidates:
+    """T of the F candidate frames a shard set stores for the record's clip (`evilm data shards`),
+    chosen as CachedCandidates chooses them, so a label cache made from the same shards gives
+    the targets of exactly these frames; no video is decoded."""
+
+    shards: ShardSet  # opened by the caller
+    num_frames: int  # T
+    cache: LabelCache | None = None  # MVM targets: its candidates must be the shards'
+
+    def __call__(self, record, path, mode, rng):
+        if record.sample is None:
+            raise EvilmError(f"record {record.video!r} has no sample in the shard set {self.shards.dir}")
+        sample = self.shards.read(record.sample)
+        indices = sample.info["frames"]
+        if self.cache is not None:
+            CachedCandidates.check_status(self.cache, record)
+            cached = self.cache.candidate_frames(record.video).tolist()
+            if cached != indices:
+                raise EvilmError(f"the label cache {self.cache.dir} holds other candidate frames of {record.video} "
+                                 f"({cached}) than the shard set {self.shards.dir} ({indices}); label the shard set "
+                                 f"you train from: `evilm label --manifest {self.shards.dir} ...`")
+        cand = choose_candidates(len(indices), self.num_frames, mode, rng)
+        clip = Clip(np.ascontiguousarray(sample.frames[cand]), [int(indices[c]) for c in cand],
+                    int(sample.info["num_video_frames"]), float(sample.info["fps"]))
+        return clip, cand
+
+
 class ClipDataset(Dataset):
-    def __init__(self, records: list[ClipRecord], root: str | None, frames: FramePicker, transform: ClipTransform,
+    epoch_keys = True  # __getitem__ takes (epoch, index): the trainer's workers can persist across epochs
+
+    def __init__(self, records: Sequence[ClipRecord], root: str | None, frames: FramePicker, transform: ClipTransform,
                  seed: int = 0, extras: Extras | None = None):
         self.records = records
         self.root = root
@@ -99,9 +134,11 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item `key`: an index (this dataset's epoch) or `(epoch, index)` from ResumableSampler."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         record = self.records[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         mode = "train" if self.transform.train else "eval"
         try:
             clip, picked = self.frames(record, resolve_video(record, self.root), mode, rng)
@@ -118,12 +155,12 @@ class ClipDataset(Dataset):
             "caption": record.caption or "",
         }
         if self.extras is not None:
-            sample = Sample(index, clip, flipped, picked, np.random.default_rng([self.seed, self.epoch, index, 1]))
+            sample = Sample(index, clip, flipped, picked, np.random.default_rng([self.seed, epoch, index, 1]))
             item.update(self.extras(record, sample))
         return item
 
 
-def clip_dataset(records: list[ClipRecord], root: str | None, num_frames: int, image_size: int, train: bool = False,
+def clip_dataset(records: Sequence[ClipRecord], root: str | None, num_frames: int, image_size: int, train: bool = False,
                  hflip: bool = True, color_jitter: float = 0.0, seed: int = 0, extras: Extras | None = None,
                  frames: FramePicker | None = None) -> ClipDataset:
     """A ClipDataset with segment-sampled frames (unless `frames` is given) and the training or

@@ -19,6 +19,7 @@ merged cache is byte-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -128,13 +129,40 @@ def choose_candidates(num_candidates: int, num_frames: int, mode: str = "train",
     return [g * group + int(rng.integers(group)) for g in range(t)]
 
 
+def key_hashes(keys: list[str]) -> np.ndarray:
+    """[N] uint64: the first 8 bytes of each key's blake2b digest."""
+    digest = hashlib.blake2b
+    raw = b"".join(digest(k.encode("utf-8", "surrogateescape"), digest_size=8).digest() for k in keys)
+    return np.frombuffer(raw, dtype="<u8")
+
+
+class KeyRows:
+    """key -> row without a Python object per key: sorted 64-bit key hashes and their rows (16
+    bytes per key; a dict of 2.5M keys is ~300 MB). What DataLoader workers receive instead of the
+    key list (docs/data.md, "Memory at scale"). Built only when no two keys share a hash."""
+
+    def __init__(self, keys: list[str]):
+        hashes = key_hashes(keys)
+        self.order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[self.order]
+        self.unique = bool(len(self.hashes) < 2 or (np.diff(self.hashes) != 0).all())
+
+    def row(self, key: str) -> int | None:
+        h = key_hashes([key])[0]
+        i = int(np.searchsorted(self.hashes, h))
+        return int(self.order[i]) if i < len(self.hashes) and self.hashes[i] == h else None
+
+
 class LabelCache:
     """Read-only access to a label cache. Picklable: memory maps are reopened lazily in each
-    process (a pickled np.memmap would copy the whole array)."""
+    process (a pickled np.memmap would copy the whole array), and the key list travels as
+    `KeyRows` hashes (a key unknown to the cache can then only be told apart from a known one by
+    its 64-bit hash: with 2.5M keys a false match has a chance of ~1e-7 per lookup)."""
 
-    def __init__(self, directory: Path, meta: dict, keys: list[str]):
+    def __init__(self, directory: Path, meta: dict, keys: list[str] | None):
         self.dir, self.meta, self.keys = directory, meta, keys
-        self._index = {k: i for i, k in enumerate(keys)}
+        self._index = {k: i for i, k in enumerate(keys)} if keys is not None else None
+        self._rows: KeyRows | None = None
         self._arrays: dict[str, np.memmap] | None = None
 
     @classmethod
@@ -159,19 +187,28 @@ class LabelCache:
         return self._arrays
 
     def __getstate__(self):
-        return {**self.__dict__, "_arrays": None}
+        if self._rows is None and self.keys is not None:
+            self._rows = KeyRows(self.keys)
+        if not self._rows.unique:  # two keys share a hash: keep the exact dict (never seen in practice)
+            return {**self.__dict__, "_arrays": None}
+        return {**self.__dict__, "_arrays": None, "keys": None, "_index": None}
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return int(self.meta["num_keys"])
 
     def __contains__(self, key: str) -> bool:
-        return key in self._index
+        return self._find(key) is not None
+
+    def _find(self, key: str) -> int | None:
+        if self._index is not None:
+            return self._index.get(key)
+        return self._rows.row(key)
 
     def row(self, key: str) -> int:
-        try:
-            return self._index[key]
-        except KeyError:
-            raise CacheKeyError(f"video {key!r} is not in the label cache {self.dir}") from None
+        r = self._find(key)
+        if r is None:
+            raise CacheKeyError(f"video {key!r} is not in the label cache {self.dir}")
+        return r
 
     def status(self, key: str) -> str:
         """'ok', 'missing', 'corrupt' or 'pending'."""

@@ -3,7 +3,7 @@ of them cares which public dataset a clip came from (docs/design.md, "Data")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from evilm_core.errors import ManifestError
@@ -49,10 +49,14 @@ class ClipRecord:
     options: list[str] | None = None  # multiple choice candidates
     label: str | None = None          # recognition class name
     split: str | None = None          # "train" | "val" | "test" when the source says
+    # the shard-set sample holding this clip's frames (set by the record table of a shard set,
+    # evilm_core/data/records.py); never read from or written to a manifest
+    sample: int | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
         """The record as a JSON object; None fields are dropped so manifests stay small."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "sample" and getattr(self, f.name) is not None}
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> ClipRecord:
@@ -61,7 +65,7 @@ class ClipRecord:
         Unknown keys are errors rather than ignored, so a typo ("captoin") cannot silently
         turn a caption dataset into one without text. `where` ("file:line") goes into messages.
         """
-        allowed = [f.name for f in fields(cls)]
+        allowed = [f.name for f in fields(cls) if f.name != "sample"]
         expected = f"expected keys: {', '.join(allowed)} (only 'video' is required)"
         _check_types(check_object(obj, where, ("video",), expected, allowed), where)
         return cls(**obj)

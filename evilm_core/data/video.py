@@ -10,6 +10,7 @@ long-lived one leaks memory, so one reader is opened per clip, inside the worker
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,18 +47,47 @@ def segment_indices(num_video_frames: int, num_samples: int, mode: str = "eval",
     return np.clip(idx, 0, num_video_frames - 1).astype(int).tolist()
 
 
-def _open_reader(path: Path, size: int | None):
+@dataclass
+class VideoBytes:
+    """A video held in memory (a member of a WebDataset tar): decoded without touching disk."""
+
+    name: str  # what messages call it (e.g. "00000.tar/000000042.mp4")
+    data: bytes  # the container's bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _reader_kwargs(size: int | None) -> dict:
+    kwargs = {"num_threads": 1}
+    if size:
+        kwargs.update(width=size, height=size)
+    return kwargs
+
+
+def _open_bytes(video: VideoBytes, size: int | None):
+    import decord
+
+    if not video.data:
+        raise VideoDecodeError(video.name, "corrupt", "empty file (0 bytes)")
+    try:
+        return decord.VideoReader(io.BytesIO(video.data), **_reader_kwargs(size))
+    except Exception as err:  # decord raises its own DECORDError and RuntimeError variants
+        raise VideoDecodeError(video.name, "corrupt", _short(err)) from None
+
+
+def _open_reader(path: Path | VideoBytes, size: int | None):
     import decord  # imported lazily: worker processes import it themselves
 
+    if isinstance(path, VideoBytes):
+        return _open_bytes(path, size)
     if not path.exists():
         raise VideoDecodeError(str(path), "missing", "no such file")
     if path.is_dir():
         raise VideoDecodeError(str(path), "corrupt", "is a directory")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(str(path), "corrupt", "empty file (0 bytes)")
-    kwargs = {"num_threads": 1}
-    if size:
-        kwargs.update(width=size, height=size)
+    kwargs = _reader_kwargs(size)
     try:
         if _utf8(str(path)):
             return decord.VideoReader(str(path), **kwargs)
@@ -80,9 +110,10 @@ def _short(err: Exception) -> str:
     return (text[0] if text else type(err).__name__)[:200]
 
 
-def read_frames(path: str | Path, indices_fn, size: int | None = None) -> Clip:
-    """Open `path`, pick indices with `indices_fn(num_video_frames)`, decode them in one batch."""
-    path = Path(path)
+def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = None) -> Clip:
+    """Open `path` (a file, or a video in memory), pick indices with `indices_fn(num_video_frames)`,
+    decode them in one batch."""
+    path = path if isinstance(path, VideoBytes) else Path(path)
     reader = _open_reader(path, size)
     try:
         total = len(reader)

@@ -46,6 +46,8 @@ def data_fingerprint(dataset: Any) -> str:
     """sha256 over the training records' videos and texts in order (12 hex digits); `len` only
     for a dataset without records."""
     records = getattr(dataset, "records", None)
+    if hasattr(records, "fingerprint"):  # a RecordTable hashes its file
+        return records.fingerprint()
     digest = hashlib.sha256(str(len(dataset)).encode())
     for r in records or ():
         digest.update(f"{r.video}\0{r.caption}\0{r.question}\0{r.answer}\0{r.options}\0{r.label}\n".encode(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import weakref
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -64,13 +65,28 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+_EVAL_LOADERS: "weakref.WeakKeyDictionary[Dataset, dict]" = weakref.WeakKeyDictionary()
+
+
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn: Callable = collate_clips,
                 pin_memory: bool = False, worker_init_fn: Callable | None = None) -> DataLoader:
-    """In-order batches for evaluation, labelling and indexing. Workers are spawned, never forked:
-    decord readers and CUDA state do not survive a fork."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn, num_workers=num_workers,
-                      pin_memory=pin_memory, worker_init_fn=worker_init_fn,
-                      multiprocessing_context="spawn" if num_workers else None)
+    """In-order batches for evaluation, labelling and indexing. Workers are spawned, never forked
+    (decord readers and CUDA state do not survive a fork), and persist: evaluating the same
+    dataset again (validation every epoch) reuses the loader and its workers instead of
+    spawning fresh ones with a fresh copy of the dataset. They end when the dataset is freed."""
+    if not num_workers:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                          pin_memory=pin_memory)
+    key = (batch_size, num_workers, collate_fn, pin_memory, worker_init_fn)
+    try:
+        cached = _EVAL_LOADERS.setdefault(dataset, {})
+    except TypeError:  # a dataset that cannot be weakly referenced: no reuse
+        cached = {}
+    if key not in cached:
+        cached[key] = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                                 num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init_fn,
+                                 multiprocessing_context="spawn", persistent_workers=True)
+    return cached[key]
 
 
 def eval_batches(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, counts: dict):

@@ -1,6 +1,7 @@
 """The start of every training run (tokenizer, pre-training, fine-tuning), in one place: the
 recipe names its training data, the process joins its group, every stream is seeded, the
-training manifest is read once, and rank 0 writes the run's vocabulary before the others read it."""
+training clips are opened once (a manifest, held compactly in the run directory, or a shard set;
+docs/data.md), and rank 0 writes the run's vocabulary before the others read it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evilm_core.data.manifest import read_manifest
+from typing import Sequence
+
+from evilm_core.data.inputs import ClipSource, open_clips
 from evilm_core.data.record import ClipRecord
+from evilm_core.data.records import RecordTable, write_record_table
 from evilm_core.data.vocab import save_vocab
 from evilm_core.engine.distributed import DistInfo, barrier, init_distributed
 from evilm_core.engine.seed import seed_everything
@@ -21,18 +25,35 @@ from evilm_core.fs import atomic_write_text
 @dataclass
 class RunStart:
     info: DistInfo  # this process's rank, world size and device
-    records: list[ClipRecord]  # the training manifest, read once for the whole start-up
+    records: Sequence[ClipRecord]  # the training records (a RecordTable: one file, memory-mapped)
     run_dir: Path  # output.dir
+    source: ClipSource  # where the records and their frames come from
 
 
 def start_run(recipe: Any) -> RunStart:
-    """Check data.train, join the process group, seed (recipe.seed + rank), read the manifest."""
+    """Check data.train, join the process group, seed (recipe.seed + rank), open the clips."""
     d = recipe.data
     if not d.train:
-        raise EvilmError("recipe key data.train is not set: it must name the training manifest")
+        raise EvilmError("recipe key data.train is not set: it must name the training manifest or shard directory")
     info = init_distributed(recipe.train.device)
     seed_everything(recipe.seed + info.rank)
-    return RunStart(info, read_manifest(d.train, d.format), Path(recipe.output.dir))
+    source, run_dir = open_clips(d.train, d.format, d.root), Path(recipe.output.dir)
+    if source.shards is None:
+        source.records = compact_records(source.records, run_dir / RECORDS_DIR, info.is_main)
+    return RunStart(info, source.records, run_dir, source)
+
+
+RECORDS_DIR = "records"  # a run's training manifest as a record table (evilm_core/data/records.py)
+
+
+def compact_records(records: Sequence[ClipRecord], directory: Path, is_main: bool) -> RecordTable:
+    """The manifest's records as a memory-mapped RecordTable (rank 0 writes it; all ranks open
+    it): DataLoader workers then share one copy in the page cache instead of each holding a
+    pickled list of Python objects (docs/data.md, "Memory at scale")."""
+    if is_main:
+        write_record_table(((r, -1) for r in records), directory)
+    barrier()
+    return RecordTable(directory)
 
 
 def write_run_files(run: RunStart, vocab: list[str], files: dict[str, str] | None = None) -> None:

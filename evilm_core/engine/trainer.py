@@ -75,7 +75,9 @@ class Trainer:
         if info.world > 1:
             ids = [info.device.index] if info.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.sampler = ResumableSampler(len(dataset), recipe.seed, info.rank, info.world)
+        # datasets that take (epoch, index) keys let the loader's workers persist across epochs
+        self.persistent = bool(getattr(dataset, "epoch_keys", False))
+        self.sampler = ResumableSampler(len(dataset), recipe.seed, info.rank, info.world, tag_epoch=self.persistent)
         t = recipe.train
         micro_per_epoch = math.ceil(len(self.sampler) / recipe.data.batch_size)
         self.steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)
@@ -89,6 +91,7 @@ class Trainer:
         self.nonfinite_run = 0  # consecutive steps skipped for a NaN/Inf loss or gradient
         self.identity = run_identity(recipe, dataset, info.world)  # what --resume compares
         self.replanned: list[str] = []  # what --replan accepted, for the result
+        self._train_loader: DataLoader | None = None
 
     # ------------------------------------------------------------------ state
     def _trainer_state(self) -> dict:
@@ -156,14 +159,19 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def _loader(self) -> DataLoader:
+        """The training loader, made once: its workers persist across epochs (the sampler tags each
+        index with its epoch), so an epoch does not re-spawn them with a fresh copy of the dataset."""
         d = self.recipe.data
         self.sampler.set_epoch(self.pos.epoch, skip=self.pos.batch * d.batch_size)
         self.dataset.set_epoch(self.pos.epoch)
-        # An explicit generator: creating the loader must not consume the global RNG (resume exactness).
-        return DataLoader(self.dataset, batch_size=d.batch_size, sampler=self.sampler, collate_fn=collate_clips,
-                          generator=torch.Generator().manual_seed(self.recipe.seed + self.pos.epoch),
-                          num_workers=d.num_workers, pin_memory=self.info.device.type == "cuda",
-                          persistent_workers=False, multiprocessing_context="spawn" if d.num_workers else None)
+        if self._train_loader is None or not self.persistent:
+            # An explicit generator: creating the loader must not consume the global RNG (resume exactness).
+            self._train_loader = DataLoader(
+                self.dataset, batch_size=d.batch_size, sampler=self.sampler, collate_fn=collate_clips,
+                generator=torch.Generator().manual_seed(self.recipe.seed), num_workers=d.num_workers,
+                pin_memory=self.info.device.type == "cuda", persistent_workers=self.persistent and d.num_workers > 0,
+                multiprocessing_context="spawn" if d.num_workers else None)
+        return self._train_loader
 
     def fit(self, resume: bool | str = False) -> dict[str, Any]:
         """Train to the end. `resume`: True continues the newest complete checkpoint exactly,
@@ -242,8 +250,13 @@ class Trainer:
     def _epoch(self) -> None:
         t, accum = self.recipe.train, self.recipe.train.grad_accum
         self.model.train()
-        micro = 0
-        for batch in self._loader():
+        micro, batches = 0, iter(self._loader())
+        while True:
+            tic = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            self.window.data_wait += time.perf_counter() - tic  # the step waited this long for data
             self.pos.batch += 1
             self._count_skips(batch)
             if batch["size"] == 0:
@@ -322,6 +335,8 @@ class _Window:
     def __init__(self):
         self.sums: dict[str, float] = {}
         self.steps, self.clips, self.tic = 0, 0, time.perf_counter()
+        self.data_wait = 0.0  # seconds spent waiting for the loader
+        self.clock_steps = 0  # steps done before the clock last restarted
 
     def add(self, parts: dict[str, float], clips: int, accum: int) -> None:
         for k, v in parts.items():
@@ -330,11 +345,14 @@ class _Window:
         self.clips += clips
 
     def restart_clock(self) -> None:
-        self.clips, self.tic = 0, time.perf_counter()
+        self.clips, self.tic, self.data_wait, self.clock_steps = 0, time.perf_counter(), 0.0, self.steps
 
     def row(self) -> dict[str, float]:
-        rate = self.clips / max(1e-9, time.perf_counter() - self.tic)
-        return {**{k: v / max(1, self.steps) for k, v in self.sums.items()}, "clips_per_s": rate}
+        elapsed = max(1e-9, time.perf_counter() - self.tic)
+        return {**{k: v / max(1, self.steps) for k, v in self.sums.items()}, "clips_per_s": self.clips / elapsed,
+                "step_s": elapsed / max(1, self.steps - self.clock_steps),
+                "data_wait_s": self.data_wait / max(1, self.steps - self.clock_steps),
+                "data_wait_share": self.data_wait / elapsed}
 
 
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:

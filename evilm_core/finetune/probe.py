@@ -26,7 +26,7 @@ from evilm_core import checkpoint as ckpt
 from evilm_core.config.loader import save_yaml
 from evilm_core.config.sections import DataConfig
 from evilm_core.data.dataset import ClipDataset, clip_dataset
-from evilm_core.data.manifest import read_manifest, video_root
+from evilm_core.data.inputs import clip_frames, open_clips
 from evilm_core.engine.runtime import MetricsLog, autocast, eval_batches
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.metrics import accuracy, require_finite
@@ -150,8 +150,11 @@ def evaluate_probe(net: EViLM, dataset: ClipDataset, feature: str, data: DataCon
     return probe_metrics(logits, feats["labels"], feats["skipped"])
 
 
-def probe_dataset(records, root: str, data: DataConfig, labels: list[str], seed: int) -> ClipDataset:
-    return clip_dataset(records, root, data.num_frames, data.image_size, seed=seed, extras=LabelFields(labels))
+def probe_dataset(records, manifest: str, data: DataConfig, labels: list[str], seed: int) -> ClipDataset:
+    """The clips of `records`, read as `manifest`'s (a shard set's stored frames, or decoded videos)."""
+    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size)
+    return clip_dataset(records, root, data.num_frames, data.image_size, seed=seed, extras=LabelFields(labels),
+                        frames=frames)
 
 
 class ProbeTask(FinetuneTask):
@@ -178,7 +181,7 @@ class ProbeTask(FinetuneTask):
     @classmethod
     def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
         feature = (saved or {}).get("feature", recipe.probe.feature)
-        dataset = probe_dataset(records, video_root(recipe.data.root, manifest), recipe.data, classes, recipe.seed)
+        dataset = probe_dataset(records, manifest, recipe.data, classes, recipe.seed)
         return evaluate_probe(net, dataset, feature, recipe.data, device)
 
 
@@ -199,7 +202,7 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
     source = ckpt.file_sha256(init_dir / ckpt.WEIGHTS) if init_dir else f"scratch:seed={recipe.seed}"
 
     def features(split: str, manifest: str, recs) -> tuple[ClipDataset, dict]:
-        ds = probe_dataset(recs, video_root(d.root, manifest), d, labels, recipe.seed)
+        ds = probe_dataset(recs, manifest, d, labels, recipe.seed)
         key = {"source": source, "feature": cfg.feature, "num_frames": str(d.num_frames),
                "image_size": str(d.image_size), "root": str(ds.root), "records": records_digest(ds, labels)}
         path = run_dir / "features" / f"{split}.safetensors" if cfg.cache else None
@@ -223,7 +226,7 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
     steps = fit_linear(head, train["features"].to(device), train["labels"].to(device), cfg, recipe.seed, on_epoch)
     metrics = {}
     if d.val:
-        val_ds, val = features("val", d.val, read_manifest(d.val, d.format))
+        val_ds, val = features("val", d.val, open_clips(d.val, d.format, d.root).records)
         metrics = {f"val_{k}": v for k, v in evaluate_probe(net, val_ds, cfg.feature, d, device, feats=val).items()}
         metrics_log.write({"step": cfg.epochs, "split": "val", **metrics})
     final = export_model(net, run_dir / "final", vocab, "probe", extra={"feature": cfg.feature}, classes=labels)

@@ -21,7 +21,7 @@ import torch
 
 from evilm_core import checkpoint as ckpt
 from evilm_core.config.sections import check_model_fits_data
-from evilm_core.data.manifest import read_manifest
+from evilm_core.data.inputs import open_clips
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.text import TextTokens
 from evilm_core.data.vocab import build_vocab
@@ -102,7 +102,7 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
         raise EvilmError(f"checkpoint {loaded.directory}: {err}") from None
     net.to(device).eval()
     classes = task.head_classes(loaded)
-    records = read_manifest(manifest, recipe.data.format)
+    records = open_clips(manifest, recipe.data.format, recipe.data.root).records
     task.check_records(recipe, records, manifest, train=False)
     tokens = TextTokens(loaded.directory, net.cfg.max_text_len)
     with autocast(recipe.train.precision, device):

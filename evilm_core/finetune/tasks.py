@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from evilm_core.config.sections import DataConfig
 from evilm_core.data.dataset import clip_dataset
-from evilm_core.data.manifest import read_manifest, video_root
+from evilm_core.data.inputs import clip_frames, open_clips
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.text import TextTokens
 from evilm_core.engine.runtime import eval_batches, unwrap
@@ -107,13 +107,14 @@ class FinetuneTask:
     def dataset(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, fields, train: bool = False):
         """The clips of `records` (videos resolved as `manifest`'s) with the task's `fields`."""
         d = recipe.data
-        return clip_dataset(records, video_root(d.root, manifest), d.num_frames, d.image_size, train=train,
-                            hflip=d.hflip, color_jitter=d.color_jitter, seed=recipe.seed, extras=fields)
+        root, frames = clip_frames(manifest, d.root, d.num_frames, d.image_size)
+        return clip_dataset(records, root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
+                            color_jitter=d.color_jitter, seed=recipe.seed, extras=fields, frames=frames)
 
     @classmethod
     def read_split(cls, recipe: FinetuneRecipe, manifest: str, train: bool) -> tuple[list[ClipRecord], str]:
         """A split's records, checked for the task's fields, and the manifest they came from."""
-        records = read_manifest(manifest, recipe.data.format)
+        records = open_clips(manifest, recipe.data.format, recipe.data.root).records
         cls.check_records(recipe, records, manifest, train)
         return records, manifest
 
@@ -230,7 +231,7 @@ class RetrievalTask(FinetuneTask):
 
     @classmethod
     def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
-        return evaluate_retrieval(net, records, video_root(recipe.data.root, manifest), recipe.data, tokens, device)
+        return evaluate_retrieval(net, records, manifest, recipe.data, tokens, device)
 
 
 def head_classes(loaded, task: str) -> list[str]:
@@ -288,13 +289,17 @@ def evaluate_mc(net: EViLM, dataset, data: DataConfig, device: torch.device) -> 
 
 
 @torch.no_grad()
-def evaluate_retrieval(net: EViLM, records: list[ClipRecord], root: str, data: DataConfig, tokens: TextTokens,
+def evaluate_retrieval(net: EViLM, records: list[ClipRecord], manifest: str, data: DataConfig, tokens: TextTokens,
                        device: torch.device) -> dict[str, float]:
     """Dual-encoder retrieval: each distinct clip embedded once, each caption once, one T x V
-    similarity (no pairwise cross scoring). Captions of undecodable clips leave the query set."""
+    similarity (no pairwise cross scoring). Captions of undecodable clips leave the query set.
+    `manifest`: where the records came from (their videos' root, or the shard set with the frames)."""
+    first = {r.video: r for r in reversed(records)}  # the first record of each video
     videos = list(dict.fromkeys(r.video for r in records))
     counts: dict = {"skipped": 0}
-    clips = clip_dataset([ClipRecord(video=v) for v in videos], root, data.num_frames, data.image_size)
+    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size)
+    clips = clip_dataset([ClipRecord(video=v, sample=first[v].sample) for v in videos], root, data.num_frames,
+                         data.image_size, frames=frames)
     video_emb, kept = [], []
     for batch in eval_batches(clips, data.batch_size, data.num_workers, device, counts):
         video_emb.append(net.embed_video(batch["pixels"]).float())

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from evilm_core.data.collect import collect_videos, parse_shard
+from evilm_core.data.collect import parse_shard
+from evilm_core.data.inputs import collect
 from evilm_core.data.label_cache import CORRUPT, MISSING
+from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import normalize
 from evilm_core.data.video import read_frames, segment_indices
 from evilm_core.engine.runtime import choose_device, environment, eval_loader
@@ -36,23 +38,33 @@ _LOGGED_SKIPS = 10  # skipped clips logged one by one at warning level; the rest
 
 
 class CandidateFrames(Dataset):
-    """Item i: the F candidate frames of one video (segment centres), normalised, or a skip marker."""
+    """Item i: the F candidate frames of one video (segment centres), normalised, or a skip marker.
+    From a shard set, the frames it stores (row r = sample r): the very pixels training reads."""
 
-    def __init__(self, rows: list[int], paths: list[str], num_candidates: int, image_size: int):
-        self.rows, self.paths = rows, paths
+    def __init__(self, rows: list[int], paths: list[str] | None, num_candidates: int, image_size: int,
+                 shards: ShardSet | None = None):
+        self.rows, self.paths, self.shards = rows, paths, shards
         self.num_candidates, self.image_size = num_candidates, image_size
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict:
+    def _decode(self, i: int) -> tuple[np.ndarray, list[int], int]:
+        if self.shards is not None:
+            sample = self.shards.read(self.rows[i])
+            return sample.frames, sample.info["frames"], int(sample.info["num_video_frames"])
         f = self.num_candidates
+        clip = read_frames(self.paths[i], lambda n: segment_indices(n, f, "eval"), size=self.image_size)
+        return clip.frames, clip.indices, clip.num_video_frames
+
+    def __getitem__(self, i: int) -> dict:
         try:
-            clip = read_frames(self.paths[i], lambda n: segment_indices(n, f, "eval"), size=self.image_size)
+            frames, indices, total = self._decode(i)
         except VideoDecodeError as err:
-            return {"row": self.rows[i], "skip": (self.paths[i], err.reason, err.detail)}
-        return {"row": self.rows[i], "pixels": normalize(clip.frames),
-                "frames": np.asarray(clip.indices, dtype=np.int32), "nframes": clip.num_video_frames}
+            where = self.paths[i] if self.paths is not None else f"{self.shards.dir} sample {self.rows[i]}"
+            return {"row": self.rows[i], "skip": (where, err.reason, err.detail)}
+        return {"row": self.rows[i], "pixels": normalize(frames), "frames": np.asarray(indices, dtype=np.int32),
+                "nframes": total}
 
 
 def collate_candidates(items: list[dict]) -> dict:
@@ -104,15 +116,17 @@ def _log_skips(skipped: list[tuple], seen_before: int) -> None:
         log.log(level, "skipped %s: %s%s", path, reason, f" ({detail})" if detail else "")
 
 
-def _loader(rows: list[int], paths: list[str], meta: dict, batch_size: int, num_workers: int, pin: bool):
-    ds = CandidateFrames(rows, [paths[r] for r in rows], meta["num_candidates"], meta["image_size"])
+def _loader(rows: list[int], paths: list[str] | None, meta: dict, batch_size: int, num_workers: int, pin: bool,
+            shards: ShardSet | None):
+    ds = CandidateFrames(rows, [paths[r] for r in rows] if paths is not None else None, meta["num_candidates"],
+                         meta["image_size"], shards)
     return eval_loader(ds, batch_size, num_workers, collate_candidates, pin_memory=pin, worker_init_fn=_worker_init)
 
 
 def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike, out: str | os.PathLike, *,
                  num_candidates: int = 8, flips: bool = False, batch_size: int = 16, num_workers: int = 2,
                  device: str = "auto", shard: str | tuple[int, int] | None = None, source: dict | None = None,
-                 progress: Progress | None = None) -> dict:
+                 shards: ShardSet | None = None, progress: Progress | None = None) -> dict:
     """Label every pending row of this run's share of `keys`; returns the summary
     {out, videos, labelled, skipped, missing, corrupt, newly_labelled, codebook_usage, seconds, ...}."""
     start = time.perf_counter()
@@ -122,6 +136,8 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
     dev = choose_device(device)
     model, info = load_tokenizer(tokenizer, dev)
     model = model.float().eval()
+    if shards is not None:
+        _check_shards(shards, num_candidates, info["image_size"])
     out_dir = Path(out) / shard_dir_name(*shard) if shard else Path(out)
     writer = CacheWriter(out_dir, make_meta(info, num_candidates, flips, len(keys), shard, source), keys)
     i, n = shard or (0, 1)
@@ -131,7 +147,7 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
              f" (shard {i}/{n} of {len(keys)})" if shard else "", len(todo), len(share) - len(todo), info["dir"], dev)
     done, new_ok, new_skipped, t0 = 0, 0, 0, time.perf_counter()
     with exact_fp32(dev, num_workers):
-        for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda"):
+        for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda", shards):
             codes = None
             if batch["pixels"] is not None:
                 codes = encode_variants(model, batch["pixels"].to(dev, non_blocking=True), flips)
@@ -154,9 +170,18 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
             "shard": writer.meta["shard"], "total_keys": len(keys), "environment": environment(dev)}
 
 
+def _check_shards(shards: ShardSet, num_candidates: int, image_size: int) -> None:
+    stored = shards.settings
+    if (stored["candidates"], stored["size"]) != (num_candidates, image_size):
+        raise EvilmError(f"the shard set {shards.dir} stores {stored['candidates']} frames of {stored['size']} px per "
+                         f"clip, but labelling asks for --candidates {num_candidates} at the tokenizer's {image_size} "
+                         "px; use the same values (or rebuild the shards with `evilm data shards --candidates "
+                         f"{num_candidates} --size {image_size}`)")
+
+
 def run_label(videos=None, manifest=None, format: str = "auto", root=None, **kwargs) -> dict:
-    """collect_videos + label_videos: what `evilm label` does."""
-    keys, paths, source = collect_videos(videos, manifest, format, root)
-    return label_videos(keys, paths, source=source, **kwargs)
+    """collect + label_videos: what `evilm label` does (a shard set as --manifest: its stored frames)."""
+    coll = collect(videos, manifest, format, root)
+    return label_videos(coll.keys, coll.paths, source=coll.source, shards=coll.shards, **kwargs)
 
 

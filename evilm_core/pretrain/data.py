@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evilm_core.data.dataset import CachedCandidates, ClipDataset, Sample, clip_dataset
+from evilm_core.data.dataset import ClipDataset, Sample, clip_dataset
+from evilm_core.data.inputs import ClipSource, open_clips
 from evilm_core.data.label_cache import LabelCache
-from evilm_core.data.manifest import read_manifest, video_root
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.text import TextTokens
 from evilm_core.errors import EvilmError
@@ -33,28 +33,27 @@ class PretrainExtras:
         return item
 
 
-def pretrain_dataset(recipe: PretrainRecipe, records: list[ClipRecord], root: str, text: TextTokens,
-                     cache: LabelCache | None, train: bool) -> ClipDataset:
+def pretrain_dataset(recipe: PretrainRecipe, source: ClipSource, text: TextTokens, cache: LabelCache | None,
+                     train: bool) -> ClipDataset:
     d = recipe.data
-    frames = CachedCandidates(cache, d.num_frames, d.image_size) if cache is not None else None
-    return clip_dataset(records, root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
+    return clip_dataset(source.records, source.root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
                         color_jitter=d.color_jitter, seed=recipe.seed, extras=PretrainExtras(text, cache),
-                        frames=frames)
+                        frames=source.frames(d.num_frames, d.image_size, cache))
 
 
-def build_datasets(recipe: PretrainRecipe, records: list[ClipRecord], vocab_dir: Path,
+def build_datasets(recipe: PretrainRecipe, source: ClipSource, vocab_dir: Path,
                    cache: LabelCache | None) -> tuple[ClipDataset, ClipDataset | None]:
-    """The training set (the manifest's `records`) and, with data.val, the validation set."""
+    """The training set (data.train's clips) and, with data.val, the validation set."""
     d = recipe.data
     text = TextTokens(vocab_dir, recipe.model.max_text_len)
-    train = pretrain_dataset(recipe, records, video_root(d.root, d.train), text, cache, train=True)
+    train = pretrain_dataset(recipe, source, text, cache, train=True)
     val = None
     if d.val:
-        val_records = read_manifest(d.val, d.format)
+        val_source = open_clips(d.val, d.format, d.root)
         # Validation clips are usually not in the training label cache: then they are sampled
         # plainly and their MVM targets come from the tokenizer online (if one is configured).
-        val_cache = cache if cache is not None and all(r.video in cache for r in val_records) else None
-        val = pretrain_dataset(recipe, val_records, video_root(d.root, d.val), text, val_cache, train=False)
+        val_cache = cache if cache is not None and all(r.video in cache for r in val_source.records) else None
+        val = pretrain_dataset(recipe, val_source, text, val_cache, train=False)
     return train, val
 
 

@@ -85,7 +85,7 @@ def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: Calla
     recipe = resolved(recipe, vocab_size=len(vocab))
     write_run_files(run, vocab)
     cache, tokenizer = mvm_sources(recipe, run.info.device, tok_dir)
-    train, val = build_datasets(recipe, run.records, run.run_dir, cache)
+    train, val = build_datasets(recipe, run.source, run.run_dir, cache)
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     task = PretrainTask(recipe, vocab, val, tokenizer)
     if recipe.init.checkpoint and not resume:

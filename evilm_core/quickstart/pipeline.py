@@ -1,7 +1,10 @@
 """`evilm quickstart`: the whole pipeline on synthetic data, in one directory.
 
-    data synth -> tokenize-train -> label -> pretrain -> finetune retrieval, qa -> retrieve index
-    -> evaluate -> profile
+    data synth -> data shards -> tokenize-train -> label -> pretrain -> finetune retrieval, qa
+    -> retrieve index -> evaluate -> profile
+
+Every stage after `data shards` reads the shard sets (frames decoded once), the path the
+quickstart shows users for real data (docs/data.md).
 
 Each stage's recipe is written to DIR/recipes/ and its result to DIR/stages/<stage>.json when it
 finishes; a re-run with the same DIR skips finished stages and continues an interrupted training
@@ -25,7 +28,7 @@ from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recip
 from evilm_core.recipes import load_recipe
 
 log = logging.getLogger("evilm.quickstart")
-STAGES = ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
+STAGES = ("data", "shards", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
 StageProgress = Callable[[str], ContextManager[Callable]]
 
 
@@ -87,6 +90,19 @@ class Quickstart:
                            size=s.image_size, workers=os.cpu_count(), progress=update)
         return {"splits": summary["splits"], "dir": str(self.out / "data")}
 
+    def shards(self, update) -> dict:
+        from evilm_core.data.shards.build import ShardRequest, build_shards
+        from evilm_core.data.shards.writer import ShardSettings
+
+        settings, counts = ShardSettings(candidates=2 * self.size.num_frames, size=self.size.image_size), {}
+        for i, split in enumerate(("train", "val", "test")):
+            req = ShardRequest(input=str(self.out / "data" / f"{split}.jsonl"), out=str(self.out / "shards" / split),
+                               settings=settings, samples_per_shard=100, workers=os.cpu_count() or 1)
+            counts[split] = build_shards(req)["written"]
+            if update:
+                update(i + 1, 3)
+        return {"samples": counts, "dir": str(self.out / "shards")}
+
     def tokenizer(self, update) -> dict:
         from evilm_core.tokenizer.train import train_tokenizer
 
@@ -97,7 +113,7 @@ class Quickstart:
     def label(self, update) -> dict:
         from evilm_core.label.labeler import run_label
 
-        summary = run_label(manifest=self.out / "data" / "train.jsonl", tokenizer=self.out / "tokenizer",
+        summary = run_label(manifest=self.out / "shards" / "train", tokenizer=self.out / "tokenizer",
                             out=self.out / "labels", num_candidates=2 * self.size.num_frames, batch_size=16,
                             num_workers=0, device="auto", progress=update)
         return {"codebook_usage": summary["codebook_usage"], "labelled": summary["labelled"],
@@ -122,7 +138,7 @@ class Quickstart:
         from evilm_core.retrieval.build import IndexRequest, build_index
 
         req = IndexRequest(checkpoint=str(self.out / "retrieval" / "final"), out=str(self.out / "index"),
-                           manifest=str(self.out / "data" / "test.jsonl"), num_frames=self.size.num_frames,
+                           manifest=str(self.out / "shards" / "test"), num_frames=self.size.num_frames,
                            batch_size=self.size.batch_size, num_workers=0)
         summary = build_index(req, progress=update)
         return {"videos": summary["total"], "skipped": summary["skipped_total"], "dir": summary["index"]}
@@ -175,7 +191,7 @@ class Quickstart:
             "params": r["profile"]["params"]["total_without_heads"], "gflops": r["profile"]["gflops"]["total"],
             "seconds": round(seconds, 1),
             "stage_seconds": {s: r[s]["seconds"] for s in STAGES},
-            "artefacts": {s: r[s]["dir"] for s in ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index")},
+            "artefacts": {s: r[s]["dir"] for s in ("data", "shards", "tokenizer", "label", "pretrain", "retrieval", "qa", "index")},
             "out": str(self.out),
             "environment": self.environment,
         }

@@ -53,8 +53,8 @@ def write_recipe(raw: dict, path: Path):
 
 
 def _data(out: Path, s: QuickstartSize, **extra) -> dict:
-    synth = out / "data"
-    return {"train": str(synth / "train.jsonl"), "val": str(synth / "val.jsonl"), "test": str(synth / "test.jsonl"),
+    shards = out / "shards"  # every stage reads the frames `evilm data shards` decoded once
+    return {"train": str(shards / "train"), "val": str(shards / "val"), "test": str(shards / "test"),
             "num_frames": s.num_frames, "image_size": s.image_size, "batch_size": s.batch_size,
             "num_workers": 0,  # decoding 96 px clips is cheap; worker start-up would cost more than it saves
             "hflip": False, **extra}  # captions say "left"/"right"

@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 
 from evilm_core import checkpoint as ckpt
-from evilm_core.data.collect import collect_videos, parse_shard, shard_of
+from evilm_core.data.collect import parse_shard, shard_of
 from evilm_core.data.dataset import clip_dataset
-from evilm_core.data.record import ClipRecord
+from evilm_core.data.inputs import Collection, collect, picker
 from evilm_core.engine.runtime import choose_device, environment, eval_loader
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps
@@ -31,7 +31,7 @@ class IndexRequest:
     checkpoint: str  # checkpoint dir or run dir (final/, else newest step_*)
     out: str  # index directory (created, or extended when it exists)
     videos: str | None = None  # a directory of video files (keys: paths under it)
-    manifest: str | None = None  # a manifest (keys: its `video` fields)
+    manifest: str | None = None  # a manifest (keys: its `video` fields) or a shard set (its samples' videos)
     root: str | None = None  # where a manifest's relative paths resolve (default: its directory)
     num_frames: int = 4  # frames per video, segment centres
     batch_size: int = 32  # videos per forward pass
@@ -41,10 +41,11 @@ class IndexRequest:
     device: str = "auto"  # auto | cpu | cuda[:i]
 
 
-def collection(req: IndexRequest) -> tuple[list[str], str]:
-    """-> (keys in a fixed order, root the keys resolve against): `evilm label`'s collection rules."""
-    keys, _, source = collect_videos(req.videos, req.manifest, root=req.root)  # raises on an empty collection
-    return keys, str(Path(source.get("videos") or source["root"]).absolute())
+def collection(req: IndexRequest) -> tuple[Collection, str]:
+    """-> (the videos in a fixed order, root the keys resolve against): `evilm label`'s collection rules."""
+    coll = collect(req.videos, req.manifest, root=req.root)  # raises on an empty collection
+    source = coll.source
+    return coll, str(Path(source.get("videos") or source.get("root") or source["shards"]).absolute())
 
 
 def _open_or_create(out: Path, checkpoint: Path, model_hash: str, embed_dim: int, req: IndexRequest, image_size: int,
@@ -73,7 +74,8 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     """Embed the videos of this shard that the index lacks; fold parts in once all are there.
     Returns counts: total, embedded (this run), already (present before), skipped, complete."""
     i, n = parse_shard(req.shard)
-    keys, root = collection(req)
+    coll, root = collection(req)
+    keys = coll.keys
     directory = resolve_checkpoint(req.checkpoint)
     model_hash = ckpt.file_sha256(directory / ckpt.WEIGHTS)
     loaded = load_checkpoint(directory)
@@ -91,7 +93,7 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     device = choose_device(req.device) if todo else None
     if todo:
         net.to(device).eval()
-        _embed(net, todo, root, req, meta, out, device, counts, progress)
+        _embed(net, coll, todo, root, req, meta, out, device, counts, progress)
     skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
     present = indexed_keys(out) | skipped
     counts["complete"] = all(k in present for k in keys)
@@ -105,9 +107,10 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
 
 
 @torch.no_grad()
-def _embed(net, todo: list[str], root: str, req: IndexRequest, meta: IndexMeta, out: Path, device: torch.device,
-           counts: dict, progress: ProgressFn | None) -> None:
-    dataset = clip_dataset([ClipRecord(video=k) for k in todo], root, req.num_frames, meta.image_size)
+def _embed(net, coll: Collection, todo: list[str], root: str, req: IndexRequest, meta: IndexMeta, out: Path,
+           device: torch.device, counts: dict, progress: ProgressFn | None) -> None:
+    frames = picker(coll.shards, str(req.manifest), req.num_frames, meta.image_size)
+    dataset = clip_dataset(coll.records(todo), root, req.num_frames, meta.image_size, frames=frames)
     loader = eval_loader(dataset, req.batch_size, req.num_workers)
     keys, embs, seen, start = [], [], 0, time.monotonic()
     name = f"{time.time_ns():x}-s{req.shard[0]}of{req.shard[1]}"

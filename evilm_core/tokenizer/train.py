@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from evilm_core.data.dataset import ClipDataset, Sample, clip_dataset
-from evilm_core.data.manifest import read_manifest, video_root
+from evilm_core.data.inputs import ClipSource, open_clips
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.vocab import SPECIAL_TOKENS, WordTargets, build_vocab, read_vocab
 from evilm_core.engine.runtime import eval_loader, unwrap
@@ -106,14 +106,18 @@ class WordExtras:
         return {"word_targets": self.targets(record.caption or "")}
 
 
-def build_datasets(recipe: TokenizerRecipe, records: list[ClipRecord], targets: WordTargets):
+def build_datasets(recipe: TokenizerRecipe, source: ClipSource, targets: WordTargets):
+    """From a shard set the frames are its stored candidates (T of F, as pre-training picks them);
+    from a manifest, segment samples of the decoded video."""
     d, extras = recipe.data, WordExtras(targets)
-    train = clip_dataset(records, video_root(d.root, d.train), d.num_frames, d.image_size, train=True, hflip=d.hflip,
-                         color_jitter=d.color_jitter, seed=recipe.seed, extras=extras)
+    train = clip_dataset(source.records, source.root, d.num_frames, d.image_size, train=True, hflip=d.hflip,
+                         color_jitter=d.color_jitter, seed=recipe.seed, extras=extras,
+                         frames=source.frames(d.num_frames, d.image_size))
     val = None
     if d.val:
-        val = clip_dataset(read_manifest(d.val, d.format), video_root(d.root, d.val), d.num_frames, d.image_size,
-                           seed=recipe.seed, extras=extras)
+        val_source = open_clips(d.val, d.format, d.root)
+        val = clip_dataset(val_source.records, val_source.root, d.num_frames, d.image_size, seed=recipe.seed,
+                           extras=extras, frames=val_source.frames(d.num_frames, d.image_size))
     return train, val
 
 
@@ -124,7 +128,7 @@ def train_tokenizer(recipe: TokenizerRecipe, resume: bool = False, progress: Cal
     vocab = tokenizer_vocab(recipe, captions)
     recipe = resolved(recipe, num_words=len(vocab) - len(SPECIAL_TOKENS))
     targets = WordTargets(vocab)
-    train, val = build_datasets(recipe, run.records, targets)
+    train, val = build_datasets(recipe, run.source, targets)
     log.info("tokenizer: %d training clips, %d val clips, %d caption words, %d codes", len(train),
              len(val) if val else 0, recipe.model.num_words, recipe.model.codebook_size)
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank

@@ -100,3 +100,15 @@ def test_pickled_cache_reopens_maps(tmp_path):
     blob = pickle.dumps(cache)
     assert len(blob) < 2000  # the memory maps are not copied into the pickle
     assert np.array_equal(pickle.loads(blob).entry("v/0.mp4")[0], written[0])
+
+
+def test_pickled_cache_carries_key_hashes_not_the_key_list(tmp_path):
+    """Workers get 16 bytes per key (sorted 64-bit hashes and rows), and find the same rows."""
+    write_cache(tmp_path / "c")
+    cache = LabelCache.open(tmp_path / "c")
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.keys is None and copy._index is None  # no Python object per key in a worker
+    assert [copy.row(k) for k in KEYS] == [cache.row(k) for k in KEYS] == list(range(len(KEYS)))
+    assert "v/0.mp4" in copy and "not/a/key.mp4" not in copy and len(copy) == len(KEYS)
+    with pytest.raises(CacheKeyError, match="not in the label cache"):
+        copy.row("not/a/key.mp4")

@@ -10,6 +10,7 @@ import pytest
 
 from evilm_core.config.sections import DataConfig, OutputConfig, TrainConfig
 from evilm_core.data.vocab import read_vocab
+from evilm_core.data.records import RecordTable
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.config import FinetuneRecipe
@@ -44,6 +45,8 @@ def test_start_run_reads_the_manifest_and_write_run_files_fills_the_run_dir(tmp_
     run = start_run(recipe)
     assert run.info.rank == 0 and run.info.world == 1 and run.info.is_main and str(run.info.device) == "cpu"
     assert [r.video for r in run.records] == ["v0.mp4", "v1.mp4", "v2.mp4"]
-    assert run.run_dir == tmp_path / "run" and not run.run_dir.exists()  # nothing written yet
+    # only the records, as a memory-mapped table that DataLoader workers share (docs/data.md)
+    assert run.run_dir == tmp_path / "run" and [p.name for p in run.run_dir.iterdir()] == ["records"]
+    assert isinstance(run.records, RecordTable) and run.records[1].caption == "w1"
     write_run_files(run, VOCAB, {"answers.txt": "yes\nno\n"})
     assert read_vocab(run.run_dir) == VOCAB and (run.run_dir / "answers.txt").read_text() == "yes\nno\n"

@@ -28,6 +28,8 @@ from tests.helpers.cli import REPO
 OFTEN = {"train.save_every": 1, "train.keep_checkpoints": 1, "train.eval_every": 100}  # eval only at the end
 LABEL_FILES = ("codes.u16", "frames.i32", "nframes.i32", "status.u8", "keys.txt")
 INDEX_FILES = ("embeddings.safetensors", "keys.txt")
+SHARD_FILES = ("index.json", "samples.i64", "records.jsonl", "records.i64", "skipped.tsv",
+               *(f"shard-{i:06d}.tar" for i in range(7)))  # 28 training clips, 4 per shard
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,14 @@ def build(synth: Path, tok: Path, labels: Path, model: Path) -> dict[str, Comman
         return ["pretrain", recipes / "pretrain.yaml", *tiny_pretrain(synth, (tok, labels), out, **{
             "train.epochs": 1, "data.val": "null", **OFTEN})]
 
+    def shards(out: Path) -> list:  # 7 shards of 4 clips, one process: the kill lands between shards
+        return ["data", "shards", synth / "train.jsonl", "--out", out, "--size", "64", "--samples-per-shard", "4",
+                "--workers", "1"]
+
+    def pretrain_shards(out: Path) -> list:  # 7 steps, frames from the shard baseline
+        return ["pretrain", recipes / "pretrain.yaml", *tiny_pretrain(synth, (tok, labels), out, **{
+            "train.epochs": 1, "data.val": "null", "data.train": labels.parent / "data-shards", **OFTEN})]
+
     def finetune(out: Path) -> list:  # 7 steps of retrieval from scratch
         return ["finetune", recipe("retrieval"), *data_sets("retrieval", synth), *sets({
             **TINY_MODEL, "init.checkpoint": "null", "train.epochs": 1, "train.log_every": 1, "output.dir": out,
@@ -72,6 +82,8 @@ def build(synth: Path, tok: Path, labels: Path, model: Path) -> dict[str, Comman
         Command("label", lambda out: [*label, "--out", out], lambda out: (out / "meta.json").is_file(), False, 12),
         Command("pretrain", pretrain, _first_checkpoint, True, 13),
         Command("finetune", finetune, _first_checkpoint, True, 14),
+        Command("data shards", shards, lambda out: any((out / "parts").glob("shard-*.json")), False, 17),
+        Command("pretrain shards", pretrain_shards, _first_checkpoint, True, 18),
         Command("retrieve index", lambda out: [*index, "--out", out], lambda out: (out / "index.yaml").is_file(),
                 False, 15),
         Command("quickstart", lambda out: ["quickstart", "--out", out, "--size", "tiny", "--json"],

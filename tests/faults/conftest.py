@@ -47,8 +47,10 @@ def baseline(commands, faults_dir, evilm_server):
 
     def get(name: str) -> tuple[Path, Outcome]:
         if name not in done:
-            if name == "pretrain":
+            if name in ("pretrain", "pretrain shards"):
                 get("label")  # its MVM targets are the label baseline's cache
+            if name == "pretrain shards":
+                get("data shards")  # its frames
             out = faults_dir / "baseline" / name.replace(" ", "-")
             done[name] = out, run_timed(evilm_server, commands[name], out)
         return done[name]

@@ -1,6 +1,6 @@
 """SIGKILL at a random point, then the same command again, ends where an uninterrupted run ends
-(docs/reliability.md): for `tokenize-train`, `label`, `pretrain`, `finetune` (retrieval),
-`retrieve index` and `quickstart --size tiny`.
+(docs/reliability.md): for `tokenize-train`, `label`, `pretrain` (from videos and from shards),
+`finetune` (retrieval), `data shards`, `retrieve index` and `quickstart --size tiny`.
 
 Each command runs once uninterrupted (the baseline, shared with test_bad_files.py), then again in
 a fresh directory, killed with SIGKILL (no handler runs: what a lost node or the OOM killer
@@ -25,12 +25,13 @@ import re
 
 import pytest
 
-from tests.faults.commands import INDEX_FILES, LABEL_FILES, file_bytes, run, run_killed, train_losses
+from tests.faults.commands import (INDEX_FILES, LABEL_FILES, SHARD_FILES, file_bytes, run, run_killed,
+                                   train_losses)
 from tests.helpers.cli import last_json
 
 LONG = pytest.mark.skipif(not os.environ.get("EVILM_LONG_FAULTS"), reason="more kill points: EVILM_LONG_FAULTS=1")
 ATTEMPTS = [0, *(pytest.param(k, marks=LONG) for k in (1, 2, 3))]
-TRAINING = ("tokenize-train", "pretrain", "finetune")
+TRAINING = ("tokenize-train", "pretrain", "pretrain shards", "finetune")
 
 
 @pytest.fixture
@@ -70,6 +71,14 @@ def test_label_killed_then_rerun_is_byte_identical(attempt, kill_and_rerun):
     assert file_bytes(out, LABEL_FILES) == file_bytes(ref, LABEL_FILES), f"killed mid-run: {killed.killed}"
     if not killed.killed:
         assert re.search(r"\b0 newly labelled", rerun.stdout + rerun.stderr)  # it had finished: a no-op re-run
+
+
+@pytest.mark.parametrize("attempt", ATTEMPTS)
+def test_data_shards_killed_then_rerun_is_byte_identical(attempt, kill_and_rerun):
+    ref, out, killed, _ = kill_and_rerun("data shards", attempt)
+    assert file_bytes(out, SHARD_FILES) == file_bytes(ref, SHARD_FILES), f"killed mid-run: {killed.killed}"
+    assert sorted(p.name for p in (out / "parts").iterdir()) == sorted(p.name for p in (ref / "parts").iterdir())
+    assert not [p.name for p in out.rglob(".*")], "the kill's temporaries are left"
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)

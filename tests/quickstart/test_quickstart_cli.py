@@ -7,7 +7,7 @@ import json
 
 from tests.helpers.cli import last_json, run_evilm
 
-STAGES = ("data", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
+STAGES = ("data", "shards", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
 
 
 def test_tiny_quickstart_end_to_end_and_resume(tmp_path):
@@ -19,12 +19,13 @@ def test_tiny_quickstart_end_to_end_and_resume(tmp_path):
     assert first["retrieval"]["chance_R@1"] == 100.0 / first["retrieval"]["num_videos"]
     assert 0 < first["codebook_usage"] <= 1 and first["params"] > 0 and first["gflops"] > 0
     assert set(first["stage_seconds"]) == set(STAGES)
-    for path in ("tokenizer/final/model.safetensors", "labels/meta.json", "pretrain/final/model.safetensors",
+    for path in ("shards/train/index.json", "shards/test/shard-000000.tar", "tokenizer/final/model.safetensors", "labels/meta.json", "pretrain/final/model.safetensors",
                  "pretrain/metrics.jsonl", "retrieval/final/model.safetensors", "qa/final/answers.txt",
                  "index/embeddings.safetensors", "recipes/pretrain.yaml", "recipes/retrieval.yaml"):
         assert (out / path).exists(), path
-    # the recipes it wrote are ordinary recipes
+    # the recipes it wrote are ordinary recipes, reading the shard sets it made
     run_evilm("validate", out / "recipes" / "pretrain.yaml")
+    assert (out / "recipes" / "pretrain.yaml").read_text().count(str(out / "shards" / "train")) == 1
 
     markers = {s: (out / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
     again = run_evilm("quickstart", "--out", out, "--size", "tiny", "--json")

@@ -1,0 +1,104 @@
+"""Where a stage's clips come from, in one place: a manifest (videos decoded in the loop) or a
+shard set (frames decoded once by `evilm data shards`; docs/data.md, "Shards"). Every recipe
+key and flag that names clips (data.train, data.val, --manifest) goes through `open_clips`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from evilm_core.data.collect import collect_videos
+from evilm_core.data.dataset import CachedCandidates, FramePicker, SegmentFrames, ShardCandidates
+from evilm_core.data.label_cache import LabelCache
+from evilm_core.data.manifest import read_manifest, video_root
+from evilm_core.data.record import ClipRecord
+from evilm_core.data.shards.layout import ShardSet, looks_like_shards
+from evilm_core.errors import EvilmError
+
+
+@dataclass
+class ClipSource:
+    path: str  # what the recipe or flag named
+    records: Sequence[ClipRecord]  # a list (manifest) or the shard set's RecordTable
+    root: str  # where relative video paths resolve (also for shard records: messages, keys)
+    shards: ShardSet | None = None  # the frames, when `path` is a shard set
+
+    def frames(self, num_frames: int, image_size: int, cache: LabelCache | None = None) -> FramePicker:
+        """How a dataset over these clips gets its T frames."""
+        return picker(self.shards, self.path, num_frames, image_size, cache)
+
+    def sample_videos(self) -> list[str]:
+        """The video of each sample, in sample order (shard sets hold one sample per distinct video)."""
+        if self.shards is None:
+            return list(dict.fromkeys(r.video for r in self.records))
+        videos: list[str] = [""] * len(self.shards)
+        for record in self.records:
+            if not videos[record.sample]:
+                videos[record.sample] = record.video
+        return videos
+
+
+def picker(shards: ShardSet | None, path: str, num_frames: int, image_size: int,
+           cache: LabelCache | None = None) -> FramePicker:
+    """Shard sets give their stored candidates; manifests decode (label-cache candidates with a cache)."""
+    if shards is None:
+        return CachedCandidates(cache, num_frames, image_size) if cache is not None else SegmentFrames(num_frames,
+                                                                                                       image_size)
+    stored = shards.settings
+    if stored["size"] != image_size:
+        raise EvilmError(f"the shard set {path} stores {stored['size']} px frames but data.image_size is "
+                         f"{image_size}; rebuild it with `evilm data shards ... --size {image_size}`")
+    if stored["candidates"] % num_frames:
+        raise EvilmError(f"the shard set {path} stores {stored['candidates']} frames per clip, which cannot "
+                         f"be split into {num_frames} equal groups (data.num_frames must divide it)")
+    return ShardCandidates(shards, num_frames, cache)
+
+
+def clip_frames(path: str | os.PathLike, root: str | None, num_frames: int, image_size: int,
+                cache: LabelCache | None = None) -> tuple[str, FramePicker]:
+    """(root, frame picker) for records read from `path`, without reading them again."""
+    if looks_like_shards(path):
+        return str(Path(path).absolute()), picker(ShardSet.open(path), str(path), num_frames, image_size, cache)
+    return video_root(root, path), picker(None, str(path), num_frames, image_size, cache)
+
+
+def open_clips(path: str | os.PathLike, format: str = "auto", root: str | None = None) -> ClipSource:
+    """The records (and frames) `path` names: a shard directory, else any manifest."""
+    if looks_like_shards(path):
+        shards = ShardSet.open(path)  # an unfinished set is an error that says how to finish it
+        return ClipSource(str(path), shards.records, str(Path(path).absolute()), shards)
+    return ClipSource(str(path), read_manifest(path, format), video_root(root, path))
+
+
+@dataclass
+class Collection:
+    """The distinct videos a whole-collection command (`label`, `retrieve index`) works on."""
+
+    keys: list[str]  # one per video, in a stable order
+    paths: list[str] | None  # where each video file is (None: frames come from `shards`)
+    source: dict  # what was collected, for metadata
+    shards: ShardSet | None = None  # the shard set whose sample i is keys[i]
+
+    def records(self, keys: list[str]) -> list[ClipRecord]:
+        """Records of some of the keys (with their samples, for a shard set)."""
+        if self.shards is None:
+            return [ClipRecord(video=k) for k in keys]
+        sample = {k: i for i, k in enumerate(self.keys)}
+        return [ClipRecord(video=k, sample=sample[k]) for k in keys]
+
+
+def collect(videos: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None,
+            format: str = "auto", root: str | os.PathLike | None = None) -> Collection:
+    """`collect_videos`, plus shard sets given as --manifest (keys: each sample's video)."""
+    if manifest is not None and videos is None and looks_like_shards(manifest):
+        if root is not None:
+            raise EvilmError("--root does not apply to a shard set (its frames are stored in it)")
+        source = open_clips(manifest)
+        if not len(source.shards):
+            raise EvilmError(f"the shard set {manifest} holds no sample (see its skipped.tsv)")
+        return Collection(source.sample_videos(), None, {"shards": source.root}, source.shards)
+    keys, paths, described = collect_videos(videos, manifest, format, root)
+    return Collection(keys, paths, described)
