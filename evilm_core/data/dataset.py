@@ -100,7 +100,8 @@ class ShardCandidates:
     def __call__(self, record, path, mode, rng):
         if record.sample is None:
             raise EvilmError(f"record {record.video!r} has no sample in the shard set {self.shards.dir}")
-        sample = self.shards.read(record.sample)
+        cand = choose_candidates(self.shards.settings["candidates"], self.num_frames, mode, rng)
+        sample = self.shards.read(record.sample, cand)  # decodes only the T chosen frames
         indices = sample.info["frames"]
         if self.cache is not None:
             CachedCandidates.check_status(self.cache, record)
@@ -109,9 +110,8 @@ class ShardCandidates:
                 raise EvilmError(f"the label cache {self.cache.dir} holds other candidate frames of {record.video} "
                                  f"({cached}) than the shard set {self.shards.dir} ({indices}); label the shard set "
                                  f"you train from: `evilm label --manifest {self.shards.dir} ...`")
-        cand = choose_candidates(len(indices), self.num_frames, mode, rng)
-        clip = Clip(np.ascontiguousarray(sample.frames[cand]), [int(indices[c]) for c in cand],
-                    int(sample.info["num_video_frames"]), float(sample.info["fps"]))
+        clip = Clip(sample.frames, [int(indices[c]) for c in cand], int(sample.info["num_video_frames"]),
+                    float(sample.info["fps"]))
         return clip, cand
 
 

@@ -65,8 +65,19 @@ def clip_frames(path: str | os.PathLike, root: str | None, num_frames: int, imag
     return video_root(root, path), picker(None, str(path), num_frames, image_size, cache)
 
 
-def open_clips(path: str | os.PathLike, format: str = "auto", root: str | None = None) -> ClipSource:
-    """The records (and frames) `path` names: a shard directory, else any manifest."""
+def missing_input(path: str | os.PathLike, key: str) -> EvilmError:
+    """What to say when the clips a recipe key names are not there: what would make them."""
+    return EvilmError(f"{key}: {path} does not exist. It must be a manifest (docs/data.md says where each dataset "
+                      "is published and which files each recipe expects) or a shard directory made by `evilm data "
+                      "shards MANIFEST --out DIR`; `evilm data synth DIR` makes a synthetic dataset to try things on")
+
+
+def open_clips(path: str | os.PathLike, format: str = "auto", root: str | None = None,
+               key: str = "data.train") -> ClipSource:
+    """The records (and frames) `path` names: a shard directory, else any manifest. `key`: the
+    recipe key or flag that named it, for the message when it is missing."""
+    if not Path(path).exists() and "{" not in str(path):
+        raise missing_input(path, key)
     if looks_like_shards(path):
         shards = ShardSet.open(path)  # an unfinished set is an error that says how to finish it
         return ClipSource(str(path), shards.records, str(Path(path).absolute()), shards)

@@ -226,7 +226,7 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
     steps = fit_linear(head, train["features"].to(device), train["labels"].to(device), cfg, recipe.seed, on_epoch)
     metrics = {}
     if d.val:
-        val_ds, val = features("val", d.val, open_clips(d.val, d.format, d.root).records)
+        val_ds, val = features("val", d.val, open_clips(d.val, d.format, d.root, "data.val").records)
         metrics = {f"val_{k}": v for k, v in evaluate_probe(net, val_ds, cfg.feature, d, device, feats=val).items()}
         metrics_log.write({"step": cfg.epochs, "split": "val", **metrics})
     final = export_model(net, run_dir / "final", vocab, "probe", extra={"feature": cfg.feature}, classes=labels)

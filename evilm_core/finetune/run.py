@@ -102,7 +102,7 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
         raise EvilmError(f"checkpoint {loaded.directory}: {err}") from None
     net.to(device).eval()
     classes = task.head_classes(loaded)
-    records = open_clips(manifest, recipe.data.format, recipe.data.root).records
+    records = open_clips(manifest, recipe.data.format, recipe.data.root, f"data.{split}").records
     task.check_records(recipe, records, manifest, train=False)
     tokens = TextTokens(loaded.directory, net.cfg.max_text_len)
     with autocast(recipe.train.precision, device):

@@ -32,6 +32,7 @@ from evilm_core.data.dataset import clip_dataset
 from evilm_core.data.inputs import clip_frames, open_clips
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.text import TextTokens
+from evilm_core.engine.distributed import global_contrastive_loss
 from evilm_core.engine.runtime import eval_batches, unwrap
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
@@ -42,7 +43,7 @@ from evilm_core.finetune.data import (CaptionFields, MCFields, QAFields, answer_
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.heads import attach_head, freeze_except
 from evilm_core.models.loading import export_model
-from evilm_core.models.losses import contrastive_loss, logit_scale_value, same_key
+from evilm_core.models.losses import logit_scale_value
 
 log = logging.getLogger("evilm.finetune")
 
@@ -114,7 +115,8 @@ class FinetuneTask:
     @classmethod
     def read_split(cls, recipe: FinetuneRecipe, manifest: str, train: bool) -> tuple[list[ClipRecord], str]:
         """A split's records, checked for the task's fields, and the manifest they came from."""
-        records = open_clips(manifest, recipe.data.format, recipe.data.root).records
+        key = "data.train" if train else "data.val"
+        records = open_clips(manifest, recipe.data.format, recipe.data.root, key).records
         cls.check_records(recipe, records, manifest, train)
         return records, manifest
 
@@ -226,7 +228,7 @@ class RetrievalTask(FinetuneTask):
     def loss(self, model, batch, gen):
         out = model(batch["pixels"], batch["input_ids"], batch["attention_mask"], mode="unimodal")
         scale = unwrap(model).logit_scale
-        loss = contrastive_loss(out["video"], out["text"], scale, same_key(batch["video"], out["video"].device))
+        loss = global_contrastive_loss(out["video"], out["text"], scale, batch["video"])  # all ranks' clips
         return loss, _parts(loss, temperature=1.0 / logit_scale_value(scale))
 
     @classmethod

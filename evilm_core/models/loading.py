@@ -40,9 +40,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if found is not None:
         return found
     path = Path(path)
-    what = "does not exist" if not path.exists() else "is not a checkpoint"
-    raise EvilmError(f"{path} {what}: expected {ckpt.WEIGHTS} and {ckpt.CONFIG} in it, in {path / 'final'}, or in "
-                     "a step_XXXXXXXX directory (a run directory of `evilm pretrain` / `evilm finetune`)")
+    if not path.exists():
+        raise EvilmError(f"checkpoint {path} does not exist: it is made by the run whose output.dir it is, `evilm "
+                         "pretrain RECIPE` (a pre-trained model: recipes/webvid.yaml writes runs/webvid_pretrain, "
+                         "docs/pretraining.md) or `evilm finetune RECIPE`; or name an existing checkpoint directory")
+    raise EvilmError(f"{path} is not a checkpoint: expected {ckpt.WEIGHTS} and {ckpt.CONFIG} in it, in "
+                     f"{path / 'final'}, or in a step_XXXXXXXX directory (a run directory of `evilm pretrain` / "
+                     "`evilm finetune`)")
 
 
 def checkpoint_model_config(directory: Path, raw: dict | None = None) -> EViLMConfig:

@@ -4,7 +4,9 @@
   temperature (logit scale capped at 100, CLIP's rule); rows that share a key (the same video:
   MSR-VTT has 20 captions per clip; the same caption in pre-training) are all positives, never
   each other's negatives (`same_key`). Retrieval fine-tuning and the optional pre-training
-  contrastive term use it.
+  contrastive term use it. Under DDP the engine calls `contrastive_rows` with this rank's rows
+  against every rank's columns (engine/distributed.py::global_contrastive_loss, CLIP's global
+  batch).
 - `masked_ce`: cross-entropy of a head over selected positions only (MLM words, MVM regions).
 """
 
@@ -39,6 +41,18 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch
     if positives is None:
         positives = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
     return 0.5 * (_nce(logits, positives) + _nce(logits.T, positives.T))
+
+
+def contrastive_rows(video: torch.Tensor, text: torch.Tensor, video_all: torch.Tensor, text_all: torch.Tensor,
+                     logit_scale: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of some rows of a larger batch: video, text [B, E] are the rows, video_all,
+    text_all [N, E] every column (the rows among them), positives [B, N] bool (row i with column j;
+    symmetric keys, so the same mask serves text->video and video->text). Mean over the B rows;
+    with B = N and the rows as the columns it is `contrastive_loss` with the same positives."""
+    scale = logit_scale_value(logit_scale)
+    t2v = scale * text.float() @ video_all.float().T  # [B, N]
+    v2t = scale * video.float() @ text_all.float().T  # [B, N]
+    return 0.5 * (_nce(t2v, positives) + _nce(v2t, positives))
 
 
 def same_key(keys: list[str], device: torch.device | None = None) -> torch.Tensor:

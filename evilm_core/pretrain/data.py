@@ -49,7 +49,7 @@ def build_datasets(recipe: PretrainRecipe, source: ClipSource, vocab_dir: Path,
     train = pretrain_dataset(recipe, source, text, cache, train=True)
     val = None
     if d.val:
-        val_source = open_clips(d.val, d.format, d.root)
+        val_source = open_clips(d.val, d.format, d.root, "data.val")
         # Validation clips are usually not in the training label cache: then they are sampled
         # plainly and their MVM targets come from the tokenizer online (if one is configured).
         val_cache = cache if cache is not None and all(r.video in cache for r in val_source.records) else None

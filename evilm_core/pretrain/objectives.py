@@ -22,7 +22,8 @@ from evilm_core.engine.runtime import eval_loader, to_device, unwrap
 from evilm_core.errors import EvilmError
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.loading import export_model
-from evilm_core.models.losses import contrastive_loss, masked_ce, same_key
+from evilm_core.engine.distributed import global_contrastive_loss
+from evilm_core.models.losses import masked_ce
 from evilm_core.pretrain.config import PretrainRecipe
 from evilm_core.pretrain.masking import mask_pixels, mlm_mask, video_mask, vtm_pairs
 
@@ -135,8 +136,9 @@ class PretrainTask:
 
 
 def vtc_loss(out: dict, logit_scale: torch.Tensor, captions: list[str]) -> Loss:
-    """Video-text contrastive term over the unimodal embeddings; rows with equal captions are positives."""
-    loss = contrastive_loss(out["video_emb"], out["text_emb"], logit_scale, same_key(captions, out["cls"].device))
+    """Video-text contrastive term over the unimodal embeddings of the global batch (all ranks);
+    rows with equal captions are positives."""
+    loss = global_contrastive_loss(out["video_emb"], out["text_emb"], logit_scale, captions)
     return loss, {"vtc_loss": loss}
 
 

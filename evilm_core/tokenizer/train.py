@@ -115,7 +115,7 @@ def build_datasets(recipe: TokenizerRecipe, source: ClipSource, targets: WordTar
                          frames=source.frames(d.num_frames, d.image_size))
     val = None
     if d.val:
-        val_source = open_clips(d.val, d.format, d.root)
+        val_source = open_clips(d.val, d.format, d.root, "data.val")
         val = clip_dataset(val_source.records, val_source.root, d.num_frames, d.image_size, seed=recipe.seed,
                            extras=extras, frames=val_source.frames(d.num_frames, d.image_size))
     return train, val

@@ -130,16 +130,17 @@ class ShardSet:
         except EvilmError as err:
             raise VideoDecodeError(f"{path}#{sample}", "corrupt", str(err)) from None
 
-    def read(self, sample: int) -> FrameSample:
-        """The sample's F candidate frames [F, H, W, 3] and its JSON."""
+    def read(self, sample: int, which: list[int] | None = None) -> FrameSample:
+        """The sample's candidate frames [F, H, W, 3] (only those at positions `which`, when given:
+        a training step decodes T of the F JPEGs) and its JSON."""
         from PIL import Image  # the training loop's only image decoder
 
         members = self.read_members(sample)
         where = f"{self.dir / self.names[int(self.samples[sample, 0])]} sample {sample}"
         try:
             info = json.loads(members["json"])
-            count = len(info["frames"])
-            frames = [np.asarray(Image.open(io.BytesIO(members[frame_member(j)])).convert("RGB")) for j in range(count)]
+            which = range(len(info["frames"])) if which is None else which
+            frames = [np.asarray(Image.open(io.BytesIO(members[frame_member(j)])).convert("RGB")) for j in which]
         except (KeyError, ValueError, OSError) as err:
             raise VideoDecodeError(where, "corrupt", f"unreadable member ({type(err).__name__}: {err})") from None
         size = self.settings["size"]
