@@ -26,3 +26,25 @@ def write_video2dataset_tar(path: Path, clips: list[tuple[Path, str]], corrupt: 
             add_member(tar, f"{key}.json", json.dumps({"key": key, "caption": caption, "status": "success",
                                                       "url": f"https://example.org/{key}.mp4"}).encode())
     return path
+
+
+def truncate_in_member(tar_path: Path, out: Path, member: int) -> Path:
+    """Copy `tar_path` to `out` cut in the middle of the data of its `member`-th member (an
+    interrupted download); the members before it stay whole."""
+    with tarfile.open(tar_path) as tar:
+        info = tar.getmembers()[member]
+    out.write_bytes(tar_path.read_bytes()[:info.offset_data + info.size // 2])
+    return out
+
+
+def video2dataset_inputs(synth: Path, directory: Path) -> Path:
+    """DIR/00000.tar: 4 synth clips, clip 1 corrupt; DIR/00001.tar: 4 more clips cut in the
+    middle of clip 2's mp4 (clips 0 and 1 whole, the tail lost). Returns DIR."""
+    from evilm_core.data.manifest import read_manifest
+
+    clips = [(synth / r.video, r.caption) for r in read_manifest(synth / "train.jsonl")[:8]]
+    write_video2dataset_tar(directory / "00000.tar", clips[:4], corrupt=(1,))
+    whole = write_video2dataset_tar(directory / "whole.tar.part", clips[4:])
+    truncate_in_member(whole, directory / "00001.tar", member=6)  # 000000002.mp4
+    whole.unlink()
+    return directory

@@ -55,7 +55,7 @@ def _check_plan(out: Path, plan: dict) -> None:
     path = out / PARTS / PLAN
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        diffs = [f"{k}: {old.get(k)!r} there, {plan[k]!r} now" for k in ("settings", "input", "shards")
+        diffs = [f"{k}: {old.get(k)!r} there, {plan[k]!r} now" for k in ("settings", "input", "shards", "samples_per_shard")
                  if old.get(k) != plan[k]]
         if diffs:
             raise EvilmError(f"{out} holds shards of another input or settings ({'; '.join(diffs)}); use a new "

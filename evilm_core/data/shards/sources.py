@@ -71,7 +71,8 @@ def plan_jobs(spec: str, format: str, root: str | None, samples_per_shard: int) 
     """(one job per output shard, a description of the input for the plan)."""
     tars = expand_tars(spec)
     if tars is not None:
-        base = Path(spec) if Path(spec).is_dir() else tars[0].parent
+        # names relative to the folder all the tars share: a pattern over two folders keeps them apart
+        base = Path(spec) if Path(spec).is_dir() else Path(os.path.commonpath([t.absolute().parent for t in tars]))
         jobs = [ShardJob(j, tar=str(t), tar_name=_rel(t, base)) for j, t in enumerate(tars)]
         sizes = [t.stat().st_size for t in tars]
         digest = hashlib.sha256(json.dumps([[j.tar_name, s] for j, s in zip(jobs, sizes)]).encode()).hexdigest()
@@ -106,19 +107,46 @@ def job_clips(job: ShardJob, problems: list[tuple[str, str, str, str]]) -> Itera
 
 
 def _tar_clips(job: ShardJob, problems: list) -> Iterator[SourceClip]:
-    from webdataset.tariterators import group_by_keys, tar_file_expander
+    for pos, sample, error in _tar_samples(job.tar):
+        if error is not None:  # tarfile.ReadError / EOF inside a member: the rest of this tar is lost
+            problems.append((sample_key(job.index, pos), job.tar_name, "corrupt",
+                             f"tar damaged after {pos} samples ({type(error).__name__}: {str(error)[:160]})"))
+            return
+        clip = _tar_sample(job, pos, sample, problems)
+        if clip is not None:
+            yield clip
 
-    pos = 0
+
+def _tar_samples(tar: str) -> Iterator[tuple[int, dict | None, Exception | None]]:
+    """(position, {"__key__", ext: bytes}, None) per sample of a tar read as a stream, then
+    (position, None, error) if it is damaged. webdataset's file iterator reads the members; they
+    are grouped here (not with its group_by_keys) so that the sample held when the read fails is
+    still given when its video member was read whole."""
+    from webdataset.tariterators import base_plus_ext, tar_file_expander
+
+    pos, current = 0, None
     try:
-        with open(job.tar, "rb") as fh:
-            for sample in group_by_keys(tar_file_expander([{"url": job.tar, "stream": fh}])):
-                clip = _tar_sample(job, pos, sample, problems)
-                pos += 1
-                if clip is not None:
-                    yield clip
-    except Exception as err:  # tarfile.ReadError / EOF inside a member: the rest of this tar is lost
-        problems.append((sample_key(job.index, pos), job.tar_name, "corrupt",
-                         f"tar damaged after {pos} samples ({type(err).__name__}: {str(err)[:160]})"))
+        with open(tar, "rb") as fh:
+            for member in tar_file_expander([{"url": tar, "stream": fh}]):
+                if "fname" not in member:  # the end-of-shard marker
+                    continue
+                key, ext = base_plus_ext(member["fname"])
+                if key is None:  # a member without an extension belongs to no sample
+                    continue
+                ext = ext.lower()
+                if current is not None and current["__key__"] != key:
+                    yield pos, current, None
+                    pos, current = pos + 1, None
+                current = current or {"__key__": key}
+                current[ext] = member["data"]
+    except Exception as err:
+        if current is not None and any(e in current for e in _VIDEO_MEMBERS):
+            yield pos, current, None
+            pos, current = pos + 1, None
+        yield pos, None, err
+        return
+    if current is not None:
+        yield pos, current, None
 
 
 def _tar_sample(job: ShardJob, pos: int, sample: dict, problems: list) -> SourceClip | None:
