@@ -34,26 +34,28 @@ def _texture(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(out + 128, 0, 255).astype(np.uint8)
 
 
-def make_clip(path: Path, gop: int, seed: int) -> None:
-    """A 596x336, 15 s, 25 fps H.264 yuv420p clip: a panning texture and four moving boxes, one
-    keyframe every `gop` frames (no scene-cut keyframes)."""
+def make_clip(path: Path, gop: int, seed: int, size: tuple[int, int] = (WIDTH, HEIGHT), seconds: float = SECONDS,
+              preset: str = PRESET) -> None:
+    """A WIDTH x HEIGHT (596x336), 15 s, 25 fps H.264 yuv420p clip: a panning texture and four
+    moving boxes, one keyframe every `gop` frames (no scene-cut keyframes)."""
     import av
 
+    width, height = size
     rng = np.random.default_rng(seed)
-    tex = _texture(rng, 2 * WIDTH, 2 * HEIGHT)
+    tex = _texture(rng, 2 * width, 2 * height)
     vx, vy = rng.uniform(0.5, 2.5, 2)
-    options = {"crf": CRF, "preset": PRESET, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+    options = {"crf": CRF, "preset": preset, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
                "threads": "1"}
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=FPS, options=options)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
-        for t in range(FPS * SECONDS):
-            x0, y0 = int(t * vx) % WIDTH, int(t * vy) % HEIGHT
-            frame = tex[y0:y0 + HEIGHT, x0:x0 + WIDTH].copy()
+        for t in range(int(FPS * seconds)):
+            x0, y0 = int(t * vx) % width, int(t * vy) % height
+            frame = tex[y0:y0 + height, x0:x0 + width].copy()
             for k in range(4):
-                cx = int(WIDTH / 2 + WIDTH / 3 * np.sin(t / (20 + 7 * k) + k + seed))
-                cy = int(HEIGHT / 2 + HEIGHT / 3 * np.cos(t / (15 + 5 * k) + 2 * k))
+                cx = int(width / 2 + width / 3 * np.sin(t / (20 + 7 * k) + k + seed))
+                cy = int(height / 2 + height / 3 * np.cos(t / (15 + 5 * k) + 2 * k))
                 frame[max(0, cy - 25):cy + 25, max(0, cx - 30):cx + 30] = (60 * k, 200 - 40 * k, 120)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))

@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,6 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 log = logging.getLogger("evilm")
 STATE = {"debug": False}
+# --threads of the commands without a recipe (recipe commands: evilm_cli/recipe_opts.py THREADS)
+THREADS_AUTO = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: auto, the cores idle at start; "
+                            "docs/performance.md).")
 
 
 def is_main_process() -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from evilm_cli.common import console, emit_json
-from evilm_cli.recipe_opts import OVERRIDES, load
+from evilm_cli.recipe_opts import OVERRIDES, PRECISION, THREADS, load
 
 
 def register(app: typer.Typer) -> None:
@@ -18,6 +18,10 @@ def register(app: typer.Typer) -> None:
                                         help="A checkpoint dir or run dir (final/, else newest step_*)."),
         split: str = typer.Option("test", "--split", help="Evaluate on data.test (test) or data.val (val)."),
         overrides: list[str] = OVERRIDES,
+        precision: str = PRECISION,
+        threads: int = THREADS,
+        rerank: int = typer.Option(0, "--rerank", min=0, help="Retrieval: also re-rank each text's top-K clips by "
+                                   "the matching (VTM) head on the joint pass; reports both rankings [0: off]."),
         json_out: bool = typer.Option(False, "--json", help='Print {"task": ..., "metrics": {...}} on stdout.'),
     ):
         """Evaluate a checkpoint on the recipe's task (the paper's metrics).
@@ -30,8 +34,8 @@ def register(app: typer.Typer) -> None:
         """
         from evilm_core.finetune.run import evaluate_checkpoint
 
-        cfg = load(recipe, overrides, expect="finetune")
-        result = evaluate_checkpoint(cfg, checkpoint, split)
+        cfg = load(recipe, overrides, expect="finetune", threads=threads, precision=precision)
+        result = evaluate_checkpoint(cfg, checkpoint, split, rerank=rerank)
         console.print(f"evaluate {result['task']} ({split}): "
                       + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
         if json_out:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, progress
+from evilm_cli.common import THREADS_AUTO, console, emit_json, progress
 from evilm_core.errors import EvilmError
 
 
@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", min=0, help="Decoding processes (0: decode in this process)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         shard: str = typer.Option(None, "--shard", help="i/n: label only videos with index % n == i, into OUT/shard-i-of-n/."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 (codes independent of batch, shard and "
+                                      "resume), bf16 autocast, or auto (bf16 where the hardware has it natively); "
+                                      "the cache records it and a resumed run must match."),
+        threads: int = THREADS_AUTO,
         merge: bool = typer.Option(False, "--merge", help="Merge OUT/shard-*-of-n/ into OUT, then exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ):
@@ -69,7 +73,8 @@ def register(app: typer.Typer) -> None:
             with progress("label") as update:
                 summary = run_label(videos=videos, manifest=manifest, format=format, root=root, tokenizer=tokenizer,
                                     out=out, num_candidates=candidates, flips=flips, batch_size=batch_size,
-                                    num_workers=workers, device=device, shard=shard, progress=update)
+                                    num_workers=workers, device=device, shard=shard, precision=precision,
+                                    threads=threads, progress=update)
         _print(summary)
         if json_out:
             emit_json(summary)

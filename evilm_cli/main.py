@@ -7,8 +7,9 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
-from evilm_cli import (data_cmd, evaluate_cmd, finetune_cmd, label_cmd, pretrain_cmd, profile_cmd,
+from evilm_cli import (data_cmd, evaluate_cmd, export_cmd, finetune_cmd, label_cmd, pretrain_cmd, profile_cmd,
                        quickstart_cmd, retrieve_cmd, tokenize_cmd, validate_cmd)
 from evilm_cli.common import STATE, console, setup_logging
 from evilm_core import __version__
@@ -31,6 +32,7 @@ label_cmd.register(app)
 validate_cmd.register(app)
 profile_cmd.register(app)
 quickstart_cmd.register(app)
+export_cmd.register(app)
 
 
 def _version(value: bool):
@@ -52,12 +54,12 @@ def main() -> None:
     try:
         app()
     except TrainingInterrupted as err:  # a checkpoint was written; say where
-        console.print(f"[yellow]stopped:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]stopped:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except EvilmError as err:
         if STATE["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")

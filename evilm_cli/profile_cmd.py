@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from evilm_cli.common import console, emit_json
-from evilm_cli.recipe_opts import OVERRIDES, load
+from evilm_cli.recipe_opts import OVERRIDES, THREADS, load
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         vocab_size: int = typer.Option(None, "--vocab-size",
                                        help="Text vocabulary size [default: the recipe's, else the paper's 9,420]."),
         overrides: list[str] = OVERRIDES,
+        threads: int = THREADS,
         json_out: bool = typer.Option(False, "--json", help="Print {params, gflops, uncounted_ops, ...} on stdout."),
     ):
         """Count parameters and GFLOPs per model component (paper 4.1).
@@ -35,7 +36,7 @@ def register(app: typer.Typer) -> None:
         """
         from evilm_core.models.profile import profile_recipe
 
-        cfg = load(recipe, overrides)
+        cfg = load(recipe, overrides, threads=threads)
         with console.status("profiling (tracing the model on the CPU)"):
             result = profile_recipe(cfg, frames=frames, text_len=text_len, vocab_size=vocab_size)
         if json_out:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from evilm_cli.common import console, emit_json, progress
+from evilm_cli.common import THREADS_AUTO, console, emit_json, progress
 
 STAGE_TITLES = {"data": "data synth", "shards": "data shards", "tokenizer": "tokenize-train", "label": "label", "pretrain": "pretrain",
                 "retrieval": "finetune retrieval", "qa": "finetune qa", "index": "retrieve index",
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("quickstart"), "--out", help="Directory for every artefact; re-running resumes."),
         size: str = typer.Option("default", "--size", help="default (minutes on a 2-core CPU) or tiny (a smoke test)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the data and of every stage."),
+        threads: int = THREADS_AUTO,
         json_out: bool = typer.Option(False, "--json", help="End with the results as one JSON object on stdout."),
     ):
         """Run the whole pipeline on synthetic data, learning for real, in minutes on a CPU.
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
         """
         from evilm_core.quickstart.pipeline import Quickstart
 
-        runner = Quickstart(out, size, seed, stage_progress=lambda stage: progress(STAGE_TITLES[stage]))
+        runner = Quickstart(out, size, seed, threads=threads, stage_progress=lambda stage: progress(STAGE_TITLES[stage]))
         result = runner.run()
         console.print(results_table(result))
         console.print(artefacts_table(result))

@@ -12,9 +12,11 @@ from evilm_core.config.loader import dump_yaml
 from evilm_core.recipes import load_recipe
 
 
-def load(recipe: Path, overrides: list[str], expect: str | None = None, print_config: bool = False):
-    """Load and type-check `recipe`; with --print-config print the resolved YAML and exit 0."""
-    cfg = load_recipe(recipe, overrides, expect=expect)
+def load(recipe: Path, overrides: list[str], expect: str | None = None, print_config: bool = False, **train_keys):
+    """Load and type-check `recipe`; with --print-config print the resolved YAML and exit 0.
+    `train_keys` (threads=, precision=) are command-line flags for train.* keys: None leaves the recipe's."""
+    extra = [f"train.{key}={value}" for key, value in train_keys.items() if value is not None]
+    cfg = load_recipe(recipe, [*overrides, *extra], expect=expect)
     if print_config:
         typer.echo(dump_yaml(cfg), nl=False)
         raise typer.Exit(0)
@@ -27,6 +29,10 @@ RESUME = typer.Option(False, "--resume", help="Continue from the newest complete
 REPLAN = typer.Option(False, "--replan", help="With --resume: accept another recipe, data or number of processes "
                       "(the LR schedule and epoch position are re-planned; see docs/reliability.md).")
 PRINT_CONFIG = typer.Option(False, "--print-config", help="Print the resolved recipe and exit.")
+THREADS = typer.Option(None, "--threads", min=0, help="torch CPU threads [default: the recipe's train.threads; "
+                       "0: auto, the cores idle at start, docs/performance.md].")
+PRECISION = typer.Option(None, "--precision", help="auto, fp32 or bf16 (autocast) [default: the recipe's "
+                         "train.precision; auto: bf16 where the hardware has it natively].")
 JSON_RESULT = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics, ...} on stdout.")
 
 
@@ -35,11 +41,11 @@ def metrics_line(metrics: dict) -> str:
 
 
 def run_training(name: str, train, recipe: Path, overrides: list[str], resume: bool | str, print_config: bool,
-                 json_out: bool, expect: str) -> None:
+                 json_out: bool, expect: str, threads: int | None = None) -> None:
     """Load the recipe, run `train(cfg, resume=, progress=)` under a progress display, print the
     checkpoint, step and final metrics (rank 0), and the result as JSON with --json. `resume`:
     False, True, or "replan" (--replan implies --resume)."""
-    cfg = load(recipe, overrides, expect=expect, print_config=print_config)
+    cfg = load(recipe, overrides, expect=expect, print_config=print_config, threads=threads)
     label = f"{name} {cfg.task}" if getattr(cfg, "task", None) else name
     with progress(label) as update:
         result = train(cfg, resume=resume, progress=update)

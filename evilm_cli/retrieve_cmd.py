@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, log, progress
+from evilm_cli.common import THREADS_AUTO, console, emit_json, log, progress
 from evilm_core.errors import EvilmError
 from evilm_core.fs import escape_key
 
@@ -28,14 +28,21 @@ def index(
     part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption loses)."),
     shard: str = typer.Option(None, "--shard", help="i/n: embed only videos i, i+n, ... (one run per node, same --out)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32 or bf16 autocast (auto: bf16 where the "
+                                  "hardware has it natively); recorded in the index, which never mixes the two."),
+    ann: str = typer.Option(None, "--ann", help="Also build an approximate index: faiss-ivf, faiss-ivfpq or "
+                            "faiss-hnsw (pip install 'evilm[faiss]'); queries use it unless --exact."),
+    threads: int = THREADS_AUTO,
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
-    """Embed videos with a checkpoint's video side into a searchable index.
+    """Embed videos with a checkpoint's (or an export's) video side into a searchable index.
 
     Re-running resumes an interrupted run; running on an existing index adds the videos it
     lacks; shards may run at once into the same --out (the last to finish folds the parts in).
 
     Example: evilm retrieve index --checkpoint runs/synthetic/retrieval --manifest data/synth/test.jsonl --out runs/synthetic/index
+    From an export (onnxruntime): evilm retrieve index --checkpoint runs/synthetic/export --manifest data/synth/test.jsonl --out runs/synthetic/index-onnx
+    At scale: evilm retrieve index --checkpoint CKPT --videos /data/clips --out /data/index --ann faiss-ivf
     """
     from evilm_core.data.collect import parse_shard
     from evilm_core.retrieval.build import IndexRequest, build_index
@@ -43,7 +50,8 @@ def index(
     req = IndexRequest(checkpoint=str(checkpoint), out=str(out), videos=str(videos) if videos else None,
                        manifest=str(manifest) if manifest else None, root=str(root) if root else None,
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
-                       shard=parse_shard(shard) or (0, 1), part_size=part_size, device=device)
+                       shard=parse_shard(shard) or (0, 1), part_size=part_size, device=device,
+                       precision=precision, threads=threads, ann=ann)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
@@ -83,20 +91,27 @@ def query(
                                     help="The model's checkpoint if it moved (default: the one the index records)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per result: query, rank, key, score."),
     sheet: Path = typer.Option(None, "--contact-sheet", help="Also draw the top-k clips of every query into this PNG."),
+    batch: int = typer.Option(64, "--batch", min=1, help="Queries embedded together, of those that have arrived "
+                              "(none waits for more: each answer streams as soon as it is ready)."),
+    exact: bool = typer.Option(False, "--exact", help="Scan every embedding even when the index has an ANN index."),
+    precision: str = typer.Option("fp32", "--precision", help="auto, fp32 or bf16 autocast of the text side."),
+    threads: int = THREADS_AUTO,
 ):
     """Find the clips that best match text queries.
 
     Prints one line per result, tab-separated: query, rank, key, score (or JSON with --json),
     flushed per query so it streams in a pipeline. Loads only the text side of the model.
 
+    Words the model's vocabulary lacks are named in a warning on stderr (they carry no meaning).
+
     Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red circle moves left on a black background"
     Pipeline: cut -f2 captions.tsv | evilm retrieve query --index runs/synthetic/index --json | jq .key
     """
     from evilm_core.retrieval.query import Searcher
 
-    searcher = Searcher(index_dir, checkpoint)
+    searcher = Searcher(index_dir, checkpoint, precision=precision, exact=exact, threads=threads)
     rows, answered = [], 0
-    for hits in searcher.stream(_queries(queries or []), k):
+    for hits in searcher.stream(_queries(queries or []), k, batch=batch):
         answered += 1
         for hit in hits:
             key = escape_key(hit.key)  # as keys.txt stores it: one field, valid UTF-8

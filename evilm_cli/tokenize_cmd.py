@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, REPLAN, RESUME, run_training
+from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, REPLAN, RESUME, THREADS, run_training
 
 
 def register(app: typer.Typer) -> None:
@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = RESUME,
         replan: bool = REPLAN,
         print_config: bool = PRINT_CONFIG,
+        threads: int = THREADS,
         json_out: bool = JSON_RESULT,
     ):
         """Stage 1: train the semantic VQ video tokenizer.
@@ -30,4 +31,4 @@ def register(app: typer.Typer) -> None:
         """
         from evilm_core.tokenizer.train import train_tokenizer
 
-        run_training("tokenizer", train_tokenizer, recipe, overrides, "replan" if replan else resume, print_config, json_out, expect="tokenizer")
+        run_training("tokenizer", train_tokenizer, recipe, overrides, "replan" if replan else resume, print_config, json_out, expect="tokenizer", threads=threads)

@@ -62,7 +62,8 @@ class TrainConfig:
     epochs: int = 1  # passes over the training manifest
     max_steps: int = 0  # stop after this many optimizer steps (0: epochs decide)
     grad_accum: int = 1  # micro-batches per optimizer step
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast where supported
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # bf16 autocast; auto: bf16 where native (docs/performance.md)
+    threads: int = 0  # torch CPU threads (0: auto, the cores idle at start; docs/performance.md)
     log_every: int = 10  # steps between metrics.jsonl rows
     eval_every: int = 0  # steps between evaluations (0: at the end of each epoch)
     save_every: int = 0  # steps between checkpoints (0: at the end of each epoch)
@@ -72,7 +73,7 @@ class TrainConfig:
 
     def __post_init__(self):
         at_least(self, "train", epochs=0, max_steps=0, grad_accum=1, log_every=1, eval_every=0, save_every=0,
-                 keep_checkpoints=0, max_nonfinite=1)
+                 keep_checkpoints=0, max_nonfinite=1, threads=0)
         if self.epochs == 0 and self.max_steps == 0:
             raise ValueError("train.epochs and train.max_steps are both 0: the run would train nothing")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):

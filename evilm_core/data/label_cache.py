@@ -43,7 +43,7 @@ CANDIDATE_RULE = "segment-centres"
 VARIANTS = ("orig", "hflip")
 # meta fields that must agree between a resumed run and its cache, and between merged shards
 IDENTITY = ("format_version", "tokenizer_sha256", "codebook_size", "image_size", "grid", "num_candidates",
-            "candidate_rule", "variants", "dtype", "num_keys")
+            "candidate_rule", "variants", "dtype", "num_keys", "precision")
 _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
 CHUNK_ROWS = 4096  # rows per chunk when scanning or copying whole arrays
 

@@ -55,11 +55,6 @@ def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast for precision 'bf16', a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model

@@ -17,6 +17,7 @@ from evilm_core.data.record import ClipRecord
 from evilm_core.data.records import RecordTable, write_record_table
 from evilm_core.data.vocab import save_vocab
 from evilm_core.engine.distributed import DistInfo, barrier, init_distributed
+from evilm_core.engine.machine import apply_threads
 from evilm_core.engine.seed import seed_everything
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
@@ -35,6 +36,7 @@ def start_run(recipe: Any) -> RunStart:
     d = recipe.data
     if not d.train:
         raise EvilmError("recipe key data.train is not set: it must name the training manifest or shard directory")
+    apply_threads(recipe.train.threads)
     info = init_distributed(recipe.train.device)
     seed_everything(recipe.seed + info.rank)
     source, run_dir = open_clips(d.train, d.format, d.root), Path(recipe.output.dir)

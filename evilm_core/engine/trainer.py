@@ -34,7 +34,8 @@ from evilm_core.engine.distributed import DistInfo, barrier
 from evilm_core.engine.optim import build_optimizer, lr_at
 from evilm_core.engine.resume import (LAST_CHECKPOINT, check_identity, checkpoint_to_resume, replanned_batch,
                                      run_identity)
-from evilm_core.engine.runtime import MetricsLog, autocast, environment, to_device
+from evilm_core.engine.machine import autocast
+from evilm_core.engine.runtime import MetricsLog, environment, to_device
 from evilm_core.engine.sampler import ResumableSampler
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.evaluation.metrics import require_finite_metrics

@@ -27,7 +27,8 @@ from evilm_core.config.loader import save_yaml
 from evilm_core.config.sections import DataConfig
 from evilm_core.data.dataset import ClipDataset, clip_dataset
 from evilm_core.data.inputs import clip_frames, open_clips
-from evilm_core.engine.runtime import MetricsLog, autocast, eval_batches
+from evilm_core.engine.machine import autocast
+from evilm_core.engine.runtime import MetricsLog, eval_batches
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.metrics import accuracy, require_finite
 from evilm_core.finetune.config import ProbeConfig

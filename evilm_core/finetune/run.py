@@ -25,9 +25,11 @@ from evilm_core.data.inputs import open_clips
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.text import TextTokens
 from evilm_core.data.vocab import build_vocab
-from evilm_core.engine.runtime import autocast, choose_device, environment
+from evilm_core.engine.machine import apply_threads, autocast, resolve_precision
+from evilm_core.engine.runtime import choose_device, environment
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
+from evilm_core.evaluation.rerank import require_matching_head
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import texts_for_vocab
 from evilm_core.finetune.probe import ProbeTask
@@ -89,10 +91,18 @@ def _split_manifest(recipe: FinetuneRecipe, split: str) -> str:
     return manifest
 
 
-def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: str = "test") -> dict:
-    """-> {"task", "metrics"} for the recipe's task on its data.test (or data.val)."""
+def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: str = "test", rerank: int = 0) -> dict:
+    """-> {"task", "metrics"} for the recipe's task on its data.test (or data.val). `rerank` > 0
+    (retrieval only): also re-rank each text's top-`rerank` clips with the VTM head ("rerank_*")."""
+    if rerank and recipe.task != "retrieval":
+        raise EvilmError(f"--rerank applies to retrieval recipes (this recipe's task: {recipe.task})")
+    if rerank < 0:
+        raise EvilmError(f"--rerank must be 0 (off) or a number of clips to re-rank, got {rerank}")
+    apply_threads(recipe.train.threads)
     manifest, task = _split_manifest(recipe, split), TASKS[recipe.task]
     loaded = load_checkpoint(checkpoint)
+    if rerank:
+        require_matching_head(loaded.model, loaded.directory, loaded.config)
     if loaded.task not in (None, task.name):
         log.warning("%s was fine-tuned for %s; evaluating it on %s", loaded.directory, loaded.task, task.name)
     net, device = loaded.model, choose_device(recipe.train.device)
@@ -106,5 +116,7 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
     task.check_records(recipe, records, manifest, train=False)
     tokens = TextTokens(loaded.directory, net.cfg.max_text_len)
     with autocast(recipe.train.precision, device):
-        metrics = task.evaluate_split(recipe, net, records, manifest, tokens, classes, device, loaded.config)
-    return {"task": task.name, "metrics": metrics, "environment": environment(device)}
+        metrics = task.evaluate_split(recipe, net, records, manifest, tokens, classes, device, loaded.config,
+                                      **({"rerank": rerank} if rerank else {}))
+    return {"task": task.name, "metrics": metrics, "precision": resolve_precision(recipe.train.precision, device),
+            "environment": environment(device)}

@@ -37,6 +37,7 @@ from evilm_core.engine.runtime import eval_batches, unwrap
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.metrics import accuracy, require_finite, retrieval_metrics
+from evilm_core.evaluation.rerank import rerank_metrics
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import (CaptionFields, MCFields, QAFields, answer_vocab, check_mc_records,
                                       normalize_answer, require_fields)
@@ -232,8 +233,9 @@ class RetrievalTask(FinetuneTask):
         return loss, _parts(loss, temperature=1.0 / logit_scale_value(scale))
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
-        return evaluate_retrieval(net, records, manifest, recipe.data, tokens, device)
+    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None, rerank=0):
+        """`rerank` > 0: also each text's top-`rerank` clips re-scored by the VTM head (rerank.py)."""
+        return evaluate_retrieval(net, records, manifest, recipe.data, tokens, device, rerank=rerank)
 
 
 def head_classes(loaded, task: str) -> list[str]:
@@ -292,28 +294,39 @@ def evaluate_mc(net: EViLM, dataset, data: DataConfig, device: torch.device) -> 
 
 @torch.no_grad()
 def evaluate_retrieval(net: EViLM, records: list[ClipRecord], manifest: str, data: DataConfig, tokens: TextTokens,
-                       device: torch.device) -> dict[str, float]:
+                       device: torch.device, rerank: int = 0) -> dict[str, float]:
     """Dual-encoder retrieval: each distinct clip embedded once, each caption once, one T x V
     similarity (no pairwise cross scoring). Captions of undecodable clips leave the query set.
-    `manifest`: where the records came from (their videos' root, or the shard set with the frames)."""
+    `manifest`: where the records came from (their videos' root, or the shard set with the frames).
+    `rerank` > 0 adds "rerank_*" metrics: each text's top-`rerank` clips re-scored by the VTM head
+    on the joint pass (evaluation/rerank.py), from the video tokens the embedding pass kept."""
     first = {r.video: r for r in reversed(records)}  # the first record of each video
     videos = list(dict.fromkeys(r.video for r in records))
     counts: dict = {"skipped": 0}
     root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size)
     clips = clip_dataset([ClipRecord(video=v, sample=first[v].sample) for v in videos], root, data.num_frames,
                          data.image_size, frames=frames)
-    video_emb, kept = [], []
+    video_emb, video_tokens, kept = [], [], []
     for batch in eval_batches(clips, data.batch_size, data.num_workers, device, counts):
-        video_emb.append(net.embed_video(batch["pixels"]).float())
+        tokens_v = net.video(batch["pixels"])  # [B, N, D] e^V, encoded once
+        video_emb.append(net._video_embedding(tokens_v).float())
+        if rerank > 0:
+            video_tokens.append(tokens_v.cpu())
         kept += batch["video"]
     column = {v: i for i, v in enumerate(kept)}
     queries = [r for r in records if r.video in column]
     if not queries:
         raise EvilmError("retrieval evaluation: no clip of the split could be decoded")
-    text_emb = []
+    text_emb, text_ids, text_mask = [], [], []
     for start in range(0, len(queries), data.batch_size):
         ids, mask = tokens.batch([r.caption or "" for r in queries[start:start + data.batch_size]])
         text_emb.append(net.embed_text(ids.to(device), mask.to(device)).float())
+        text_ids.append(ids)
+        text_mask.append(mask)
     sim = (torch.cat(text_emb) @ torch.cat(video_emb).T).cpu()  # [T, V]
-    metrics = retrieval_metrics(sim, torch.tensor([column[r.video] for r in queries]))
+    gold = torch.tensor([column[r.video] for r in queries])  # [T]
+    metrics = retrieval_metrics(sim, gold)
+    if rerank > 0:
+        metrics.update(rerank_metrics(net, torch.cat(video_tokens), torch.cat(text_ids), torch.cat(text_mask), sim,
+                                      gold, rerank, data.batch_size, device))
     return {**metrics, "num_examples": len(queries), "num_videos": len(kept), "skipped": counts["skipped"]}

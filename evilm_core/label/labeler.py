@@ -2,8 +2,9 @@
 
 Decoding runs in DataLoader workers (spawned: decord and forked CUDA state do not mix) while
 the tokenizer runs in this process. Each clip's codes depend only on its own frames: the
-tokenizer runs in eval mode, in fp32 with TF32 off, so batch composition, sharding and resuming
-do not change a byte of the cache. Shards (`--shard i/n`) label rows with index % n == i into
+tokenizer runs in eval mode, in fp32 with TF32 off (or bf16 autocast with --precision bf16, which
+the cache records and never mixes), so batch composition, sharding and resuming do not change a
+byte of the cache. Shards (`--shard i/n`) label rows with index % n == i into
 OUT/shard-i-of-n/; `merge_shards` (writer.py) combines them into OUT.
 """
 
@@ -26,6 +27,7 @@ from evilm_core.data.label_cache import CORRUPT, MISSING
 from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import normalize
 from evilm_core.data.video import read_frames, segment_indices
+from evilm_core.engine.machine import apply_threads, autocast, resolve_precision
 from evilm_core.engine.runtime import choose_device, environment, eval_loader
 from evilm_core.errors import EvilmError, VideoDecodeError
 from evilm_core.label.writer import CacheWriter, make_meta, shard_dir_name
@@ -80,16 +82,17 @@ def _worker_init(_: int) -> None:
 
 
 @contextmanager
-def exact_fp32(device: torch.device, num_workers: int):
-    """Full fp32 matmuls/convolutions (no TF32), so codes do not depend on kernel choice. On CPU
-    the tokenizer gets the cores the decoding workers leave (oversubscribed intra-op threads
-    make small models many times slower)."""
+def label_arithmetic(device: torch.device, num_workers: int, precision: str):
+    """fp32: full fp32 matmuls/convolutions (no TF32), so codes do not depend on kernel choice;
+    bf16: autocast (faster where native; some codes differ from fp32, so the cache records it).
+    On CPU the tokenizer gets the cores the decoding workers leave (oversubscribed intra-op
+    threads make small models many times slower)."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_num_threads()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     if device.type == "cpu" and num_workers > 0:
         torch.set_num_threads(max(1, min(saved[2], (os.cpu_count() or 1) - num_workers)))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision, device):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
@@ -126,27 +129,31 @@ def _loader(rows: list[int], paths: list[str] | None, meta: dict, batch_size: in
 def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike, out: str | os.PathLike, *,
                  num_candidates: int = 8, flips: bool = False, batch_size: int = 16, num_workers: int = 2,
                  device: str = "auto", shard: str | tuple[int, int] | None = None, source: dict | None = None,
-                 shards: ShardSet | None = None, progress: Progress | None = None) -> dict:
+                 shards: ShardSet | None = None, precision: str = "fp32", threads: int = 0,
+                 progress: Progress | None = None) -> dict:
     """Label every pending row of this run's share of `keys`; returns the summary
     {out, videos, labelled, skipped, missing, corrupt, newly_labelled, codebook_usage, seconds, ...}."""
     start = time.perf_counter()
     if batch_size < 1 or num_workers < 0:
         raise EvilmError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {num_workers})")
     shard = parse_shard(shard)
+    apply_threads(threads)
     dev = choose_device(device)
+    precision = resolve_precision(precision, dev)
     model, info = load_tokenizer(tokenizer, dev)
     model = model.float().eval()
     if shards is not None:
         _check_shards(shards, num_candidates, info["image_size"])
     out_dir = Path(out) / shard_dir_name(*shard) if shard else Path(out)
-    writer = CacheWriter(out_dir, make_meta(info, num_candidates, flips, len(keys), shard, source), keys)
+    writer = CacheWriter(out_dir, make_meta(info, num_candidates, flips, len(keys), shard, source, precision), keys)
     i, n = shard or (0, 1)
     share = np.arange(i, len(keys), n)
     todo = writer.pending(share)
     log.info("label: %d videos in %s%s, %d to label (%d done before), tokenizer %s on %s", len(share), out_dir,
-             f" (shard {i}/{n} of {len(keys)})" if shard else "", len(todo), len(share) - len(todo), info["dir"], dev)
+             f" (shard {i}/{n} of {len(keys)})" if shard else "", len(todo), len(share) - len(todo), info["dir"],
+             f"{dev}, {precision}")
     done, new_ok, new_skipped, t0 = 0, 0, 0, time.perf_counter()
-    with exact_fp32(dev, num_workers):
+    with label_arithmetic(dev, num_workers, precision):
         for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda", shards):
             codes = None
             if batch["pixels"] is not None:
@@ -167,7 +174,8 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
             "skipped": counts["missing"] + counts["corrupt"], "missing": counts["missing"], "corrupt": counts["corrupt"],
             "pending": counts["pending"], "newly_labelled": new_ok, "codebook_usage": round(usage, 6),
             "seconds": round(time.perf_counter() - start, 3), "videos_per_second": round(done / max(loop_s, 1e-9), 2),
-            "shard": writer.meta["shard"], "total_keys": len(keys), "environment": environment(dev)}
+            "shard": writer.meta["shard"], "total_keys": len(keys), "precision": precision,
+            "environment": environment(dev)}
 
 
 def _check_shards(shards: ShardSet, num_candidates: int, image_size: int) -> None:

@@ -29,7 +29,7 @@ def shard_dir_name(index: int, count: int) -> str:
 
 
 def make_meta(tok_info: dict, num_candidates: int, flips: bool, num_keys: int,
-              shard: tuple[int, int] | None, source: dict | None) -> dict:
+              shard: tuple[int, int] | None, source: dict | None, precision: str = "fp32") -> dict:
     """The meta.json record of a new cache."""
     if tok_info["codebook_size"] > np.iinfo(np.uint16).max + 1:
         raise EvilmError(f"codebook size {tok_info['codebook_size']} does not fit the cache's uint16 codes")
@@ -42,6 +42,7 @@ def make_meta(tok_info: dict, num_candidates: int, flips: bool, num_keys: int,
         "num_candidates": int(num_candidates), "candidate_rule": CANDIDATE_RULE,
         "variants": list(VARIANTS[: 2 if flips else 1]), "dtype": "uint16", "num_keys": int(num_keys),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        "precision": precision,  # fp32 | bf16: the tokenizer's arithmetic (bf16 changes some codes)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source or {},
     }
 
@@ -115,10 +116,13 @@ class CacheWriter:
 
     def _check_resume(self, meta: dict, keys: list[str]) -> None:
         old = read_meta(self.dir)
+        old.setdefault("precision", "fp32")  # caches from before the precision switch were all fp32
         diffs = mismatch(old, meta, IDENTITY + ("shard",))
         if diffs:
             raise EvilmError(f"{self.dir} holds a label cache made with different settings ("
-                             + "; ".join(diffs) + "); use another --out or delete it to start over")
+                             + "; ".join(diffs) + "); use another --out or delete it to start over"
+                             + (f", or label with --precision {old['precision']} as it was made (codes of two "
+                                "precisions are not mixed in one cache)" if old["precision"] != meta["precision"] else ""))
         old_keys = read_keys(self.dir)
         if old_keys != keys:
             raise EvilmError(f"{self.dir} holds a label cache of different videos ({key_difference(old_keys, keys)}); "
@@ -208,7 +212,7 @@ def merge_shards(out: str | os.PathLike, progress=None) -> dict:
     start = time.perf_counter()
     out = Path(out)
     n, dirs = _shard_dirs(out)
-    metas = [read_meta(d) for d in dirs]
+    metas = [{"precision": "fp32", **read_meta(d)} for d in dirs]  # no precision: made before the switch, fp32
     keys = read_keys(dirs[0])
     for i in range(1, n):
         diffs = mismatch(metas[0], metas[i], IDENTITY, f"shard 0/{n}", f"shard {i}/{n}")

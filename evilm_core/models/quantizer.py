@@ -58,9 +58,12 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
-        """Nearest code index for unit vectors z [..., D] -> [...] long."""
-        flat = z.reshape(-1, self.dim).to(self.codebook.dtype)
-        return (flat @ self.normalized_codebook().T).argmax(dim=1).view(z.shape[:-1])
+        """Nearest code index for unit vectors z [..., D] -> [...] long. Always in fp32, even under
+        bf16 autocast: bf16 keeps ~3 significant digits, which ties near codes (measured: half the
+        codes of a bf16 lookup differed from fp32; docs/performance.md, "Precision")."""
+        flat = z.reshape(-1, self.dim).float()
+        with torch.autocast(flat.device.type, enabled=False):
+            return (flat @ self.normalized_codebook().float().T).argmax(dim=1).view(z.shape[:-1])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """z [..., D] (any scale) -> (straight-through quantised [..., D], codes [...], vq losses).

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ContextManager
 
+from evilm_core.engine.machine import apply_threads
 from evilm_core.engine.runtime import environment
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.fs import atomic_write_text
@@ -33,12 +34,12 @@ StageProgress = Callable[[str], ContextManager[Callable]]
 
 
 class Quickstart:
-    def __init__(self, out: str | Path, size: str = "default", seed: int = 0,
+    def __init__(self, out: str | Path, size: str = "default", seed: int = 0, threads: int = 0,
                  stage_progress: StageProgress | None = None):
         if size not in SIZES:
             raise EvilmError(f"--size {size!r} is not a quickstart size; choose one of {', '.join(SIZES)}")
         self.out, self.size, self.seed = Path(out).absolute(), SIZES[size], seed
-        self.size_name = size
+        self.size_name, self.threads = size, threads
         self.stage_progress = stage_progress or (lambda name: nullcontext(None))
         self.results: dict[str, dict] = {}
 
@@ -167,6 +168,7 @@ class Quickstart:
     def run(self) -> dict:
         start = time.perf_counter()
         self._check_settings()
+        apply_threads(self.threads)  # decided once: every stage (recipes say threads 0: auto) keeps it
         self.environment = environment()  # versions and threads the numbers depend on
         atomic_write_text(self.out / "environment.json", json.dumps(self.environment, indent=2) + "\n", fsync=False)
         for stage in STAGES:

@@ -5,6 +5,8 @@ Layout of an index directory:
     index.yaml                  {format, model_hash, checkpoint, embed_dim, num_frames, image_size, root, count}
     embeddings.safetensors      "embeddings" [N, E] float32, l2-normalised, row i = line i of keys.txt
     keys.txt                    one key per line: the manifest's `video` path, or the path under --videos
+    keys.offsets                int64 byte offset of each line (keys are read without loading them all)
+    ann.faiss, ann.json         optional approximate index over the rows (`--ann`, evilm_core/retrieval/ann.py)
     parts/                      batches written while indexing (resumable), folded in when complete
     skipped.tsv                 key, reason, detail of every video that could not be decoded
 
@@ -43,10 +45,13 @@ from evilm_core.config.loader import save_yaml
 from evilm_core.errors import EvilmError
 from evilm_core.fs import (atomic_path, atomic_write_text, disk_errors, escape_key, process_lock, read_text,
                            readable_mode, unescape_key)
+from evilm_core.retrieval.keys import KeyList, Keys, read_keys, write_keys
 
 log = logging.getLogger("evilm.retrieve")
 FORMAT = "evilm-index/1"
 META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors", "keys.txt", "parts", "skipped.tsv"
+ANN_META = "ann.json"  # present when an approximate index was built (evilm_core/retrieval/ann.py)
+KEY_OFFSETS = "keys.offsets"  # byte offset of every line of keys.txt (evilm_core/retrieval/keys.py)
 JOURNAL, LOCK, NEXT = "consolidate.journal", ".consolidate.lock", ".next"  # NEXT: suffix of the files being folded in
 
 
@@ -60,6 +65,7 @@ class IndexMeta:
     image_size: int  # frames are resized to image_size x image_size
     root: str  # where relative keys resolve (for contact sheets)
     count: int = 0  # consolidated rows
+    precision: str = "fp32"  # fp32 | bf16: the arithmetic of the video side (an index never mixes them)
 
 
 def read_meta(directory: str | Path) -> IndexMeta:
@@ -90,14 +96,6 @@ def write_meta(directory: Path, meta: IndexMeta) -> None:
     save_yaml(asdict(meta), directory / META)
 
 
-def _read_keys(path: Path) -> list[str]:
-    return [unescape_key(k) for k in read_text(path, "key list").split("\n")[:-1]] if path.is_file() else []
-
-
-def _write_keys(path: Path, keys: list[str]) -> None:
-    atomic_write_text(path, (escape_key(k) + "\n" for k in keys), fsync=True)
-
-
 def _load_embeddings(path: Path) -> torch.Tensor:
     try:
         return load_file(str(path))["embeddings"]
@@ -113,9 +111,9 @@ def _part_files(directory: Path) -> list[Path]:
 
 def indexed_keys(directory: Path) -> set[str]:
     """Every key already embedded: consolidated rows and finished parts."""
-    done = set(_read_keys(directory / KEYS))
+    done = set(read_keys(directory / KEYS))
     for part in _part_files(directory):
-        done.update(_read_keys(part.with_suffix(".keys")))
+        done.update(read_keys(part.with_suffix(".keys")))
     return done
 
 
@@ -124,7 +122,7 @@ def write_part(directory: Path, name: str, keys: list[str], embeddings: torch.Te
     once its .safetensors exists, and then its .keys is complete)."""
     parts = directory / PARTS
     parts.mkdir(exist_ok=True)
-    _write_keys(parts / f"{name}.keys", keys)
+    write_keys(parts / f"{name}.keys", keys)
     with atomic_path(parts / f"{name}.safetensors") as tmp:  # a full disk: atomic_path names it
         save_file({"embeddings": embeddings.float().contiguous().cpu()}, str(tmp))
 
@@ -153,18 +151,18 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         parts = _part_files(directory)
         if not parts:
             return True
-        keys, chunks = _read_keys(directory / KEYS), []
+        keys, chunks = read_keys(directory / KEYS), []
         if keys:
             chunks.append(_load_embeddings(directory / EMBEDDINGS))
         for part in parts:
-            keys += _read_keys(part.with_suffix(".keys"))
+            keys += read_keys(part.with_suffix(".keys"))
             chunks.append(_load_embeddings(part))
         rows = torch.cat(chunks).contiguous()
         try:
             with disk_errors(directory / EMBEDDINGS, needed=rows.numel() * 4):  # the old files stay until the journal
                 save_file({"embeddings": rows}, str(directory / (EMBEDDINGS + NEXT)))
                 readable_mode(directory / (EMBEDDINGS + NEXT))  # safetensors writes 0600
-                _write_keys(directory / (KEYS + NEXT), keys)
+                write_keys(directory / KEYS, keys, offsets=True, tmp_suffix=NEXT)
                 _fsync(directory / (EMBEDDINGS + NEXT))
                 journal = {"count": len(keys), "parts": [p.name for p in parts]}
                 atomic_write_text(directory / JOURNAL, json.dumps(journal) + "\n")  # the commit point
@@ -182,11 +180,11 @@ def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
     a kill in here is finished by the next call. The caller holds the lock."""
     path = directory / JOURNAL
     if not path.is_file():
-        for name in (EMBEDDINGS, KEYS):
+        for name in (EMBEDDINGS, KEYS, KEY_OFFSETS):
             (directory / (name + NEXT)).unlink(missing_ok=True)
         return
     journal = json.loads(read_text(path, "consolidation journal"))
-    for name in (EMBEDDINGS, KEYS):
+    for name in (EMBEDDINGS, KEYS, KEY_OFFSETS):
         if (directory / (name + NEXT)).exists():
             os.replace(directory / (name + NEXT), directory / name)
     meta = meta or read_meta(directory)
@@ -245,18 +243,19 @@ class IndexView:
         self.directory = Path(directory)
         self.meta = read_meta(self.directory)
         recover(self.directory)
-        self.keys: list[str] = _read_keys(self.directory / KEYS)
+        consolidated, pending = KeyList(self.directory / KEYS), []
         blocks: list[np.ndarray] = []
-        if self.keys:
+        if len(consolidated):
             mapped = _mapped_tensor(self.directory / EMBEDDINGS, "embeddings")
-            if mapped.shape[0] != len(self.keys):
+            if mapped.shape[0] != len(consolidated):
                 raise EvilmError(f"{self.directory}: {EMBEDDINGS} has {mapped.shape[0]} rows but {KEYS} lists "
-                                 f"{len(self.keys)} keys; the index is damaged, rebuild it")
+                                 f"{len(consolidated)} keys; the index is damaged, rebuild it")
             blocks.append(mapped)
         for part in _part_files(self.directory):
-            self.keys += _read_keys(part.with_suffix(".keys"))
+            pending += read_keys(part.with_suffix(".keys"))
             blocks.append(_load_embeddings(part).numpy())
-        if not self.keys:
+        self.keys = Keys(consolidated, pending)
+        if not len(self.keys):
             raise EvilmError(f"{self.directory} holds no embedded videos yet (every video skipped, or indexing "
                              "has not finished a batch)")
         self.blocks = blocks

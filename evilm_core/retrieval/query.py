@@ -2,24 +2,28 @@
 
 A query needs the text encoder, the fusion decoder (the text-only pass [CLS, e^L + t^L]) and
 the text retrieval projection; the video encoder and every head stay on disk (safetensors reads
-tensors by name). The checkpoint is the one the index records unless another is given, and its
-weights must hash to the index's `model_hash`: embeddings of two models are not comparable.
+tensors by name), or the text tower of an export runs in onnxruntime. The checkpoint is the one
+the index records unless another is given, and its weights must hash to the index's
+`model_hash`: embeddings of two models are not comparable. Queries are embedded in batches of
+what has arrived (docs/performance.md, "Queries").
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
-from evilm_core import checkpoint as ckpt
 from evilm_core.data.text import TextTokens
+from evilm_core.engine.machine import apply_threads, autocast, resolve_precision
 from evilm_core.errors import EvilmError
-from evilm_core.models.loading import load_text_side, resolve_checkpoint
 from evilm_core.retrieval.index import IndexView
+from evilm_core.retrieval.sides import open_ann, open_text_side
 
 log = logging.getLogger("evilm.retrieve")
 
@@ -33,42 +37,82 @@ class Hit:
 
 
 class Searcher:
-    """An index plus the text side of the model that built it."""
+    """An index plus the text side of the model that built it (a checkpoint's PyTorch text side,
+    or the text tower of an `evilm export` directory run by onnxruntime), and its ANN index when
+    one was built (`--ann`) unless `exact`."""
 
-    def __init__(self, index: str | Path, checkpoint: str | Path | None = None):
+    def __init__(self, index: str | Path, checkpoint: str | Path | None = None, precision: str = "fp32",
+                 exact: bool = False, threads: int = 0):
+        apply_threads(threads)
         self.index = IndexView(index)
         meta = self.index.meta
-        source = checkpoint if checkpoint is not None else meta.checkpoint
-        try:
-            directory = resolve_checkpoint(source)
-        except EvilmError as err:
-            hint = "" if checkpoint is not None else " (the checkpoint the index records; pass --checkpoint if it moved)"
-            raise EvilmError(f"{err}{hint}") from None
-        digest = ckpt.file_sha256(directory / ckpt.WEIGHTS)
-        if digest != meta.model_hash:
+        self.text = open_text_side(checkpoint if checkpoint is not None else meta.checkpoint,
+                                   given=checkpoint is not None)
+        if self.text.model_hash != meta.model_hash:
             raise EvilmError(f"index {self.index.directory} was built by another model: its embeddings come from "
-                             f"weights with sha256 {meta.model_hash[:12]} ({meta.checkpoint}), but {directory} has "
-                             f"{digest[:12]}; query with the checkpoint that built the index, or rebuild the index")
-        self.model, self.directory = load_text_side(directory)
-        if self.model.cfg.embed_dim != meta.embed_dim:
+                             f"weights with sha256 {meta.model_hash[:12]} ({meta.checkpoint}), but {self.text.directory} "
+                             f"has {self.text.model_hash[:12]}; query with the checkpoint (or its export) that built "
+                             "the index, or rebuild the index")
+        if self.text.embed_dim != meta.embed_dim:
             raise EvilmError(f"index {self.index.directory} has {meta.embed_dim}-d embeddings but the model gives "
-                             f"{self.model.cfg.embed_dim}-d")
-        self.tokens = TextTokens(directory, self.model.cfg.max_text_len)
+                             f"{self.text.embed_dim}-d")
+        self.precision = resolve_precision(precision, "cpu") if self.text.kind == "torch" else "fp32"
+        self.tokens = TextTokens(self.text.directory, self.text.max_text_len)
+        self.ann = None if exact else open_ann(self.index)
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        ids, mask = self.tokens.batch(texts)
-        return self.model.embed_text(ids, mask).float()
+        ids, mask = self.tokens.batch(texts)  # [Q, L]
+        with autocast(self.precision, torch.device("cpu")):
+            return self.text.embed_text(ids, mask).float()  # [Q, E]
 
     def search(self, texts: list[str], k: int) -> list[list[Hit]]:
-        scores, rows = self.index.search(self.embed(texts), k)
-        return [[Hit(q, r + 1, self.index.keys[int(i)], float(s)) for r, (s, i) in enumerate(zip(srow, irow))]
+        for text in texts:
+            unknown = self.tokens.unknown_words(text)
+            if unknown:
+                log.warning("query %r: %s not in the model's vocabulary (%d words); searched without %s",
+                            text, ", ".join(repr(w) for w in unknown), self.tokens.vocab_size,
+                            "it" if len(unknown) == 1 else "them")
+        queries = self.embed(texts)
+        if self.ann is not None:
+            scores, rows = self.ann.search(queries.numpy(), min(k, len(self.index)))
+            scores, rows = torch.from_numpy(scores), torch.from_numpy(rows)
+        else:
+            scores, rows = self.index.search(queries, k)
+        keys = self.index.keys
+        return [[Hit(q, r + 1, keys[int(i)], float(s)) for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
                 for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]
 
-    def stream(self, queries: Iterable[str], k: int) -> Iterator[list[Hit]]:
-        """One query at a time, so results of each line of a pipe appear as it arrives."""
+    def stream(self, queries: Iterable[str], k: int, batch: int = 64) -> Iterator[list[Hit]]:
+        """Results per query, in input order, as soon as they are ready: the queries that have
+        arrived (up to `batch`) are embedded and searched together, and none waits for more to
+        come (the first line of a pipe is answered at once). A reader thread drains `queries`."""
+        arrived: queue.Queue = queue.Queue()
+        threading.Thread(target=_drain, args=(iter(queries), arrived), daemon=True).start()
+        finished = False
+        while not finished:
+            items = [arrived.get()]
+            while len(items) < batch:
+                try:
+                    items.append(arrived.get_nowait())
+                except queue.Empty:
+                    break
+            texts = [value for kind, value in items if kind == "text"]
+            if texts:
+                yield from self.search(texts, k)
+            for kind, value in items:
+                if kind == "error":
+                    raise value
+                finished = finished or kind == "end"
+
+
+def _drain(queries: Iterator[str], arrived: queue.Queue) -> None:
+    try:
         for text in queries:
-            yield self.search([text], k)[0]
+            arrived.put(("text", text))
+    except BaseException as err:  # raised again in the consumer, after the queries before it
+        arrived.put(("error", err))
+    arrived.put(("end", None))
 
 
 def check_query(text: str, where: str) -> str:

@@ -103,7 +103,7 @@ def test_finetune_from_pretrained_then_evaluate(task, evilm, pretrained, synth_d
         assert (out / "features" / "train.safetensors").is_file() and (final / "labels.txt").is_file()
 
     evaluation = evilm("evaluate", recipe(task), "--checkpoint", out, *data_sets(task, synth_dir), "--json")
-    assert set(evaluation) == {"task", "metrics", "environment"} and evaluation["task"] == task
+    assert set(evaluation) == {"task", "metrics", "precision", "environment"} and evaluation["task"] == task
     assert evaluation["environment"]["torch_threads"] == 1 and evaluation["environment"]["versions"]["torch"]
     assert set(evaluation["metrics"]) == EXPECTED[task]
     assert evaluation["metrics"]["num_examples"] == 8 and evaluation["metrics"]["skipped"] == 0

@@ -36,13 +36,12 @@ def test_vocab_round_trip_and_bert_tokenizer(tmp_path):
     vocab = build_vocab(CAPTIONS)
     save_vocab(vocab, tmp_path)
     assert read_vocab(tmp_path) == vocab
-    tok = load_bert_tokenizer(tmp_path)
-    assert len(tok) == len(vocab)
-    enc = tok("A red circle zebra")
-    ids = enc["input_ids"]
+    tok = load_bert_tokenizer(tmp_path, max_len=6)
+    assert tok.get_vocab_size() == len(vocab)
+    ids = tok.encode("A red circle zebra").ids
     assert ids[0] == vocab.index("[CLS]") and ids[-1] == vocab.index("[SEP]")
     assert ids[1:-1] == [vocab.index("a"), vocab.index("red"), vocab.index("circle"), vocab.index("[UNK]")]
-    assert tok.mask_token_id == vocab.index("[MASK]") and tok.pad_token_id == 0
+    assert tok.token_to_id("[MASK]") == vocab.index("[MASK]") and tok.token_to_id("[PAD]") == 0
 
 
 def test_read_vocab_errors(tmp_path):

@@ -12,12 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_evilm(*args: str, cwd: Path | str | None = None, check: bool = True, timeout: int = 600,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+              env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     """Run the installed `evilm` console script (falls back to `python -m evilm_cli.main`)."""
     exe = Path(sys.executable).with_name("evilm")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "evilm_cli.main"]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = subprocess.run([*cmd, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"evilm {' '.join(map(str, args))} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}")

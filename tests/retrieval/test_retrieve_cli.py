@@ -40,7 +40,7 @@ def model(synth_dir, tmp_path_factory) -> Path:
 def index(model, synth_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ret_index") / "index"
     run_evilm("retrieve", "index", "--checkpoint", model, "--manifest", synth_dir / "test.jsonl", "--out", out,
-              "--workers", "0", "--batch-size", "3", "--part-size", "4", "--json")
+              "--workers", "0", "--batch-size", "3", "--part-size", "4", "--precision", "fp32", "--json")
     return out
 
 
@@ -104,7 +104,8 @@ def test_query_tsv_from_arguments_and_contact_sheet(index, tmp_path):
 
 def test_sharded_and_extended_index_equal_one_run(model, synth_dir, index, tmp_path):
     out = tmp_path / "sharded"
-    common = ["--checkpoint", model, "--manifest", synth_dir / "test.jsonl", "--out", out, "--workers", "0"]
+    common = ["--checkpoint", model, "--manifest", synth_dir / "test.jsonl", "--out", out, "--workers", "0",
+              "--precision", "fp32"]
     first = json.loads(run_evilm("retrieve", "index", *common, "--shard", "0/2", "--json").stdout.splitlines()[-1])
     assert first["complete"] is False and first["embedded"] == 4
     second = json.loads(run_evilm("retrieve", "index", *common, "--shard", "1/2", "--json").stdout.splitlines()[-1])

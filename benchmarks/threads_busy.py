@@ -1,0 +1,84 @@
+"""The thread policy on an idle and on a busy machine: the quickstart's pre-training steps.
+
+    python benchmarks/threads_busy.py --quickstart quickstart --steps 24 --busy 2
+
+Runs `evilm pretrain` of the quickstart's own recipe for a fixed number of steps (fresh output
+directory each time) with the policy (`--threads 0`: auto) and without it (`--threads N` = torch's
+default, one per core: what torch does when nothing sets it), interleaved A, B, A, B; first on the
+idle machine, then with `--busy` CPU-bound processes running (a lab server shared with other
+jobs). Reports wall seconds per run, medians, the thread count auto chose, and the final loss
+(the same recipe, so the losses show what the thread count changes in the numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXE = str(Path(sys.executable).with_name("evilm"))
+BUSY = "while True: pass"
+
+
+def run(recipe: Path, steps: int, threads: int, out: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    t = time.perf_counter()
+    proc = subprocess.run([EXE, "pretrain", str(recipe), "--set", f"train.max_steps={steps}", "--set",
+                           f"output.dir={out}", "--set", "train.eval_every=0", "--threads", str(threads), "--json"],
+                          capture_output=True, text=True, env=env, check=True)
+    wall = time.perf_counter() - t
+    chosen = next((line.split("torch threads: ")[1].split(" ")[0] for line in proc.stderr.splitlines()
+                   if "torch threads: " in line), "?")
+    result = json.loads(proc.stdout.splitlines()[-1])
+    return {"threads_flag": threads, "threads_used": chosen, "seconds": round(wall, 1),
+            "loss": result["metrics"].get("loss")}
+
+
+def rounds(recipe: Path, steps: int, default: int, work: Path, tag: str, repeats: int) -> list[dict]:
+    rows = []
+    for r in range(repeats):
+        for threads in (0, default):
+            row = run(recipe, steps, threads, work / f"{tag}-{threads}-{r}")
+            rows.append({**row, "machine": tag})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quickstart", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--busy", type=int, default=2, help="CPU-bound processes for the busy case.")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    import torch
+
+    default = torch.get_num_threads()
+    recipe, work = args.quickstart / "recipes" / "pretrain.yaml", Path(tempfile.mkdtemp(prefix="evilm-threads-"))
+    rows = rounds(recipe, args.steps, default, work, "idle", args.repeats)
+    hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
+    try:
+        time.sleep(2)
+        rows += rounds(recipe, args.steps, default, work, f"busy ({args.busy} CPU-bound processes)", args.repeats)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    summary = {}
+    for machine in dict.fromkeys(r["machine"] for r in rows):
+        for threads in (0, default):
+            times = [r["seconds"] for r in rows if r["machine"] == machine and r["threads_flag"] == threads]
+            summary[f"{machine}, {'auto' if threads == 0 else f'{threads} threads'}"] = statistics.median(times)
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps({"rows": rows, "median_seconds": summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The two towers retrieval runs, from either source: a checkpoint (PyTorch, the video or the
+text side only) or an `evilm export` directory (onnxruntime or torch.export programs). Both
+give the same `model_hash` (the sha256 of the checkpoint's weights), so an index built from
+one is queried from the other. Also the ANN index of an index directory, when it has one."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from evilm_core import checkpoint as ckpt
+from evilm_core.errors import EvilmError
+
+log = logging.getLogger("evilm.retrieve")
+EXPORT_META = "export.json"  # what marks an `evilm export` directory (evilm_core/export/towers.py)
+
+
+@dataclass
+class Tower:
+    kind: str  # "torch" (a checkpoint) | "export" (an evilm export directory)
+    directory: Path  # the checkpoint or export directory (its vocab.txt tokenizes the queries)
+    model_hash: str  # sha256 of the checkpoint's model.safetensors
+    embed_dim: int  # E
+    image_size: int  # frames are resized to image_size x image_size
+    max_text_len: int  # tokens per query
+    max_frames: int  # the most frames the video side takes
+    embed: Callable[..., torch.Tensor]  # pixels -> [B, E], or (ids, mask) -> [B, E]
+    model: torch.nn.Module | None = None  # the PyTorch module (None for an export)
+    fixed_frames: int | None = None  # an export takes exactly this many frames
+
+    def embed_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids, mask)
+
+    def embed_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed(pixels)
+
+    def to(self, device: torch.device) -> Tower:
+        if self.model is not None:
+            self.model.to(device).eval()
+        elif device.type != "cpu":
+            raise EvilmError(f"{self.directory} is an export run by onnxruntime on the CPU; use --device cpu, or "
+                             "index with the checkpoint itself to use the GPU")
+        return self
+
+
+def _export(source: str | Path, side: str) -> Tower | None:
+    if not (Path(source) / EXPORT_META).is_file():
+        return None
+    from evilm_core.export.runtime import ExportedTowers
+
+    towers = ExportedTowers.open(source)
+    embed = towers.embed_video if side == "video" else towers.embed_text
+    return Tower("export", Path(source), towers.model_hash, towers.embed_dim, towers.image_size, towers.max_text_len,
+                 towers.num_frames, embed, fixed_frames=towers.num_frames)
+
+
+def open_text_side(source: str | Path, given: bool = True) -> Tower:
+    """The text tower of a checkpoint (its text side only) or of an export directory."""
+    from evilm_core.models.loading import load_text_side, resolve_checkpoint
+
+    exported = _export(source, "text")
+    if exported is not None:
+        return exported
+    try:
+        directory = resolve_checkpoint(source)
+    except EvilmError as err:
+        hint = "" if given else " (the checkpoint the index records; pass --checkpoint if it moved)"
+        raise EvilmError(f"{err}{hint}") from None
+    model, directory = load_text_side(directory)
+    cfg = model.cfg
+    return Tower("torch", directory, ckpt.file_sha256(directory / ckpt.WEIGHTS), cfg.embed_dim, cfg.image_size,
+                 cfg.max_text_len, cfg.max_frames, model.embed_text, model=model)
+
+
+def open_video_side(source: str | Path) -> Tower:
+    """The video tower of a checkpoint (the whole model is loaded) or of an export directory."""
+    from evilm_core.models.loading import load_checkpoint, resolve_checkpoint
+
+    exported = _export(source, "video")
+    if exported is not None:
+        return exported
+    directory = resolve_checkpoint(source)
+    model = load_checkpoint(directory).model
+    cfg = model.cfg
+    return Tower("torch", directory, ckpt.file_sha256(directory / ckpt.WEIGHTS), cfg.embed_dim, cfg.image_size,
+                 cfg.max_text_len, cfg.max_frames, model.embed_video, model=model)
+
+
+def open_ann(index):
+    """The ANN index of an IndexView, or None (none built, or it no longer covers every row)."""
+    if not (index.directory / "ann.json").is_file():
+        return None
+    from evilm_core.retrieval.ann import AnnIndex
+
+    ann = AnnIndex.open(index.directory, threads=torch.get_num_threads())  # FAISS gets torch's share of the cores
+    if ann is None:
+        return None
+    if ann.count != len(index):
+        log.warning("index %s: its %s index covers %d of %d videos (videos were added after it was built); "
+                    "searching exactly. Run `evilm retrieve index` on it again to rebuild the ANN index",
+                    index.directory, ann.kind, ann.count, len(index))
+        return None
+    return ann

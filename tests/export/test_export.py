@@ -1,0 +1,155 @@
+"""`evilm export` as a user runs it (console script, files on disk) and ExportedTowers as a
+server uses it: the exported towers must give PyTorch's embeddings for any batch size, and the
+export must record the checkpoint's model_hash so retrieval indexes stay interchangeable.
+
+Both exports run at once in two subprocesses (each is one thread; the ONNX one dominates)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evilm_core import checkpoint as ckpt
+from evilm_core.errors import EvilmError
+from evilm_core.export import towers as towers_mod
+from evilm_core.export.runtime import ExportedTowers, is_export_dir
+from evilm_core.export.towers import example_inputs, export_towers
+from evilm_core.models.config import EViLMConfig
+from evilm_core.models.evilm import EViLM
+from evilm_core.models.loading import export_model, load_checkpoint
+from evilm_core.models.tokenizer import EXPORT_FORMAT as TOKENIZER_FORMAT
+from tests.helpers.cli import last_json
+from tests.helpers.models import VOCAB
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A random quickstart-tiny E-ViLM written as a pre-trained final/."""
+    torch.manual_seed(0)
+    net = EViLM(EViLMConfig.sized("quickstart-tiny", vocab_size=len(VOCAB)))
+    return export_model(net, tmp_path_factory.mktemp("export") / "final", VOCAB)
+
+
+def _evilm(*args: str) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("evilm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "evilm_cli.main"]
+    return subprocess.Popen(cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def exports(model, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """{"onnx" | "torch": (export dir, the --json summary)}, made by `evilm export` in parallel."""
+    base = tmp_path_factory.mktemp("exports")
+    kinds = ["torch"] + (["onnx"] if _has_onnxruntime() else [])
+    procs = {k: _evilm("export", str(model), "--out", str(base / k), "--format", k, "--json") for k in kinds}
+    done = {}
+    for kind, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"evilm export --format {kind} exited {proc.returncode}:\n{err}"
+        assert f"exported {kind} towers of" in err
+        done[kind] = (base / kind, last_json(out))
+    return done
+
+
+def _has_onnxruntime() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _export(exports, kind: str) -> tuple[Path, dict]:
+    if kind == "onnx":
+        pytest.importorskip("onnxruntime")
+    return exports[kind]
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_export_directory_and_metadata(exports, model, kind):
+    out, summary = _export(exports, kind)
+    meta = json.loads((out / "export.json").read_text())
+    files = {"onnx": ["text.onnx", "video.onnx"], "torch": ["text.pt2", "video.pt2"]}[kind]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files + ["export.json", "vocab.txt"])
+    assert meta["format"] == "evilm-export/1" and meta["format_kind"] == kind
+    assert meta["model_hash"] == ckpt.file_sha256(model / ckpt.WEIGHTS) == summary["model_hash"]
+    assert meta["checkpoint"] == str(model.absolute())
+    assert (meta["num_frames"], meta["image_size"], meta["max_text_len"], meta["embed_dim"]) == (4, 64, 24, 128)
+    assert meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]
+    assert meta["inputs"]["video"][0]["shape"] == ["batch", 4, 3, 64, 64]
+    assert [i["name"] for i in meta["inputs"]["text"]] == ["input_ids", "attention_mask"]
+    assert meta["model"]["vocab_size"] == len(VOCAB) and meta["torch_version"] == torch.__version__
+    assert meta["check"]["video_max_abs_diff"] <= 1e-4 and meta["check"]["text_max_abs_diff"] <= 1e-4
+    assert (out / "vocab.txt").read_text() == (model / "vocab.txt").read_text()
+    assert is_export_dir(out) and not is_export_dir(model)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_exported_towers_match_pytorch_for_any_batch(exports, model, kind):
+    out, _ = _export(exports, kind)
+    net = load_checkpoint(model).model.eval()
+    towers = ExportedTowers.open(out)
+    assert (towers.model_hash, towers.num_frames, towers.embed_dim) == (ckpt.file_sha256(model / ckpt.WEIGHTS),
+                                                                        4, 128)
+    for batch in (1, 3):
+        inputs = example_inputs(net, 4, batch, seed=batch)
+        with torch.inference_mode():
+            want_t, want_v = net.embed_text(*inputs["text"]), net.embed_video(*inputs["video"])
+        got_t = towers.embed_text(*inputs["text"])
+        assert towers.loaded == ["text"] or batch > 1  # a query process never loads the video tower
+        got_v = towers.embed_video(*inputs["video"])
+        assert got_t.dtype == got_v.dtype == torch.float32
+        assert got_t.shape == got_v.shape == (batch, 128)
+        assert (got_t - want_t).abs().max() <= 1e-4 and (got_v - want_v).abs().max() <= 1e-4
+    with pytest.raises(EvilmError, match=r"takes pixels \[B, 4, 3, 64, 64\]"):
+        towers.embed_video(torch.zeros(1, 2, 3, 64, 64))
+
+
+def test_a_tokenizer_checkpoint_is_refused(tmp_path):
+    tok = ckpt.write_checkpoint(tmp_path / "tok" / "final", {"w": torch.zeros(1)},
+                                {"format": TOKENIZER_FORMAT, "model": {}}, VOCAB)
+    for path in (tok, tok.parent):  # the checkpoint itself and its run directory
+        with pytest.raises(EvilmError, match="is a tokenizer checkpoint; export an E-ViLM checkpoint"):
+            export_towers(path, tmp_path / "out", fmt="torch")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_directory_that_is_not_a_checkpoint_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(EvilmError, match="is not a checkpoint: expected model.safetensors"):
+        export_towers(tmp_path, tmp_path / "out", fmt="torch")
+    with pytest.raises(EvilmError, match="does not exist"):
+        export_towers(tmp_path / "nope", tmp_path / "out", fmt="torch")
+
+
+def test_a_non_empty_out_that_is_not_an_export_is_refused(model, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(EvilmError, match="exists and is not an evilm export"):
+        export_towers(model, tmp_path / "out", fmt="torch")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    with pytest.raises(EvilmError, match="--format 'tflite'"):
+        export_towers(model, tmp_path / "other", fmt="tflite")
+
+
+def test_missing_onnx_packages_name_the_extra(model, tmp_path, monkeypatch):
+    real = towers_mod.importlib.util.find_spec
+    monkeypatch.setattr(towers_mod.importlib.util, "find_spec", lambda n, *a: None if n == "onnxscript" else real(n))
+    with pytest.raises(EvilmError, match=r"needs the onnx extra: pip install 'evilm\[onnx\]' \(missing: onnxscript"):
+        export_towers(model, tmp_path / "out", fmt="onnx")
+
+
+def test_open_refuses_what_is_not_an_export(model, tmp_path):
+    with pytest.raises(EvilmError, match=r"is not an evilm export \(no export.json\); make one with `evilm export"):
+        ExportedTowers.open(model)
+    (tmp_path / "export.json").write_text(json.dumps({"format": "evilm-index/1"}))
+    with pytest.raises(EvilmError, match="format is 'evilm-index/1', expected 'evilm-export/1'"):
+        ExportedTowers.open(tmp_path)
+    (tmp_path / "export.json").write_text("{not json")
+    with pytest.raises(EvilmError, match="not readable JSON"):
+        ExportedTowers.open(tmp_path)
+    assert not is_export_dir(tmp_path) and not is_export_dir(tmp_path / "nope")

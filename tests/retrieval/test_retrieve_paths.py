@@ -1,0 +1,116 @@
+"""The other ways through `evilm retrieve`: from an `evilm export` directory (onnxruntime), in
+bf16, with an ANN index, and the warnings and errors that go with them. Console script, files
+on disk, the tiny random model of test_retrieve_cli.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evilm_core.data.manifest import read_manifest
+from tests.helpers.cli import last_json, run_evilm
+from tests.retrieval.test_retrieve_cli import write_model
+
+
+@pytest.fixture(scope="module")
+def setup(synth_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("paths")
+    model = write_model(base / "model", synth_dir, seed=0)
+    common = ["--manifest", synth_dir / "test.jsonl", "--workers", "0", "--json"]
+    run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "torch", "--precision", "fp32", *common)
+    return base, model, common
+
+
+def hits(index: Path, captions: list[str], *extra) -> list[dict]:
+    out = run_evilm("retrieve", "query", "--index", index, "-k", "10", "--json", *extra,
+                    input="".join(c + "\n" for c in captions)).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def by_query(rows: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    table: dict[str, list] = {}
+    for row in rows:
+        table.setdefault(row["query"], []).append((row["key"], row["score"]))
+    return table
+
+
+def test_export_gives_the_same_top10_as_pytorch(setup, synth_dir):
+    pytest.importorskip("onnxruntime")
+    base, model, common = setup
+    export = base / "export"
+    run_evilm("export", model, "--out", export, "--format", "onnx")
+    run_evilm("retrieve", "index", "--checkpoint", export, "--out", base / "onnx", *common)
+    captions = list(dict.fromkeys(r.caption for r in read_manifest(synth_dir / "test.jsonl")))
+    ref = by_query(hits(base / "torch", captions))
+    for name, index, extra in (("onnx index, onnx text", base / "onnx", ()),
+                               ("torch index, onnx text", base / "torch", ("--checkpoint", export))):
+        got = by_query(hits(index, captions, *extra))
+        assert set(got) == set(ref), name
+        for query, want in ref.items():
+            assert [k for k, _ in got[query]] == [k for k, _ in want], (name, query)
+            assert max(abs(a - b) for (_, a), (_, b) in zip(got[query], want)) <= 1e-4, (name, query)
+
+
+def test_export_of_another_model_is_refused_by_the_index(setup, synth_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    base, _, _ = setup
+    other = write_model(tmp_path / "other", synth_dir, seed=1)
+    run_evilm("export", other, "--out", tmp_path / "export", "--format", "torch")
+    wrong = run_evilm("retrieve", "query", "--index", base / "torch", "--checkpoint", tmp_path / "export", "a red circle",
+                      check=False)
+    assert wrong.returncode == 2 and "built by another model" in wrong.stderr and "export" in wrong.stderr
+
+
+def test_bf16_index_is_recorded_close_and_never_mixed(setup, synth_dir):
+    base, model, common = setup
+    summary = last_json(run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "bf16",
+                                  "--precision", "bf16", *common).stdout)
+    assert summary["precision"] == "bf16"
+    assert "precision: bf16" in (base / "bf16" / "index.yaml").read_text()
+    from safetensors.torch import load_file
+
+    a = load_file(str(base / "torch" / "embeddings.safetensors"))["embeddings"]
+    b = load_file(str(base / "bf16" / "embeddings.safetensors"))["embeddings"]
+    assert (a * b).sum(1).min() > 0.99  # unit vectors: cosine of bf16 to fp32
+    mixed = run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "bf16", "--precision", "fp32",
+                      "--manifest", synth_dir / "val.jsonl", "--workers", "0", check=False)
+    assert mixed.returncode == 2 and "holds bf16 embeddings" in mixed.stderr and "--precision bf16" in mixed.stderr
+
+
+def test_words_outside_the_vocabulary_are_named(setup):
+    base, _, _ = setup
+    proc = run_evilm("retrieve", "query", "--index", base / "torch", "a dog playing frisbee")
+    assert "'dog', 'playing', 'frisbee' not in the model's vocabulary" in proc.stderr
+    quiet = run_evilm("retrieve", "query", "--index", base / "torch", "a red circle moves left")
+    assert "vocabulary" not in quiet.stderr
+
+
+def test_ann_index_is_used_and_exact_can_be_forced(setup, synth_dir):
+    pytest.importorskip("faiss")
+    base, model, common = setup
+    summary = last_json(run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "ann",
+                                  "--precision", "fp32", "--ann", "faiss-hnsw", *common).stdout)
+    assert summary["ann"]["kind"] == "faiss-hnsw" and (base / "ann" / "ann.faiss").is_file()
+    captions = list(dict.fromkeys(r.caption for r in read_manifest(synth_dir / "test.jsonl")))[:4]
+    exact = by_query(hits(base / "ann", captions, "--exact"))
+    approx = by_query(hits(base / "ann", captions))
+    for query in captions:  # 8 clips: HNSW visits them all, so the ranking is exact here
+        assert [k for k, _ in approx[query]] == [k for k, _ in exact[query]]
+    added = last_json(run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "ann", "--precision",
+                                "fp32", "--manifest", synth_dir / "val.jsonl", "--workers", "0", "--json").stdout)
+    assert added["ann"]["count"] == added["total"] + summary["total"]  # rebuilt over every row
+
+
+def test_ann_without_faiss_says_what_to_install(setup, synth_dir, tmp_path):
+    _, model, _ = setup
+    code = ("import sys; sys.modules['faiss'] = None; sys.argv = ['evilm'] + sys.argv[1:]; "
+            "from evilm_cli.main import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "retrieve", "index", "--checkpoint", str(model), "--manifest",
+                           str(synth_dir / "test.jsonl"), "--out", str(tmp_path / "idx"), "--ann", "faiss-ivf"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "pip install 'evilm[faiss]'" in proc.stderr
+    assert not (tmp_path / "idx").exists()  # refused before any work
