@@ -39,7 +39,7 @@ class QuickstartSize:
 SIZES = {
     # The default: the whole run in a few minutes on this project's 2-core CPU reference machine.
     "default": QuickstartSize(model="quickstart", videos=800, frames=8, num_frames=4, batch_size=16, tokenizer_depth=2,
-                              tokenizer_epochs=4, pretrain_epochs=10, retrieval_epochs=10, qa_epochs=5),
+                              tokenizer_epochs=4, pretrain_epochs=8, retrieval_epochs=8, qa_epochs=5),
     # For tests: every stage runs, nothing is expected to learn much.
     "tiny": QuickstartSize(model="quickstart-tiny", videos=40, frames=8, num_frames=2, batch_size=8, tokenizer_depth=1,
                            tokenizer_epochs=1, pretrain_epochs=1, retrieval_epochs=1, qa_epochs=1),
