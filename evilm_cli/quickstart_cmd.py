@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         usage, model size and time per stage. No network needed.
 
         Example: evilm quickstart --out quickstart --json
-        Then:    evilm retrieve query --index quickstart/index "a red circle moves left on a black background"
+        Then:    evilm retrieve query --index quickstart/index "a red star shrinks on a black background"
         """
         from evilm_core.quickstart.pipeline import Quickstart
 

@@ -104,7 +104,7 @@ def query(
 
     Words the model's vocabulary lacks are named in a warning on stderr (they carry no meaning).
 
-    Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red circle moves left on a black background"
+    Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red star shrinks on a black background"
     Pipeline: cut -f2 captions.tsv | evilm retrieve query --index runs/synthetic/index --json | jq .key
     """
     from evilm_core.retrieval.query import Searcher

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from evilm_core.data.manifest import resolve_video
+from evilm_core.data.shards.layout import ShardSet, looks_like_shards
 from evilm_core.data.video import read_frames
 from evilm_core.errors import VideoDecodeError
 
@@ -23,6 +24,30 @@ def middle_frame(path: Path, size: int = TILE) -> np.ndarray | None:
     except VideoDecodeError as err:
         log.warning("contact sheet: %s unreadable (%s)", path, err.reason)
         return None
+
+
+class FrameSource:
+    """A clip's middle frame by key: from the video file under `root`, or, when the index was
+    built from a shard set (`root` is one), from the frames the shards store (the video files
+    may not be on this machine at all)."""
+
+    def __init__(self, root: str):
+        self.root, self.shards, self.sample_of = root, None, {}
+        if looks_like_shards(root):
+            self.shards = ShardSet.open(root)
+            self.sample_of = {r.video: r.sample for r in self.shards.records}
+
+    def middle(self, key: str) -> np.ndarray | None:
+        if self.shards is None:
+            return middle_frame(resolve_video(key, self.root))
+        try:
+            if key not in self.sample_of:
+                raise VideoDecodeError(key, "missing", f"not in the shard set {self.root}")
+            stored = self.shards.read(self.sample_of[key]).frames  # [F, H, W, 3]
+        except VideoDecodeError as err:
+            log.warning("contact sheet: %s unreadable (%s)", key, err.reason)
+            return None
+        return np.asarray(Image.fromarray(stored[len(stored) // 2]).resize((TILE, TILE), Image.BILINEAR))
 
 
 def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
@@ -41,7 +66,7 @@ def contact_sheet(rows: list[list], root: str, out: str | Path) -> Path:
     height = PAD + len(rows) * (QUERY_H + TILE + CAPTION_H + PAD)
     sheet = Image.new("RGB", (max(width, 320), height), (255, 255, 255))
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
-    y = PAD
+    frames, y = FrameSource(root), PAD
     for hits in rows:
         if hits:
             draw.text((PAD, y + 4), _fit(f"query: {hits[0].query}", draw, font, sheet.width - 2 * PAD), fill=(0, 0, 0),
@@ -49,7 +74,7 @@ def contact_sheet(rows: list[list], root: str, out: str | Path) -> Path:
         y += QUERY_H
         for col, hit in enumerate(hits):
             x = PAD + col * (TILE + PAD)
-            frame = middle_frame(resolve_video(hit.key, root))
+            frame = frames.middle(hit.key)
             if frame is None:
                 draw.rectangle([x, y, x + TILE - 1, y + TILE - 1], outline=(200, 0, 0))
                 draw.text((x + 8, y + TILE // 2), "unreadable", fill=(200, 0, 0), font=font)

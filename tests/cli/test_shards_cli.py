@@ -86,6 +86,9 @@ def test_shards_train_label_pretrain_and_index(shards, synth_dir, tmp_path):
               "--workers", "0", "--device", "cpu", "--json")
     keys = (index / "keys.txt").read_text().split("\n")[:-1]
     assert keys == list(dict.fromkeys(r.video for r in read_manifest(synth_dir / "test.jsonl")))
+    sheet = run_evilm("retrieve", "query", "--index", str(index), "-k", "3", "a red circle",
+                      "--contact-sheet", str(tmp_path / "sheet.png"))  # frames come from the shards
+    assert "unreadable" not in sheet.stderr and (tmp_path / "sheet.png").is_file()
 
 
 def test_video2dataset_tar_with_a_corrupt_member(synth_dir, tmp_path):
