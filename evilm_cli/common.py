@@ -1,8 +1,8 @@
 """What every command shares: stderr console and logging, progress, --json output, recipe options.
 
-Conventions (docs/design.md, "CLI conventions"): results go to stdout (one JSON object with --json), everything for
-people goes to stderr, and rich's live progress turns into plain periodic log lines when
-stderr is not a terminal (so SLURM logs stay readable).
+Conventions (docs/design.md, "CLI conventions"): results go to stdout (one JSON object with --json; otherwise the
+human-readable result: tables, summaries), logs and progress go to stderr, and rich's live
+progress turns into plain periodic log lines when stderr is not a terminal (so SLURM logs stay readable).
 """
 
 from __future__ import annotations
@@ -20,11 +20,19 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
+# results for people (tables, summaries) when --json does not claim stdout: `evilm evaluate ... > r.txt` keeps them
+stdout_console = Console(soft_wrap=True)
 log = logging.getLogger("evilm")
 STATE = {"debug": False}
 # --threads of the commands without a recipe (recipe commands: evilm_cli/recipe_opts.py THREADS)
 THREADS_AUTO = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: auto, the cores idle at start; "
                             "docs/performance.md).")
+
+
+def results_console(json_out: bool) -> Console:
+    """Where a command's human-readable result goes: stdout, or stderr when --json prints the
+    JSON object on stdout (which then stays the only thing there)."""
+    return console if json_out else stdout_console
 
 
 def is_main_process() -> bool:
@@ -51,11 +59,24 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
+def round_floats(obj: Any, digits: int = 7) -> Any:
+    """Floats to `digits` significant digits, recursively: most come from float32 tensors, whose
+    float64 repr carries noise (7.118750095367432 for 7.11875). Non-finite values are kept."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if obj == obj and abs(obj) != float("inf") else obj
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    """The one machine-readable object a command prints on stdout (rank 0 only)."""
+    """The one machine-readable object a command prints on stdout (rank 0 only), floats rounded
+    to 7 significant digits (float32's precision)."""
     if not is_main_process():
         return
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.write(json.dumps(round_floats(obj), default=str) + "\n")
     sys.stdout.flush()
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, log, progress
+from evilm_cli.common import emit_json, log, progress, results_console
+from evilm_cli.decoder_opt import DECODER
 
 app = typer.Typer(help="Make and check video-language datasets.", no_args_is_help=True)
 
@@ -53,6 +54,7 @@ def check(
     image_size: int = typer.Option(256, "--image-size", min=16, help="Decoder resize, as in training."),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Decode processes."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    decoder: str = DECODER,
 ):
     """Decode every clip as training would and report problems.
 
@@ -68,14 +70,14 @@ def check(
         raise typer.BadParameter(f"unknown format {format!r}; choose auto or one of {', '.join(FORMATS)}")
     with progress("check") as update:
         report = check_manifest(str(manifest), format, str(root) if root else None, frames, image_size,
-                                workers, progress=update)
+                                workers, progress=update, decoder=decoder)
     if json_out:
         emit_json(report.to_json())
         return
-    console.print(f"{report.manifest} ({report.format}): {report.total} videos, {report.ok} ok, "
-                  f"{report.missing} missing, {report.corrupt} corrupt, {report.short} too short")
+    results_console(False).print(f"{report.manifest} ({report.format}): {report.total} videos, {report.ok} ok, "
+                                 f"{report.missing} missing, {report.corrupt} corrupt, {report.short} too short")
     for p in report.problems:
-        console.print(f"  {p['reason']:8s} {p['video']}  {p['detail']}", highlight=False)
+        results_console(False).print(f"  {p['reason']:8s} {p['video']}  {p['detail']}", highlight=False)
 
 
 @app.command("shards")
@@ -94,6 +96,7 @@ def shards(
     shard: str = typer.Option(None, "--shard", help="i/n: write only the shards j with j % n == i (one run per node)."),
     merge: bool = typer.Option(False, "--merge", help="Only merge finished shards into the index (after --shard runs)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    decoder: str = DECODER,
 ):
     """Decode every clip once into WebDataset training shards.
 
@@ -111,7 +114,7 @@ def shards(
     if input is None and not merge:
         raise typer.BadParameter("give INPUT (a manifest or WebDataset tars), or --merge to finish a --shard run")
     req = ShardRequest(input=input, out=str(out), format=format, root=str(root) if root else None,
-                       settings=settings_of(candidates, size, quality), samples_per_shard=samples_per_shard,
+                       settings=settings_of(candidates, size, quality, decoder), samples_per_shard=samples_per_shard,
                        workers=workers, shard=shard, merge=merge)
     with progress("shards") as update:
         summary = build_shards(req, progress=update)

@@ -6,16 +6,18 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json
+from evilm_cli.common import emit_json, results_console
 from evilm_cli.recipe_opts import OVERRIDES, PRECISION, THREADS, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
-        recipe: Path = typer.Argument(..., help="A `kind: finetune` recipe: its task and data.test / data.val."),
+        recipe: Path = typer.Argument(..., help="A `kind: finetune` recipe: its task and data.test / data.val. "
+                                      "A file, or a bundled recipe's name (evilm recipes ls)."),
         checkpoint: Path = typer.Option(..., "--checkpoint",
-                                        help="A checkpoint dir or run dir (final/, else newest step_*)."),
+                                        help="A checkpoint dir, run dir (final/, else newest step_*) "
+                                        "or Hub id hf-hub:ORG/NAME[@REV]."),
         split: str = typer.Option("test", "--split", help="Evaluate on data.test (test) or data.val (val)."),
         overrides: list[str] = OVERRIDES,
         precision: str = PRECISION,
@@ -36,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = load(recipe, overrides, expect="finetune", threads=threads, precision=precision)
         result = evaluate_checkpoint(cfg, checkpoint, split, rerank=rerank)
-        console.print(f"evaluate {result['task']} ({split}): "
+        results_console(json_out).print(f"evaluate {result['task']} ({split}): "
                       + "  ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
         if json_out:
             emit_json(result)

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json
+from evilm_cli.common import emit_json, results_console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
-        checkpoint: Path = typer.Argument(..., help="A checkpoint dir or run dir (final/, else newest step_*)."),
+        checkpoint: Path = typer.Argument(..., help="A checkpoint dir, run dir (final/, else newest step_*) "
+                                        "or Hub id hf-hub:ORG/NAME[@REV]."),
         out: Path = typer.Option(..., "--out", help="Export directory: created, or an existing export replaced."),
         fmt: str = typer.Option("onnx", "--format", help="onnx (onnxruntime, needs the onnx extra) or torch "
                                 "(torch.export .pt2 programs)."),
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
         summary = export_towers(checkpoint, out, fmt=fmt, num_frames=frames)
         check = summary["check"]
-        console.print(f"exported {summary['format']} towers of {summary['checkpoint']} to {summary['out']} in "
+        results_console(json_out).print(f"exported {summary['format']} towers of {summary['checkpoint']} to {summary['out']} in "
                       f"{summary['seconds']:.1f} s (max |diff| vs PyTorch: video {check['video_max_abs_diff']:.2g}, "
                       f"text {check['text_max_abs_diff']:.2g})", highlight=False, soft_wrap=True)
         if json_out:

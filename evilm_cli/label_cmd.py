@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import THREADS_AUTO, console, emit_json, progress
+from evilm_cli.common import THREADS_AUTO, emit_json, progress, results_console
+from evilm_cli.decoder_opt import DECODER
 from evilm_core.errors import EvilmError
 
 
@@ -16,12 +17,12 @@ def _check_merge_args(**given) -> None:
         raise EvilmError(f"--merge only takes --out (and --json); drop {', '.join(extra)}")
 
 
-def _print(summary: dict) -> None:
+def _print(summary: dict, out) -> None:
     if "merged_shards" in summary:
-        console.print(f"label: merged {summary['merged_shards']} shards into {summary['out']}: ", end="")
+        out.print(f"label: merged {summary['merged_shards']} shards into {summary['out']}: ", end="")
     else:
-        console.print(f"label: {summary['out']}: {summary['newly_labelled']} newly labelled, ", end="")
-    console.print(f"{summary['labelled']}/{summary['videos']} videos labelled, {summary['skipped']} skipped "
+        out.print(f"label: {summary['out']}: {summary['newly_labelled']} newly labelled, ", end="")
+    out.print(f"{summary['labelled']}/{summary['videos']} videos labelled, {summary['skipped']} skipped "
                   f"(missing {summary['missing']}, corrupt {summary['corrupt']}), codebook usage "
                   f"{summary['codebook_usage']:.1%}, {summary['seconds']:.1f} s", highlight=False)
 
@@ -47,6 +48,7 @@ def register(app: typer.Typer) -> None:
         threads: int = THREADS_AUTO,
         merge: bool = typer.Option(False, "--merge", help="Merge OUT/shard-*-of-n/ into OUT, then exit."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+        decoder: str = DECODER,
     ):
         """Cache the tokenizer's codes for every video (offline MVM targets).
 
@@ -74,7 +76,7 @@ def register(app: typer.Typer) -> None:
                 summary = run_label(videos=videos, manifest=manifest, format=format, root=root, tokenizer=tokenizer,
                                     out=out, num_candidates=candidates, flips=flips, batch_size=batch_size,
                                     num_workers=workers, device=device, shard=shard, precision=precision,
-                                    threads=threads, progress=update)
-        _print(summary)
+                                    threads=threads, decoder=decoder, progress=update)
+        _print(summary, results_console(json_out))
         if json_out:
             emit_json(summary)

@@ -4,14 +4,16 @@ function; user errors (EvilmError) print one paragraph and exit 2, with no trace
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 from rich.markup import escape
 
-from evilm_cli import (data_cmd, evaluate_cmd, export_cmd, finetune_cmd, label_cmd, pretrain_cmd, profile_cmd,
-                       quickstart_cmd, retrieve_cmd, tokenize_cmd, validate_cmd)
+from evilm_cli import (data_cmd, evaluate_cmd, export_cmd, finetune_cmd, label_cmd, plot_cmd, pretrain_cmd,
+                       profile_cmd, push_cmd, quickstart_cmd, recipes_cmd, retrieve_cmd, tokenize_cmd, validate_cmd)
 from evilm_cli.common import STATE, console, setup_logging
+from evilm_cli.help_style import adapt as _classic_help
 from evilm_core import __version__
 from evilm_core.errors import EvilmError, TrainingInterrupted
 
@@ -21,9 +23,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help strings are plain text: `[default: ...]` prints as written
 )
+_classic_help()
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(retrieve_cmd.app, name="retrieve")
+app.add_typer(recipes_cmd.app, name="recipes")
 tokenize_cmd.register(app)
 pretrain_cmd.register(app)
 finetune_cmd.register(app)
@@ -33,6 +38,8 @@ validate_cmd.register(app)
 profile_cmd.register(app)
 quickstart_cmd.register(app)
 export_cmd.register(app)
+push_cmd.register(app)
+plot_cmd.register(app)
 
 
 def _version(value: bool):
@@ -46,13 +53,24 @@ def _global(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
-    STATE["debug"] = debug
+    STATE["debug"] = STATE["debug"] or debug
     setup_logging()
+
+
+def _take_debug(argv: list[str]) -> list[str]:
+    """`--debug` anywhere before a `--` (after the subcommand too: `evilm pretrain r.yaml --debug`)
+    sets debug mode; the rest of the command line is left for typer."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" in argv[:end]:
+        STATE["debug"] = True
+        os.environ["EVILM_DEBUG"] = "1"  # decode workers inherit it: FFmpeg's lines are shown (evilm_core/data/decoders.py)
+        return [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return argv
 
 
 def main() -> None:
     try:
-        app()
+        app(args=_take_debug(sys.argv[1:]), prog_name="evilm")
     except TrainingInterrupted as err:  # a checkpoint was written; say where
         console.print(f"[yellow]stopped:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
@@ -66,5 +84,5 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":  # `python -m evilm_cli.main` (what torchrun launches)
+if __name__ == "__main__":  # `python -m evilm_cli.main`; torchrun's documented form is `--no-python evilm`
     main()

@@ -12,7 +12,8 @@ from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, REPLAN, 
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain(
-        recipe: Path = typer.Argument(..., help="A `kind: pretrain` recipe."),
+        recipe: Path = typer.Argument(..., help="A `kind: pretrain` recipe. "
+                                      "A file, or a bundled recipe's name (evilm recipes ls)."),
         overrides: list[str] = OVERRIDES,
         resume: bool = RESUME,
         replan: bool = REPLAN,
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
         a checkpoint and stops; --resume continues from it.
 
         Example: evilm pretrain recipes/synthetic/pretrain.yaml --set loss.mvm=0
-        Multi-GPU: torchrun --nproc_per_node=8 -m evilm_cli.main pretrain recipes/webvid.yaml
+        Multi-GPU: torchrun --nproc_per_node=8 --no-python evilm pretrain recipes/webvid.yaml
         """
         from evilm_core.pretrain.train import train_pretrain
 

@@ -8,14 +8,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from evilm_cli.common import console, emit_json
+from evilm_cli.common import console, emit_json, stdout_console
 from evilm_cli.recipe_opts import OVERRIDES, THREADS, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile(
-        recipe: Path = typer.Argument(..., help="A recipe with an E-ViLM `model:` section (e.g. kind: pretrain)."),
+        recipe: Path = typer.Argument(..., help="A recipe with an E-ViLM `model:` section (e.g. kind: pretrain). "
+                                      "A file, or a bundled recipe's name (evilm recipes ls)."),
         frames: int = typer.Option(None, "--frames", help="Frames per clip [default: the recipe's data.num_frames]."),
         text_len: int = typer.Option(40, "--text-len", help="Caption length in tokens (no padding)."),
         vocab_size: int = typer.Option(None, "--vocab-size",
@@ -79,11 +80,11 @@ def print_profile(r: dict[str, Any]) -> None:
     """The table, then the footnotes that make its numbers comparable with the paper's."""
     from evilm_core.models.profile import IMAGENET_HEAD_NOTE
 
-    console.print(profile_table(r))
-    console.print(f"paper: EdgeNeXt-S at 256 px per frame; * {IMAGENET_HEAD_NOTE}.", highlight=False,
+    stdout_console.print(profile_table(r))
+    stdout_console.print(f"paper: EdgeNeXt-S at 256 px per frame; * {IMAGENET_HEAD_NOTE}.", highlight=False,
                   soft_wrap=True)
-    console.print(f"counting: {r['counting']} (element-wise ops such as add, GELU and softmax are not counted); "
+    stdout_console.print(f"counting: {r['counting']} (element-wise ops such as add, GELU and softmax are not counted); "
                   f"vocab_size {r['vocab_size']} ({r['vocab_source']})", highlight=False, soft_wrap=True)
     if r["uncounted_ops"]:
         ops = ", ".join(f"{k.removeprefix('aten::')} x{v}" for k, v in r["uncounted_ops"].items())
-        console.print(f"uncounted ops: {ops}", highlight=False, soft_wrap=True)
+        stdout_console.print(f"uncounted ops: {ops}", highlight=False, soft_wrap=True)

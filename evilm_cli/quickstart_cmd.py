@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from evilm_cli.common import THREADS_AUTO, console, emit_json, progress
+from evilm_cli.common import THREADS_AUTO, emit_json, progress, results_console
 
 STAGE_TITLES = {"data": "data synth", "shards": "data shards", "tokenizer": "tokenize-train", "label": "label", "pretrain": "pretrain",
                 "retrieval": "finetune retrieval", "qa": "finetune qa", "index": "retrieve index",
@@ -67,7 +67,8 @@ def register(app: typer.Typer) -> None:
 
         runner = Quickstart(out, size, seed, threads=threads, stage_progress=lambda stage: progress(STAGE_TITLES[stage]))
         result = runner.run()
-        console.print(results_table(result))
-        console.print(artefacts_table(result))
+        out_console = results_console(json_out)
+        out_console.print(results_table(result))
+        out_console.print(artefacts_table(result))
         if json_out:
             emit_json(result)

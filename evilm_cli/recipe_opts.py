@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json, is_main_process, progress
+from evilm_cli.common import emit_json, is_main_process, progress, results_console
 from evilm_core.config.loader import dump_yaml
 from evilm_core.recipes import load_recipe
 
@@ -50,7 +50,7 @@ def run_training(name: str, train, recipe: Path, overrides: list[str], resume: b
     with progress(label) as update:
         result = train(cfg, resume=resume, progress=update)
     if is_main_process():
-        console.print(f"{label}: {result['checkpoint']}  step {result['step']}  skipped {result.get('skipped', 0)}  "
+        results_console(json_out).print(f"{label}: {result['checkpoint']}  step {result['step']}  skipped {result.get('skipped', 0)}  "
                       + metrics_line(result["metrics"]))
     if json_out:
         emit_json(result)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import THREADS_AUTO, console, emit_json, log, progress
+from evilm_cli.common import THREADS_AUTO, console, emit_json, log, progress, results_console
+from evilm_cli.decoder_opt import DECODER
 from evilm_core.errors import EvilmError
 from evilm_core.fs import escape_key
 
@@ -17,7 +18,8 @@ app = typer.Typer(help="Index videos and answer text queries (text-to-video sear
 
 @app.command("index")
 def index(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint dir or run dir (final/, else newest step_*)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint dir, run dir (final/, else newest "
+                                "step_*), Hub id hf-hub:ORG/NAME[@REV] or export dir."),
     out: Path = typer.Option(..., "--out", help="Index directory: created, resumed, or extended with new videos."),
     videos: Path = typer.Option(None, "--videos", help="Index every video file under this directory."),
     manifest: Path = typer.Option(None, "--manifest", help="Index the distinct videos of this manifest."),
@@ -34,6 +36,7 @@ def index(
                             "faiss-hnsw (pip install 'evilm[faiss]'); queries use it unless --exact."),
     threads: int = THREADS_AUTO,
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    decoder: str = DECODER,
 ):
     """Embed videos with a checkpoint's (or an export's) video side into a searchable index.
 
@@ -51,11 +54,11 @@ def index(
                        manifest=str(manifest) if manifest else None, root=str(root) if root else None,
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
                        shard=parse_shard(shard) or (0, 1), part_size=part_size, device=device,
-                       precision=precision, threads=threads, ann=ann)
+                       precision=precision, threads=threads, ann=ann, decoder=decoder)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
-    console.print(f"index {summary['index']}: {summary['embedded']} embedded now, {summary['already']} already there, "
+    results_console(json_out).print(f"index {summary['index']}: {summary['embedded']} embedded now, {summary['already']} already there, "
                   f"{summary['skipped']} skipped, {summary['total']} videos in the collection; {state}", highlight=False)
     if json_out:
         emit_json(summary)
@@ -88,7 +91,8 @@ def query(
     index_dir: Path = typer.Option(..., "--index", help="An index directory (`evilm retrieve index --out`)."),
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="Results per query."),
     checkpoint: Path = typer.Option(None, "--checkpoint",
-                                    help="The model's checkpoint if it moved (default: the one the index records)."),
+                                    help="The model's checkpoint (dir or hf-hub:ORG/NAME) if it moved "
+                                    "(default: the one the index records)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per result: query, rank, key, score."),
     sheet: Path = typer.Option(None, "--contact-sheet", help="Also draw the top-k clips of every query into this PNG."),
     batch: int = typer.Option(64, "--batch", min=1, help="Queries embedded together, of those that have arrived "

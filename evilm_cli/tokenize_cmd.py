@@ -12,7 +12,8 @@ from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, REPLAN, 
 def register(app: typer.Typer) -> None:
     @app.command("tokenize-train")
     def tokenize_train(
-        recipe: Path = typer.Argument(..., help="A `kind: tokenizer` recipe."),
+        recipe: Path = typer.Argument(..., help="A `kind: tokenizer` recipe. "
+                                      "A file, or a bundled recipe's name (evilm recipes ls)."),
         overrides: list[str] = OVERRIDES,
         resume: bool = RESUME,
         replan: bool = REPLAN,
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
         `evilm label`.
 
         Example: evilm tokenize-train recipes/synthetic/tokenizer.yaml --set train.epochs=2
-        Multi-GPU: torchrun --nproc_per_node=8 -m evilm_cli.main tokenize-train recipes/tokenizer_webvid.yaml
+        Multi-GPU: torchrun --nproc_per_node=8 --no-python evilm tokenize-train recipes/tokenizer_webvid.yaml
         """
         from evilm_core.tokenizer.train import train_tokenizer
 

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import console, emit_json
+from evilm_cli.common import emit_json, results_console
 from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate(
-        recipe: Path = typer.Argument(..., help="Recipe YAML."),
+        recipe: Path = typer.Argument(..., help="Recipe YAML. "
+                                      "A file, or a bundled recipe's name (evilm recipes ls)."),
         overrides: list[str] = OVERRIDES,
         print_config: bool = PRINT_CONFIG,
         json_out: bool = typer.Option(False, "--json", help="Print {recipe, kind, valid} on stdout."),
@@ -26,4 +27,4 @@ def register(app: typer.Typer) -> None:
         if json_out:
             emit_json({"recipe": str(recipe), "kind": cfg.kind, "valid": True})
         else:
-            console.print(f"{recipe}: valid '{cfg.kind}' recipe")
+            results_console(False).print(f"{recipe}: valid '{cfg.kind}' recipe")

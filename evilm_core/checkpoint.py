@@ -1,6 +1,8 @@
-"""Checkpoint directories (docs/design.md, "Checkpoints"): `model.safetensors`, `config.yaml`,
-`vocab.txt`, `trainer_state.pt`. Written under a temporary name and renamed, so a crash never
-leaves a half checkpoint; a full disk leaves the previous one and no temporary (docs/reliability.md).
+"""Checkpoint directories (docs/design.md, "Checkpoints"; docs/hub.md): `model.safetensors`,
+`config.json` (a model export, Hugging Face Hub layout) or `config.yaml` (a trainer `step_*`, a
+tokenizer, a model export written before the Hub layout), `vocab.txt`, `trainer_state.pt`.
+Written under a temporary name and renamed, so a crash never leaves a half checkpoint; a full
+disk leaves the previous one and no temporary (docs/reliability.md).
 `trainer_state.pt` holds only tensors and plain values and is read with `weights_only=True`, so
 loading never unpickles arbitrary objects. A damaged file is an EvilmError naming it and what
 to do, never a traceback."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import io
+import json
 import pickle
 import os
 import random
@@ -25,12 +28,15 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from evilm_core.config.loader import save_yaml
+from evilm_core import __version__
+from evilm_core.config.loader import save_yaml, to_dict
 from evilm_core.data.vocab import VOCAB_FILE, read_vocab, save_vocab
 from evilm_core.errors import EvilmError
 from evilm_core.fs import disk_errors, read_text, readable_mode, temp_sibling
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.yaml", "trainer_state.pt"
+CONFIG_JSON, CARD = "config.json", "README.md"  # the Hub layout of a model export (docs/hub.md)
+LIBRARY = "evilm"  # config.json's model_type / library_name, the model card's library_name
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -41,26 +47,31 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def write_checkpoint(directory: str | Path, weights: dict[str, torch.Tensor], config: Any,
                      vocab: list[str] | None = None, trainer_state: dict | None = None,
-                     extra_files: dict[str, str] | None = None) -> Path:
+                     extra_files: dict[str, str] | None = None, hub: bool = False) -> Path:
     """Write a complete checkpoint directory atomically (temp dir, then rename); `extra_files`
-    ({name: text}, e.g. a task's answers.txt) go in before the rename. A full disk or an I/O
-    error removes the temporary directory and raises an EvilmError naming the space needed."""
+    ({name: text}, e.g. a task's answers.txt, the model card) go in before the rename. `hub`: the
+    config goes to config.json (Hub layout, with what a loader needs besides), else to config.yaml.
+    A full disk or an I/O error removes the temporary directory and raises an EvilmError naming
+    the space needed."""
     directory = Path(directory)
     tmp = temp_sibling(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with disk_errors(directory, needed=sum(t.numel() * t.element_size() for t in weights.values())):
             tmp.mkdir(parents=True)
-            _write_files(directory, tmp, weights, config, vocab, trainer_state, extra_files)
+            _write_files(directory, tmp, weights, config, vocab, trainer_state, extra_files, hub)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
-def _write_files(directory: Path, tmp: Path, weights, config, vocab, trainer_state, extra_files) -> None:
+def _write_files(directory: Path, tmp: Path, weights, config, vocab, trainer_state, extra_files, hub) -> None:
     save_weights(weights, tmp / WEIGHTS)
-    save_yaml(config, tmp / CONFIG)
+    if hub:
+        (tmp / CONFIG_JSON).write_text(json.dumps(hub_config(config), indent=2) + "\n", encoding="utf-8")
+    else:
+        save_yaml(config, tmp / CONFIG)
     if vocab is not None:
         save_vocab(vocab, tmp)
     if trainer_state is not None:
@@ -86,15 +97,49 @@ def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def hub_config(config: Any) -> dict:
+    """config.json of a model export: the config ({format, task, model, ...}) plus what a loader
+    needs besides: the vocabulary file and the evilm version that wrote it."""
+    plain = to_dict(config)
+    return {"model_type": LIBRARY, "evilm_version": __version__, "format": plain.pop("format", None),
+            "task": plain.pop("task", None), "vocab_file": VOCAB_FILE, **plain}
+
+
 def is_checkpoint(directory: str | Path) -> bool:
     d = Path(directory)
-    return (d / WEIGHTS).is_file() and (d / CONFIG).is_file()
+    return (d / WEIGHTS).is_file() and ((d / CONFIG_JSON).is_file() or (d / CONFIG).is_file())
+
+
+def is_hub_layout(directory: str | Path) -> bool:
+    """A checkpoint with config.json (written by this version or a later one: docs/hub.md)."""
+    return (Path(directory) / WEIGHTS).is_file() and (Path(directory) / CONFIG_JSON).is_file()
+
+
+def config_file(directory: str | Path) -> Path:
+    """The file a checkpoint's config is read from: config.json, else (older layouts) config.yaml."""
+    d = Path(directory)
+    return d / CONFIG_JSON if (d / CONFIG_JSON).is_file() else d / CONFIG
+
+
+def read_config(directory: str | Path) -> dict:
+    """A checkpoint's config: config.json (Hub layout), else config.yaml (earlier exports, step_*)."""
+    path = Path(directory) / CONFIG_JSON
+    if not path.is_file():
+        return read_yaml_config(directory)
+    try:
+        raw = json.loads(read_text(path, "checkpoint config"))
+    except json.JSONDecodeError as err:
+        raise damaged(path, f"not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise damaged(path, f"expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     directory = Path(directory)
     if not is_checkpoint(directory):
-        raise EvilmError(f"{directory} is not a checkpoint directory (needs {WEIGHTS} and {CONFIG})")
+        raise EvilmError(f"{directory} is not a checkpoint directory (needs {WEIGHTS} and {CONFIG_JSON} or "
+                         f"{CONFIG})")
     try:
         return load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as err:

@@ -7,7 +7,12 @@ class EvilmError(Exception):
 
 
 class RecipeError(EvilmError):
-    """A recipe (YAML) is malformed: unknown key, wrong type, bad override."""
+    """A recipe (YAML) is malformed: unknown key, wrong type, bad override. `key`: the dotted
+    key it concerns where one is known (`optim.lr`), so a `--set` can be named instead of the file."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class ManifestError(EvilmError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evilm_core.config.loader import apply_overrides, from_dict, read_yaml
+from evilm_core.bundled import resolve_recipe
+from evilm_core.config.loader import apply_overrides, blame_override, from_dict, read_yaml
 from evilm_core.errors import RecipeError
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.pretrain.config import PretrainRecipe
@@ -14,9 +15,10 @@ from evilm_core.tokenizer.config import TokenizerRecipe
 RECIPES: dict[str, type] = {"tokenizer": TokenizerRecipe, "pretrain": PretrainRecipe, "finetune": FinetuneRecipe}
 
 
-def build_recipe(raw: dict, where: str | Path = "recipe", expect: str | None = None):
+def build_recipe(raw: dict, where: str | Path = "recipe", expect: str | None = None, overrides: list[str] = ()):
     """Map a raw recipe mapping onto the dataclass its `kind` names; `expect` is the kind a
-    command needs (a recipe of another kind is an error naming both)."""
+    command needs (a recipe of another kind is an error naming both). An error about a key one
+    of `overrides` set names that `--set`, not the file."""
     kind = raw.get("kind")
     if kind not in RECIPES:
         raise RecipeError(f"{where}: top-level 'kind' is {kind!r}; expected one of {', '.join(sorted(RECIPES))}")
@@ -25,10 +27,15 @@ def build_recipe(raw: dict, where: str | Path = "recipe", expect: str | None = N
     try:
         return from_dict(RECIPES[kind], raw)
     except RecipeError as err:
-        raise RecipeError(f"{where}: {err}") from None
+        blamed = blame_override(err, list(overrides))
+        raise RecipeError(f"--set {blamed}: {err}" if blamed else f"{where}: {err}", key=err.key) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, expect: str | None = None):
     """Read a recipe file, apply `--set` overrides and map it onto its registered dataclass, so
-    `evilm pretrain tokenizer.yaml` fails before any work starts."""
-    return build_recipe(apply_overrides(read_yaml(path), list(overrides or [])), path, expect)
+    `evilm pretrain tokenizer.yaml` fails before any work starts. `path` may also name a bundled
+    recipe (`webvid`, `synthetic/pretrain`; a file that exists wins): the one place a recipe
+    argument is resolved (evilm_core/bundled.py)."""
+    overrides = list(overrides or [])
+    path = resolve_recipe(path)
+    return build_recipe(apply_overrides(read_yaml(path), overrides), path, expect, overrides)

@@ -80,7 +80,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _fail(where: str, tp: Any, value: Any) -> RecipeError:
-    return RecipeError(f"recipe key '{where}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return RecipeError(f"recipe key '{where}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})",
+                       key=where)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -131,13 +132,40 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise RecipeError(f"recipe key '{where}': unsupported annotation {tp!r}")
 
 
-def unknown_key_error(key: str, section: str, valid: list[str]) -> RecipeError:
+# names other frameworks use for evilm's keys: suggested when the spelling is too far for difflib
+ALIASES = {"learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "warmup": "warmup_steps",
+           "warmup_iters": "warmup_steps", "num_epochs": "epochs", "max_epochs": "epochs", "steps": "max_steps",
+           "bs": "batch_size", "batch": "batch_size", "workers": "num_workers", "clip_grad": "grad_clip",
+           "max_grad_norm": "grad_clip", "frames": "num_frames", "img_size": "image_size", "resolution": "image_size",
+           "amp": "precision", "mixed_precision": "precision", "dtype": "precision", "out_dir": "dir",
+           "output_dir": "dir", "lr_scheduler": "schedule", "scheduler": "schedule"}
+
+
+def closest_keys(key: str, valid: list[str]) -> list[str]:
+    """The valid keys a misspelt `key` most likely meant: a known alias first, then difflib's."""
+    alias = ALIASES.get(key.lower())
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    return ([alias] if alias in valid else []) + [c for c in close if c != alias]
+
+
+def unknown_key_error(key: str, section: str, valid: list[str]) -> RecipeError:
+    close = closest_keys(key, valid)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     where = f"section '{section}'" if section else "the top level"
-    return RecipeError(
-        f"unknown recipe key '{key}' in {where}.{hint} Valid keys: {', '.join(sorted(valid))}."
-    )
+    return RecipeError(f"unknown recipe key '{key}' in {where}.{hint} Valid keys: {', '.join(sorted(valid))}.",
+                       key=f"{section}.{key}" if section else key)
+
+
+def blame_override(err: RecipeError, overrides: list[str]) -> str | None:
+    """The `--set` text an error is about, if one set that key (or a key inside it): the last one
+    wins, as when the overrides were applied. None when the error is about the file itself."""
+    if err.key is None:
+        return None
+    for text in reversed(overrides):
+        key = text.partition("=")[0].strip()
+        if key == err.key or key.startswith(err.key + ".") or err.key.startswith(key + "."):
+            return text
+    return None
 
 
 def _build(cls: type[T], raw: dict, section: str) -> T:
@@ -159,12 +187,18 @@ def _build(cls: type[T], raw: dict, section: str) -> T:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:  # __post_init__ checks and missing required keys
-        raise RecipeError(f"recipe section '{section or 'top level'}': {err}") from None
+        raise RecipeError(f"recipe section '{section or 'top level'}': {err}", key=_checked_key(section, str(err))) from None
     for name, f in fields.items():  # defaults too, so the saved config is cwd-independent
         value = getattr(obj, name)
-        if f.metadata.get("path") and isinstance(value, str) and value:
+        if f.metadata.get("path") and isinstance(value, str) and value and not value.startswith("hf-hub:"):
             setattr(obj, name, str(Path(os.path.expanduser(value)).absolute()))
     return obj
+
+
+def _checked_key(section: str, message: str) -> str | None:
+    """The dotted key a __post_init__ message starts with ("optim.lr must be > 0, ..."), if any."""
+    first = message.split(" ", 1)[0]
+    return first if section and first.startswith(section + ".") else None
 
 
 def from_dict(cls: type[T], raw: dict, section: str = "") -> T:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from evilm_core.config.loader import path_field
+from evilm_core.data.decoders import DECODERS
 
 
 def at_least(section, name: str, **minimums: float) -> None:
@@ -31,6 +32,7 @@ class DataConfig:
     num_workers: int = 2  # DataLoader decode workers per process
     hflip: bool = True  # random horizontal flip in training (targets are mirrored)
     color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength in training
+    decoder: str = "auto"  # video decoder: auto (fastest that works here) | decord | pyav | torchcodec (docs/data.md)
 
     def __post_init__(self):
         at_least(self, "data", batch_size=1, num_workers=0)
@@ -38,6 +40,8 @@ class DataConfig:
             raise ValueError(f"data.color_jitter must be >= 0, got {self.color_jitter}")
         if self.num_frames < 1:
             raise ValueError(f"data.num_frames must be >= 1, got {self.num_frames}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"data.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.image_size < 32 or self.image_size % 32:
             raise ValueError(f"data.image_size must be a positive multiple of 32, got {self.image_size}")
 
@@ -70,6 +74,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept on disk
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_nonfinite: int = 10  # consecutive steps with a NaN/Inf loss or gradient (skipped) before the run stops
+    compile: bool = False  # torch.compile the training model (after DDP); the first steps compile (docs/performance.md)
 
     def __post_init__(self):
         at_least(self, "train", epochs=0, max_steps=0, grad_accum=1, log_every=1, eval_every=0, save_every=0,
@@ -86,8 +91,27 @@ class OutputConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where a run's metrics go besides metrics.jsonl, the source of truth (docs/tracking.md)."""
+
+    tensorboard: bool = False  # also write TensorBoard events to RUN_DIR/tensorboard/ (evilm[tensorboard])
+    # also log to Weights & Biases (evilm[wandb]): off | offline (files under RUN_DIR/wandb/, `wandb sync` later)
+    # | online. A bare YAML `off` reads as false: accepted as "off".
+    wandb: Literal["off", "offline", "online"] | bool = "off"
+    wandb_project: str = "evilm"  # the W&B project
+    run_name: str | None = None  # the W&B run's name (default: output.dir's name; TensorBoard names runs by directory)
+
+    def __post_init__(self):
+        if self.wandb is False:
+            self.wandb = "off"
+        elif self.wandb is True:
+            raise ValueError("logging.wandb must be off, offline or online, got true (ambiguous)")
+
+
+@dataclass
 class InitConfig:
-    # starting weights: a checkpoint dir, or a run dir (its final/, else its newest step_*); the
+    # starting weights: a checkpoint dir, a run dir (its final/, else its newest step_*) or a Hub id
+    # hf-hub:ORG/NAME[@REV] (docs/hub.md); the
     # optimiser starts fresh. Fine-tuning also takes the model config and vocab.txt from it.
     checkpoint: str | None = path_field()
 
@@ -102,6 +126,7 @@ class RunSections:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard, W&B (docs/tracking.md)
 
 
 def check_model_fits_data(model, data: DataConfig) -> None:

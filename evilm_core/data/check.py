@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from evilm_core.data.decoders import resolve_decoder
 from evilm_core.data.manifest import detect_format, read_manifest, resolve_video, video_root
 from evilm_core.data.shards.layout import ShardSet, looks_like_shards
 from evilm_core.data.shards.sources import ShardJob, expand_tars, job_clips, plan_jobs
@@ -29,17 +30,19 @@ class CheckReport:
     short: int = 0  # decodes, but has fewer frames than num_frames (training repeats frames)
     problems: list[dict] = field(default_factory=list)  # {"video", "reason", "detail"}
     seconds: float = 0.0  # wall time
+    decoder: str | None = None  # the backend that decoded (None: a shard set's stored frames)
 
     def to_json(self) -> dict:
-        keys = ("manifest", "format", "records", "total", "ok", "missing", "corrupt", "short", "problems", "seconds")
+        keys = ("manifest", "format", "records", "total", "ok", "missing", "corrupt", "short", "problems", "seconds",
+                "decoder")
         return {k: getattr(self, k) for k in keys}
 
 
 def _probe(args: tuple) -> tuple[str, str, str]:
     """Decode one clip in eval mode; returns (video, status, detail)."""
-    video, path, num_frames, size = args
+    video, path, num_frames, size, decoder = args
     try:
-        clip = read_clip(path, num_frames, size, mode="eval")
+        clip = read_clip(path, num_frames, size, mode="eval", decoder=decoder)
     except VideoDecodeError as err:
         return video, err.reason, err.detail
     if clip.num_video_frames < num_frames:
@@ -48,19 +51,22 @@ def _probe(args: tuple) -> tuple[str, str, str]:
 
 
 def check_manifest(path: str, format: str = "auto", root: str | None = None, num_frames: int = 4,
-                   image_size: int = 256, workers: int = 2, progress: Progress | None = None) -> CheckReport:
-    """Decode every clip of `path` (T frames at image_size, segment centres) and count problems."""
+                   image_size: int = 256, workers: int = 2, progress: Progress | None = None,
+                   decoder: str = "auto") -> CheckReport:
+    """Decode every clip of `path` (T frames at image_size, segment centres, with `decoder`) and
+    count problems."""
     if looks_like_shards(path):
         return check_shards(path, workers, progress)
+    decoder = resolve_decoder(decoder, "--decoder")
     if expand_tars(path) is not None:
-        return check_tars(path, num_frames, image_size, workers, progress)
+        return check_tars(path, num_frames, image_size, workers, progress, decoder)
     start = time.perf_counter()
     fmt = detect_format(path) if format == "auto" else format
     records = read_manifest(path, fmt)
     base = video_root(root, path)
     videos = list(dict.fromkeys(r.video for r in records))  # distinct, in manifest order
-    jobs = [(v, str(resolve_video(v, base)), num_frames, image_size) for v in videos]
-    report = CheckReport(manifest=str(path), format=fmt, records=len(records), total=len(jobs))
+    jobs = [(v, str(resolve_video(v, base)), num_frames, image_size, decoder) for v in videos]
+    report = CheckReport(manifest=str(path), format=fmt, records=len(records), total=len(jobs), decoder=decoder)
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         for done, (video, status, detail) in enumerate(pool.map(_probe, jobs, chunksize=4), 1):
             setattr(report, status, getattr(report, status) + 1)
@@ -106,20 +112,22 @@ def check_shards(path: str, workers: int = 2, progress: Progress | None = None) 
         return _tally(report, (r for rows in per_shard for r in rows), len(shards), progress, start)
 
 
-def _check_tar(args: tuple[ShardJob, int, int]) -> list[tuple[str, str, str]]:
-    job, num_frames, size = args
+def _check_tar(args: tuple[ShardJob, int, int, str]) -> list[tuple[str, str, str]]:
+    job, num_frames, size, decoder = args
     problems: list = []
-    out = [_probe((clip.video, clip.source, num_frames, size)) for clip in job_clips(job, problems)]
+    out = [_probe((clip.video, clip.source, num_frames, size, decoder)) for clip in job_clips(job, problems)]
     return out + [(video, reason, detail) for _, video, reason, detail in problems]
 
 
 def check_tars(spec: str, num_frames: int = 4, image_size: int = 256, workers: int = 2,
-               progress: Progress | None = None) -> CheckReport:
+               progress: Progress | None = None, decoder: str = "auto") -> CheckReport:
     """Every video of WebDataset tars (video2dataset's layout), decoded from the tar's bytes."""
     start = time.perf_counter()
+    decoder = resolve_decoder(decoder, "--decoder")
     jobs, _ = plan_jobs(spec, "auto", None, 1)
-    report = CheckReport(manifest=str(spec), format="webdataset")
+    report = CheckReport(manifest=str(spec), format="webdataset", decoder=decoder)
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        rows = [r for per_tar in pool.map(_check_tar, [(j, num_frames, image_size) for j in jobs]) for r in per_tar]
+        args = [(j, num_frames, image_size, decoder) for j in jobs]
+        rows = [r for per_tar in pool.map(_check_tar, args) for r in per_tar]
     report.records = report.total = len(rows)
     return _tally(report, rows, len(rows), progress, start)

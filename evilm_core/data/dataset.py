@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from evilm_core.data.decoders import resolve_decoder
 from evilm_core.data.label_cache import LabelCache, choose_candidates
 from evilm_core.data.manifest import resolve_video
 from evilm_core.data.record import ClipRecord
@@ -58,9 +59,13 @@ class SegmentFrames:
 
     num_frames: int  # T
     image_size: int  # frames are resized to this size in the decoder
+    decoder: str = "auto"  # decoders.DECODERS; resolved here, so spawned workers get the backend's name
+
+    def __post_init__(self):
+        self.decoder = resolve_decoder(self.decoder)
 
     def __call__(self, record, path, mode, rng):
-        return read_clip(path, self.num_frames, self.image_size, mode, rng), None
+        return read_clip(path, self.num_frames, self.image_size, mode, rng, self.decoder), None
 
 
 @dataclass
@@ -72,6 +77,10 @@ class CachedCandidates:
     cache: LabelCache  # opened and validated by the caller
     num_frames: int  # T
     image_size: int  # frames are resized to this size in the decoder
+    decoder: str = "auto"  # decoders.DECODERS, resolved here (as SegmentFrames)
+
+    def __post_init__(self):
+        self.decoder = resolve_decoder(self.decoder)
 
     @staticmethod
     def check_status(cache: LabelCache, record: ClipRecord) -> None:
@@ -84,7 +93,7 @@ class CachedCandidates:
         self.check_status(self.cache, record)
         frames = self.cache.candidate_frames(record.video)
         cand = choose_candidates(len(frames), self.num_frames, mode, rng)
-        return read_frames(path, lambda n: [int(frames[c]) for c in cand], self.image_size), cand
+        return read_frames(path, lambda n: [int(frames[c]) for c in cand], self.image_size, self.decoder), cand
 
 
 @dataclass

@@ -26,9 +26,10 @@ class ClipSource:
     root: str  # where relative video paths resolve (also for shard records: messages, keys)
     shards: ShardSet | None = None  # the frames, when `path` is a shard set
 
-    def frames(self, num_frames: int, image_size: int, cache: LabelCache | None = None) -> FramePicker:
-        """How a dataset over these clips gets its T frames."""
-        return picker(self.shards, self.path, num_frames, image_size, cache)
+    def frames(self, num_frames: int, image_size: int, cache: LabelCache | None = None,
+               decoder: str = "auto") -> FramePicker:
+        """How a dataset over these clips gets its T frames (`decoder`: what decodes a manifest's videos)."""
+        return picker(self.shards, self.path, num_frames, image_size, cache, decoder)
 
     def sample_videos(self) -> list[str]:
         """The video of each sample, in sample order (shard sets hold one sample per distinct video)."""
@@ -42,11 +43,13 @@ class ClipSource:
 
 
 def picker(shards: ShardSet | None, path: str, num_frames: int, image_size: int,
-           cache: LabelCache | None = None) -> FramePicker:
-    """Shard sets give their stored candidates; manifests decode (label-cache candidates with a cache)."""
+           cache: LabelCache | None = None, decoder: str = "auto") -> FramePicker:
+    """Shard sets give their stored candidates; manifests decode with `decoder` (label-cache
+    candidates with a cache)."""
     if shards is None:
-        return CachedCandidates(cache, num_frames, image_size) if cache is not None else SegmentFrames(num_frames,
-                                                                                                       image_size)
+        if cache is not None:
+            return CachedCandidates(cache, num_frames, image_size, decoder)
+        return SegmentFrames(num_frames, image_size, decoder)
     stored = shards.settings
     if stored["size"] != image_size:
         raise EvilmError(f"the shard set {path} stores {stored['size']} px frames but data.image_size is "
@@ -58,11 +61,11 @@ def picker(shards: ShardSet | None, path: str, num_frames: int, image_size: int,
 
 
 def clip_frames(path: str | os.PathLike, root: str | None, num_frames: int, image_size: int,
-                cache: LabelCache | None = None) -> tuple[str, FramePicker]:
+                cache: LabelCache | None = None, decoder: str = "auto") -> tuple[str, FramePicker]:
     """(root, frame picker) for records read from `path`, without reading them again."""
     if looks_like_shards(path):
         return str(Path(path).absolute()), picker(ShardSet.open(path), str(path), num_frames, image_size, cache)
-    return video_root(root, path), picker(None, str(path), num_frames, image_size, cache)
+    return video_root(root, path), picker(None, str(path), num_frames, image_size, cache, decoder)
 
 
 def missing_input(path: str | os.PathLike, key: str) -> EvilmError:

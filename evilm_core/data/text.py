@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from evilm_core.data.vocab import read_vocab
 
@@ -58,16 +58,25 @@ class TextTokens:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def __call__(self, text: str, second: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One text, or a (question, option) pair as [CLS] q [SEP] o [SEP], padded to max_len."""
+    def __call__(self, text: str, second: str | None = None):
+        """One text, or a (question, option) pair as [CLS] q [SEP] o [SEP], padded to max_len ->
+        (ids, mask) long tensors [max_len]."""
+        import torch
+
         enc = self.tokenizer.encode(text or "", second) if second else self.tokenizer.encode(text or "")
         return torch.tensor(enc.ids, dtype=torch.long), torch.tensor(enc.attention_mask, dtype=torch.long)
 
-    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Many texts -> ids and mask [B, max_len]."""
+    def batch(self, texts: list[str], as_numpy: bool = False):
+        """Many texts -> ids and mask [B, max_len]: long tensors, or int64 arrays with `as_numpy`
+        (the ONNX query path, which never imports torch)."""
         encs = self.tokenizer.encode_batch([t or "" for t in texts])
-        return (torch.tensor([e.ids for e in encs], dtype=torch.long),
-                torch.tensor([e.attention_mask for e in encs], dtype=torch.long))
+        ids = np.array([e.ids for e in encs], dtype=np.int64).reshape(len(encs), self.max_len)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64).reshape(len(encs), self.max_len)
+        if as_numpy:
+            return ids, mask
+        import torch
+
+        return torch.from_numpy(ids), torch.from_numpy(mask)
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of `text` the vocabulary lacks (each becomes [UNK], i.e. carries no meaning);

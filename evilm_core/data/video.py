@@ -1,30 +1,31 @@
-"""Clip decoding with decord: choose frame indices first, then one `get_batch`.
+"""Clip decoding: choose frame indices first (here, whatever decodes), then decode them with
+the chosen backend (decoders.py: decord, PyAV or torchcodec; docs/data.md, "Decoders").
 
 Sampling follows ClipBERT/E-ViLM sparse sampling: the video's frames are cut into T equal
 segments; training takes a random frame inside each segment, evaluation the segment centre.
 A video with fewer frames than T repeats frames (the segments overlap the same frame).
 
-decord traps avoided here: a `VideoReader` shared across DataLoader workers can hang and a
-long-lived one leaks memory, so one reader is opened per clip, inside the worker, and dropped.
+One reader is opened per clip, inside the worker, and closed (decord traps: a `VideoReader`
+shared across DataLoader workers can hang and a long-lived one leaks memory).
 """
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from evilm_core.errors import VideoDecodeError
+from evilm_core.data.decoders import open_reader, resolve_decoder
+from evilm_core.errors import EvilmError, VideoDecodeError
 
 
 @dataclass
 class Clip:
     frames: np.ndarray  # [T, H, W, 3] uint8 RGB, resized in the decoder
     indices: list[int]  # the decoded frame index of each of the T frames
-    num_video_frames: int  # frames in the file (as decord counts them)
+    num_video_frames: int  # frames in the file (the container's count, as decord counts them)
     fps: float  # average frame rate reported by the container
 
 
@@ -58,42 +59,24 @@ class VideoBytes:
         return self.name
 
 
-def _reader_kwargs(size: int | None) -> dict:
-    kwargs = {"num_threads": 1}
-    if size:
-        kwargs.update(width=size, height=size)
-    return kwargs
-
-
-def _open_bytes(video: VideoBytes, size: int | None):
-    import decord
-
-    if not video.data:
-        raise VideoDecodeError(video.name, "corrupt", "empty file (0 bytes)")
-    try:
-        return decord.VideoReader(io.BytesIO(video.data), **_reader_kwargs(size))
-    except Exception as err:  # decord raises its own DECORDError and RuntimeError variants
-        raise VideoDecodeError(video.name, "corrupt", _short(err)) from None
-
-
-def _open_reader(path: Path | VideoBytes, size: int | None):
-    import decord  # imported lazily: worker processes import it themselves
-
+def _source(path: Path | VideoBytes):
+    """What a backend opens: a path string, or bytes (in memory; a file name that is not UTF-8,
+    which FFmpeg cannot be given). Missing, empty and directory paths raise VideoDecodeError."""
     if isinstance(path, VideoBytes):
-        return _open_bytes(path, size)
+        if not path.data:
+            raise VideoDecodeError(path.name, "corrupt", "empty file (0 bytes)")
+        return path.data
     if not path.exists():
         raise VideoDecodeError(str(path), "missing", "no such file")
     if path.is_dir():
         raise VideoDecodeError(str(path), "corrupt", "is a directory")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(str(path), "corrupt", "empty file (0 bytes)")
-    kwargs = _reader_kwargs(size)
+    if _utf8(str(path)):
+        return str(path)
     try:
-        if _utf8(str(path)):
-            return decord.VideoReader(str(path), **kwargs)
-        with open(path, "rb") as fh:  # a name that is not UTF-8: decord cannot pass it to FFmpeg, its bytes it can
-            return decord.VideoReader(fh, **kwargs)
-    except Exception as err:  # decord raises its own DECORDError and RuntimeError variants
+        return path.read_bytes()
+    except OSError as err:
         raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
 
 
@@ -110,31 +93,39 @@ def _short(err: Exception) -> str:
     return (text[0] if text else type(err).__name__)[:200]
 
 
-def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = None) -> Clip:
-    """Open `path` (a file, or a video in memory), pick indices with `indices_fn(num_video_frames)`,
-    decode them in one batch."""
+def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = None, decoder: str = "auto") -> Clip:
+    """Open `path` (a file, or a video in memory) with `decoder` (decoders.DECODERS), pick indices
+    with `indices_fn(num_video_frames)` (the same whatever decodes), decode them."""
     path = path if isinstance(path, VideoBytes) else Path(path)
-    reader = _open_reader(path, size)
+    decoder = resolve_decoder(decoder)  # a decoder that does not work here is an error before any clip is
+    source = _source(path)
     try:
-        total = len(reader)
+        reader = open_reader(source, size, decoder)
+    except EvilmError:
+        raise  # a decoder that is not installed: the user's to fix, not the clip's
+    except Exception as err:  # each backend raises its own errors for a file it cannot open
+        raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+    try:
+        total = int(reader.num_frames)
         if total < 1:
             raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
-        indices = list(indices_fn(total))
+        indices = [int(i) for i in indices_fn(total)]
         try:
-            frames = reader.get_batch(indices).asnumpy()
+            frames = np.asarray(reader.get(indices))
         except Exception as err:
             raise VideoDecodeError(str(path), "corrupt", f"decoding frames {indices}: {_short(err)}") from None
-        fps = float(reader.get_avg_fps() or 0.0)
+        fps = float(reader.fps or 0.0)
     finally:
-        del reader
-    if frames.ndim != 4 or frames.shape[0] != len(indices):
-        raise VideoDecodeError(str(path), "corrupt", f"decoder returned shape {frames.shape}")
+        reader.close()
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.dtype != np.uint8:
+        raise VideoDecodeError(str(path), "corrupt", f"decoder returned {frames.dtype} of shape {frames.shape}")
     return Clip(frames=np.ascontiguousarray(frames), indices=indices, num_video_frames=total, fps=fps)
 
 
-def read_clip(path: str | Path, num_frames: int, size: int | None = None, mode: str = "eval", rng=None) -> Clip:
+def read_clip(path: str | Path, num_frames: int, size: int | None = None, mode: str = "eval", rng=None,
+              decoder: str = "auto") -> Clip:
     """Decode T = `num_frames` frames of `path` by segment sampling, resized to size x size.
 
     Raises `VideoDecodeError` (reason missing | corrupt) for anything that cannot be used.
     """
-    return read_frames(path, lambda n: segment_indices(n, num_frames, mode, rng), size)
+    return read_frames(path, lambda n: segment_indices(n, num_frames, mode, rng), size, decoder)

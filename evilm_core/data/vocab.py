@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
-
-import torch
+from typing import TYPE_CHECKING, Iterable
 
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
@@ -85,6 +86,8 @@ class WordTargets:
         return len(self.words)
 
     def __call__(self, caption: str) -> torch.Tensor:
+        import torch  # here, so reading a vocab (the query path) does not import torch
+
         if self._split is None:
             self._split = _word_splitter()
         target = torch.zeros(len(self.words))

@@ -26,8 +26,10 @@ from evilm_core.fs import clean_stale_temps
 log = logging.getLogger("evilm.train")
 
 # recipe keys that cannot change what a run computes: free to differ on --resume
-FREE_KEYS = {"output": None, "data": ("num_workers",),
+FREE_KEYS = {"output": None, "logging": None, "data": ("num_workers",),
              "train": ("device", "keep_checkpoints", "log_every", "save_every", "max_nonfinite")}
+# keys added later, hashed only when set away from their default: older checkpoints stay resumable
+LATER_KEYS = {"train": {"compile": False}}
 
 
 def recipe_hash(recipe: Any) -> str:
@@ -38,6 +40,10 @@ def recipe_hash(recipe: Any) -> str:
             raw.pop(section, None)
         elif isinstance(raw.get(section), dict):
             for key in keys:
+                raw[section].pop(key, None)
+    for section, defaults in LATER_KEYS.items():
+        for key, default in defaults.items():
+            if isinstance(raw.get(section), dict) and raw[section].get(key, default) == default:
                 raw[section].pop(key, None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -5,6 +5,7 @@ the software and machine a run used (`environment`, written into every run direc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import weakref
@@ -20,9 +21,11 @@ from evilm_core.data.dataset import collate_clips
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
 
+log = logging.getLogger("evilm.train")
 METRICS_FILE = "metrics.jsonl"
 # what a result depends on (float sums follow the thread count; docs/reliability.md, "Reproducible numbers")
-RECORDED_PACKAGES = ("evilm", "torch", "timm", "transformers", "tokenizers", "numpy", "safetensors", "decord")
+RECORDED_PACKAGES = ("evilm", "torch", "timm", "transformers", "tokenizers", "numpy", "safetensors", "decord", "av",
+                     "torchcodec")
 
 
 def environment(device: torch.device | str | None = None) -> dict:
@@ -56,8 +59,29 @@ def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    """The model inside torch.compile's and DistributedDataParallel's wrappers (or the model itself)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if hasattr(model, "module") else model
+
+
+def compile_model(model: nn.Module, enabled: bool) -> nn.Module:
+    """`train.compile`: torch.compile the training model, DDP wrapper included (torch's DDP notes:
+    wrap, then compile, so dynamo splits the graph at DDP's gradient buckets). The first steps
+    compile (forward and backward); a new input shape, such as a short last batch, compiles again.
+    Inductor generates Triton kernels on CUDA and C++ on the CPU (a C++ compiler is needed, and
+    minutes); EVILM_COMPILE_BACKEND picks another torch.compile backend (the tests: aot_eager)."""
+    if not enabled:
+        return model
+    backend = os.environ.get("EVILM_COMPILE_BACKEND", "inductor")
+    log.info("train.compile: torch.compile (backend %s); the first steps compile the model", backend)
+    return torch.compile(model, backend=backend)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """{"max_memory_mib": the most CUDA memory this process's tensors have held} on CUDA, else {}."""
+    if device.type != "cuda":
+        return {}
+    return {"max_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
 _EVAL_LOADERS: "weakref.WeakKeyDictionary[Dataset, dict]" = weakref.WeakKeyDictionary()

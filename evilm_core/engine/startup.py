@@ -17,7 +17,7 @@ from evilm_core.data.record import ClipRecord
 from evilm_core.data.records import RecordTable, write_record_table
 from evilm_core.data.vocab import save_vocab
 from evilm_core.engine.distributed import DistInfo, barrier, init_distributed
-from evilm_core.engine.machine import apply_threads
+from evilm_core.machine import apply_threads
 from evilm_core.engine.seed import seed_everything
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text

@@ -3,9 +3,9 @@ fine-tuning tasks plug into it (docs/design.md, "Training loop").
 
 A `TrainTask` owns the model and says how to compute a loss on a batch, how to evaluate and
 what to export at the end; the trainer owns everything else: data order, AdamW + schedule,
-gradient accumulation and clipping, bf16 autocast, DDP, metrics.jsonl, atomic checkpoints,
-`--resume` to the exact batch (or refused: engine/resume.py), and SIGINT/SIGTERM/SIGUSR1 ->
-checkpoint and stop (docs/reliability.md, "Signals").
+gradient accumulation and clipping, bf16 autocast, DDP, metrics.jsonl (and the TensorBoard and
+W&B sinks: engine/tracking.py), atomic checkpoints, `--resume` to the exact batch (or refused:
+engine/resume.py), and SIGINT/SIGTERM/SIGUSR1 -> checkpoint and stop (docs/reliability.md, "Signals").
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from evilm_core.engine.distributed import DistInfo, barrier
 from evilm_core.engine.optim import build_optimizer, lr_at
 from evilm_core.engine.resume import (LAST_CHECKPOINT, check_identity, checkpoint_to_resume, replanned_batch,
                                      run_identity)
-from evilm_core.engine.machine import autocast
-from evilm_core.engine.runtime import MetricsLog, environment, to_device
+from evilm_core.machine import autocast
+from evilm_core.engine.runtime import compile_model, environment, peak_memory, to_device
 from evilm_core.engine.sampler import ResumableSampler
+from evilm_core.engine.tracking import RunLog
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.evaluation.metrics import require_finite_metrics
 from evilm_core.fs import atomic_write_text
@@ -76,6 +77,7 @@ class Trainer:
         if info.world > 1:
             ids = [info.device.index] if info.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.wrapped = compile_model(self.wrapped, recipe.train.compile)  # after DDP, as torch's DDP notes say
         # datasets that take (epoch, index) keys let the loader's workers persist across epochs
         self.persistent = bool(getattr(dataset, "epoch_keys", False))
         self.sampler = ResumableSampler(len(dataset), recipe.seed, info.rank, info.world, tag_epoch=self.persistent)
@@ -88,7 +90,7 @@ class Trainer:
         self.pos = Position()
         self.window = _Window()  # metrics since the last metrics.jsonl row (spans epochs)
         self._stop_signal: int | None = None
-        self.metrics_log = MetricsLog(self.run_dir)
+        self.metrics_log = RunLog(self.run_dir, recipe.logging, info.is_main)  # metrics.jsonl + logging:
         self.nonfinite_run = 0  # consecutive steps skipped for a NaN/Inf loss or gradient
         self.identity = run_identity(recipe, dataset, info.world)  # what --resume compares
         self.replanned: list[str] = []  # what --replan accepted, for the result
@@ -126,8 +128,6 @@ class Trainer:
         self.pos = Position(state["step"], state["epoch"], state["batch"], state["skipped"], state.get("nonfinite", 0))
         if self.replanned:
             self._replan(state)
-        if self.info.is_main:
-            self.metrics_log.truncate(self.pos.step)
         log.info("resumed from %s (step %d, epoch %d)", last, self.pos.step, self.pos.epoch)
         return True
 
@@ -144,8 +144,7 @@ class Trainer:
                     "batch of this epoch's clips is seen twice)")
 
     def _log_row(self, row: dict) -> None:
-        if self.info.is_main:
-            self.metrics_log.write(row)
+        self.metrics_log.write(row)  # rank 0 holds the sinks, the other ranks none
 
     # ------------------------------------------------------------------ loop
     def _signal(self, signum, _frame) -> None:
@@ -182,8 +181,8 @@ class Trainer:
             raise EvilmError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
                              "or set output.dir to a new directory")
         resumed = bool(resume) and self.resume(replan=resume == "replan")
-        if not resumed and self.info.is_main:
-            self.metrics_log.clear()  # a fresh start (also a kill before the first checkpoint: nothing was kept)
+        # a fresh start drops an earlier attempt's rows (a kill before the first checkpoint), a resume those after it
+        self.metrics_log.open(self.pos.step if resumed else None, self.recipe)
         env = environment(self.info.device)
         if self.info.is_main:
             save_yaml(self.recipe, self.run_dir / "config.yaml")
@@ -194,6 +193,7 @@ class Trainer:
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
+            self.metrics_log.close()
         return {**metrics, "environment": env, **({"replanned": self.replanned} if self.replanned else {})}
 
     def _run(self) -> dict[str, Any]:
@@ -243,8 +243,9 @@ class Trainer:
             with torch.no_grad(), autocast(self.recipe.train.precision, self.info.device):
                 metrics = require_finite_metrics(self.task.evaluate(self.model), f"validation at step {self.pos.step}")
             self.model.train()
-            self._log_row({"step": self.pos.step, "epoch": self.pos.epoch, "split": "val", **metrics})
-            log.info("eval step %d: %s", self.pos.step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            if metrics:  # a recipe without a validation set has nothing to report: no empty row or line
+                self._log_row({"step": self.pos.step, "epoch": self.pos.epoch, "split": "val", **metrics})
+                log.info("eval step %d: %s", self.pos.step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         barrier()
         return metrics
 
@@ -277,7 +278,8 @@ class Trainer:
             if self.pos.step % t.log_every == 0 or self.pos.step == self.total_steps:
                 self._log_row({"step": self.pos.step, "epoch": self.pos.epoch,
                                "lr": self.optimizer.param_groups[0]["lr"], **self.window.row(),
-                               "skipped": self.pos.skipped, "skipped_nonfinite": self.pos.nonfinite})
+                               "skipped": self.pos.skipped, "skipped_nonfinite": self.pos.nonfinite,
+                               **peak_memory(self.info.device)})
                 self.window = _Window()
             if self.progress:
                 self.progress(self.pos.step, self.total_steps, loss=float(parts.get("loss", loss.item())))

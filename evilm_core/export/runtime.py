@@ -2,9 +2,11 @@
 as EViLM (`embed_video`, `embed_text`), so retrieval treats an export like a checkpoint.
 
 Only the tower asked for is loaded, on first use: a query process never reads the video tower.
-onnxruntime sessions take their intra-op thread count from torch.get_num_threads() when they
-are created, so the project's thread policy (evilm_core/engine/machine.py) applies to them
-too; inter-op parallelism stays at 1 (one tower is one sequential graph).
+onnxruntime sessions take their intra-op thread count from the project's thread policy
+(evilm_core/machine.py) when they are created; inter-op parallelism stays at 1 (one
+tower is one sequential graph). The ONNX towers run on NumPy arrays: given arrays, nothing here
+imports torch (a query over an ONNX export starts in about a second); given tensors, they
+return tensors (the index build path).
 
 The constants here (file names, format string) are the contract between the exporter
 (towers.py) and every reader; they live in this light module so a reader imports no exporter.
@@ -18,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
+from evilm_core.machine import choose_threads
 from evilm_core.errors import EvilmError
 
 log = logging.getLogger("evilm.export")
@@ -71,27 +73,52 @@ def _onnx_runner(path: Path, names: list[str], output: str) -> Callable:
     except ImportError:
         raise EvilmError(f"{path.parent} is an ONNX export: {ONNX_EXTRA}") from None
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())  # the project's thread policy, read now
+    opts.intra_op_num_threads = _threads()  # the project's thread policy, read now
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: its constant-folding notes are not the user's business
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
-    def run(*tensors: torch.Tensor) -> torch.Tensor:
-        feeds = {n: np.ascontiguousarray(t.numpy()) for n, t in zip(names, tensors)}
-        return torch.from_numpy(session.run([output], feeds)[0])
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        feeds = {n: np.ascontiguousarray(a) for n, a in zip(names, arrays)}
+        return session.run([output], feeds)[0]
 
     return run
+
+
+def _threads() -> int:
+    """torch's thread count where torch is loaded (apply_threads set it), else the policy's."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return max(1, torch.get_num_threads() if torch is not None else choose_threads()[0])
 
 
 def _torch_runner(path: Path) -> Callable:
+    import torch
+
     program = torch.export.load(str(path)).module()
 
-    def run(*tensors: torch.Tensor) -> torch.Tensor:
+    def run(*arrays: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return program(*tensors)
+            return program(*map(torch.from_numpy, arrays)).float().numpy()
 
     return run
+
+
+def _as_array(x, dtype) -> tuple[np.ndarray, bool]:
+    """(a contiguous CPU array of `x`, whether `x` was a torch tensor)."""
+    if hasattr(x, "detach"):
+        return np.ascontiguousarray(x.detach().cpu().numpy().astype(dtype, copy=False)), True
+    return np.ascontiguousarray(np.asarray(x, dtype=dtype)), False
+
+
+def _like(rows: np.ndarray, tensor: bool):
+    if not tensor:
+        return rows
+    import torch
+
+    return torch.from_numpy(rows)
 
 
 class ExportedTowers:
@@ -128,27 +155,29 @@ class ExportedTowers:
             self._runners[tower] = runner
         return self._runners[tower]
 
-    def embed_video(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised frames [B, T, 3, H, W] (T = num_frames, H = W = image_size) -> [B, E]."""
+    def embed_video(self, pixels):
+        """Normalised frames [B, T, 3, H, W] (T = num_frames, H = W = image_size) -> [B, E]; an
+        array in, an array out; a tensor in, a tensor out."""
+        x, tensor = _as_array(pixels, np.float32)  # [B, T, 3, H, W]
         want = (self.num_frames, 3, self.image_size, self.image_size)
-        if pixels.dim() != 5 or tuple(pixels.shape[1:]) != want:
+        if x.ndim != 5 or tuple(x.shape[1:]) != want:
             raise EvilmError(f"the export {self.directory} takes pixels [B, {', '.join(map(str, want))}], got "
-                             f"{list(pixels.shape)}; for another frame count export again with --frames")
-        if pixels.shape[0] == 0:
-            return torch.empty(0, self.embed_dim)
-        x = pixels.detach().to("cpu", torch.float32).contiguous()  # [B, T, 3, H, W]
-        return self._runner("video")(x).float()
+                             f"{list(x.shape)}; for another frame count export again with --frames")
+        if x.shape[0] == 0:
+            return _like(np.zeros((0, self.embed_dim), np.float32), tensor)
+        return _like(self._runner("video")(x).astype(np.float32, copy=False), tensor)
 
-    def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids and mask [B, L] (L = max_text_len, as evilm_core.data.text pads) -> [B, E]."""
-        if input_ids.dim() != 2 or input_ids.shape[1] != self.max_text_len or input_ids.shape != attention_mask.shape:
+    def embed_text(self, input_ids, attention_mask):
+        """Token ids and mask [B, L] (L = max_text_len, as evilm_core.data.text pads) -> [B, E];
+        arrays in, an array out; tensors in, a tensor out."""
+        ids, tensor = _as_array(input_ids, np.int64)  # [B, L]
+        mask, _ = _as_array(attention_mask, np.int64)  # [B, L]
+        if ids.ndim != 2 or ids.shape[1] != self.max_text_len or ids.shape != mask.shape:
             raise EvilmError(f"the export {self.directory} takes ids and mask [B, {self.max_text_len}], got "
-                             f"{list(input_ids.shape)} and {list(attention_mask.shape)}")
-        if input_ids.shape[0] == 0:
-            return torch.empty(0, self.embed_dim)
-        ids = input_ids.detach().to("cpu", torch.int64).contiguous()  # [B, L]
-        mask = attention_mask.detach().to("cpu", torch.int64).contiguous()  # [B, L]
-        return self._runner("text")(ids, mask).float()
+                             f"{list(ids.shape)} and {list(mask.shape)}")
+        if ids.shape[0] == 0:
+            return _like(np.zeros((0, self.embed_dim), np.float32), tensor)
+        return _like(self._runner("text")(ids, mask).astype(np.float32, copy=False), tensor)
 
     @property
     def loaded(self) -> list[str]:

@@ -90,7 +90,7 @@ def check_onnx_installed() -> None:
 def load_evilm(checkpoint: str | Path) -> LoadedCheckpoint:
     """load_checkpoint, with a clear word for the one wrong checkpoint people pass: a tokenizer's."""
     directory = resolve_checkpoint(checkpoint)
-    raw = ckpt.read_yaml_config(directory)
+    raw = ckpt.read_config(directory)
     if raw.get("format") == TOKENIZER_FORMAT or raw.get("kind") == "tokenizer":  # final/ or a step_*
         raise EvilmError(f"{directory} is a tokenizer checkpoint; export an E-ViLM checkpoint (pretrain/finetune "
                          "output)")

@@ -27,8 +27,9 @@ from evilm_core.config.loader import save_yaml
 from evilm_core.config.sections import DataConfig
 from evilm_core.data.dataset import ClipDataset, clip_dataset
 from evilm_core.data.inputs import clip_frames, open_clips
-from evilm_core.engine.machine import autocast
-from evilm_core.engine.runtime import MetricsLog, eval_batches
+from evilm_core.machine import autocast
+from evilm_core.engine.runtime import eval_batches
+from evilm_core.engine.tracking import RunLog
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.metrics import accuracy, require_finite
 from evilm_core.finetune.config import ProbeConfig
@@ -153,7 +154,7 @@ def evaluate_probe(net: EViLM, dataset: ClipDataset, feature: str, data: DataCon
 
 def probe_dataset(records, manifest: str, data: DataConfig, labels: list[str], seed: int) -> ClipDataset:
     """The clips of `records`, read as `manifest`'s (a shard set's stored frames, or decoded videos)."""
-    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size)
+    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size, decoder=data.decoder)
     return clip_dataset(records, root, data.num_frames, data.image_size, seed=seed, extras=LabelFields(labels),
                         frames=frames)
 
@@ -197,8 +198,8 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
         raise EvilmError(f"{run_dir} already holds a finished probe (final/); pass --resume to run it again "
                          "(features are reused) or set output.dir to a new directory")
     save_yaml(recipe, run_dir / "config.yaml")
-    metrics_log, device = MetricsLog(run_dir), info.device
-    metrics_log.clear()
+    metrics_log, device = RunLog(run_dir, recipe.logging, True), info.device  # metrics.jsonl + logging:
+    metrics_log.open(None, recipe)  # features are cached; the classifier always trains from its start
     net.to(device).requires_grad_(False)
     source = ckpt.file_sha256(init_dir / ckpt.WEIGHTS) if init_dir else f"scratch:seed={recipe.seed}"
 
@@ -230,5 +231,6 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
         val_ds, val = features("val", d.val, open_clips(d.val, d.format, d.root, "data.val").records)
         metrics = {f"val_{k}": v for k, v in evaluate_probe(net, val_ds, cfg.feature, d, device, feats=val).items()}
         metrics_log.write({"step": cfg.epochs, "split": "val", **metrics})
+    metrics_log.close()
     final = export_model(net, run_dir / "final", vocab, "probe", extra={"feature": cfg.feature}, classes=labels)
     return {"checkpoint": str(final), "step": steps, "metrics": metrics, "skipped": train["skipped"]}

@@ -25,7 +25,7 @@ from evilm_core.data.inputs import open_clips
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.text import TextTokens
 from evilm_core.data.vocab import build_vocab
-from evilm_core.engine.machine import apply_threads, autocast, resolve_precision
+from evilm_core.machine import apply_threads, autocast, resolve_precision
 from evilm_core.engine.runtime import choose_device, environment
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError

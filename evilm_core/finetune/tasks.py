@@ -109,7 +109,7 @@ class FinetuneTask:
     def dataset(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, fields, train: bool = False):
         """The clips of `records` (videos resolved as `manifest`'s) with the task's `fields`."""
         d = recipe.data
-        root, frames = clip_frames(manifest, d.root, d.num_frames, d.image_size)
+        root, frames = clip_frames(manifest, d.root, d.num_frames, d.image_size, decoder=d.decoder)
         return clip_dataset(records, root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
                             color_jitter=d.color_jitter, seed=recipe.seed, extras=fields, frames=frames)
 
@@ -303,7 +303,7 @@ def evaluate_retrieval(net: EViLM, records: list[ClipRecord], manifest: str, dat
     first = {r.video: r for r in reversed(records)}  # the first record of each video
     videos = list(dict.fromkeys(r.video for r in records))
     counts: dict = {"skipped": 0}
-    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size)
+    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size, decoder=data.decoder)
     clips = clip_dataset([ClipRecord(video=v, sample=first[v].sample) for v in videos], root, data.num_frames,
                          data.image_size, frames=frames)
     video_emb, video_tokens, kept = [], [], []

@@ -22,12 +22,13 @@ import torch
 from torch.utils.data import Dataset
 
 from evilm_core.data.collect import parse_shard
+from evilm_core.data.decoders import resolve_decoder
 from evilm_core.data.inputs import collect
 from evilm_core.data.label_cache import CORRUPT, MISSING
 from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import normalize
 from evilm_core.data.video import read_frames, segment_indices
-from evilm_core.engine.machine import apply_threads, autocast, resolve_precision
+from evilm_core.machine import apply_threads, autocast, resolve_precision
 from evilm_core.engine.runtime import choose_device, environment, eval_loader
 from evilm_core.errors import EvilmError, VideoDecodeError
 from evilm_core.label.writer import CacheWriter, make_meta, shard_dir_name
@@ -44,9 +45,9 @@ class CandidateFrames(Dataset):
     From a shard set, the frames it stores (row r = sample r): the very pixels training reads."""
 
     def __init__(self, rows: list[int], paths: list[str] | None, num_candidates: int, image_size: int,
-                 shards: ShardSet | None = None):
+                 shards: ShardSet | None = None, decoder: str = "auto"):
         self.rows, self.paths, self.shards = rows, paths, shards
-        self.num_candidates, self.image_size = num_candidates, image_size
+        self.num_candidates, self.image_size, self.decoder = num_candidates, image_size, decoder
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -56,7 +57,7 @@ class CandidateFrames(Dataset):
             sample = self.shards.read(self.rows[i])
             return sample.frames, sample.info["frames"], int(sample.info["num_video_frames"])
         f = self.num_candidates
-        clip = read_frames(self.paths[i], lambda n: segment_indices(n, f, "eval"), size=self.image_size)
+        clip = read_frames(self.paths[i], lambda n: segment_indices(n, f, "eval"), self.image_size, self.decoder)
         return clip.frames, clip.indices, clip.num_video_frames
 
     def __getitem__(self, i: int) -> dict:
@@ -120,9 +121,9 @@ def _log_skips(skipped: list[tuple], seen_before: int) -> None:
 
 
 def _loader(rows: list[int], paths: list[str] | None, meta: dict, batch_size: int, num_workers: int, pin: bool,
-            shards: ShardSet | None):
+            shards: ShardSet | None, decoder: str):
     ds = CandidateFrames(rows, [paths[r] for r in rows] if paths is not None else None, meta["num_candidates"],
-                         meta["image_size"], shards)
+                         meta["image_size"], shards, decoder)
     return eval_loader(ds, batch_size, num_workers, collate_candidates, pin_memory=pin, worker_init_fn=_worker_init)
 
 
@@ -130,7 +131,7 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
                  num_candidates: int = 8, flips: bool = False, batch_size: int = 16, num_workers: int = 2,
                  device: str = "auto", shard: str | tuple[int, int] | None = None, source: dict | None = None,
                  shards: ShardSet | None = None, precision: str = "fp32", threads: int = 0,
-                 progress: Progress | None = None) -> dict:
+                 decoder: str = "auto", progress: Progress | None = None) -> dict:
     """Label every pending row of this run's share of `keys`; returns the summary
     {out, videos, labelled, skipped, missing, corrupt, newly_labelled, codebook_usage, seconds, ...}."""
     start = time.perf_counter()
@@ -144,17 +145,22 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
     model = model.float().eval()
     if shards is not None:
         _check_shards(shards, num_candidates, info["image_size"])
+    # what decodes: the backend here, or for a shard set the one that decoded its stored frames
+    decoder = resolve_decoder(decoder, "--decoder") if shards is None else shards.settings.get("decoder", "decord")
     out_dir = Path(out) / shard_dir_name(*shard) if shard else Path(out)
-    writer = CacheWriter(out_dir, make_meta(info, num_candidates, flips, len(keys), shard, source, precision), keys)
+    writer = CacheWriter(out_dir, make_meta(info, num_candidates, flips, len(keys), shard, source, precision, decoder),
+                         keys)
     i, n = shard or (0, 1)
     share = np.arange(i, len(keys), n)
     todo = writer.pending(share)
+    if todo:
+        writer.record_decoder(decoder)
     log.info("label: %d videos in %s%s, %d to label (%d done before), tokenizer %s on %s", len(share), out_dir,
              f" (shard {i}/{n} of {len(keys)})" if shard else "", len(todo), len(share) - len(todo), info["dir"],
              f"{dev}, {precision}")
     done, new_ok, new_skipped, t0 = 0, 0, 0, time.perf_counter()
     with label_arithmetic(dev, num_workers, precision):
-        for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda", shards):
+        for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda", shards, decoder):
             codes = None
             if batch["pixels"] is not None:
                 codes = encode_variants(model, batch["pixels"].to(dev, non_blocking=True), flips)
@@ -175,6 +181,7 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
             "pending": counts["pending"], "newly_labelled": new_ok, "codebook_usage": round(usage, 6),
             "seconds": round(time.perf_counter() - start, 3), "videos_per_second": round(done / max(loop_s, 1e-9), 2),
             "shard": writer.meta["shard"], "total_keys": len(keys), "precision": precision,
+            "decoder": decoder,
             "environment": environment(dev)}
 
 

@@ -29,7 +29,8 @@ def shard_dir_name(index: int, count: int) -> str:
 
 
 def make_meta(tok_info: dict, num_candidates: int, flips: bool, num_keys: int,
-              shard: tuple[int, int] | None, source: dict | None, precision: str = "fp32") -> dict:
+              shard: tuple[int, int] | None, source: dict | None, precision: str = "fp32",
+              decoder: str = "decord") -> dict:
     """The meta.json record of a new cache."""
     if tok_info["codebook_size"] > np.iinfo(np.uint16).max + 1:
         raise EvilmError(f"codebook size {tok_info['codebook_size']} does not fit the cache's uint16 codes")
@@ -43,6 +44,7 @@ def make_meta(tok_info: dict, num_candidates: int, flips: bool, num_keys: int,
         "variants": list(VARIANTS[: 2 if flips else 1]), "dtype": "uint16", "num_keys": int(num_keys),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "precision": precision,  # fp32 | bf16: the tokenizer's arithmetic (bf16 changes some codes)
+        "decoders": [decoder],  # the backends that decoded the rows, first used first (not identity: see docs)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source or {},
     }
 
@@ -117,6 +119,7 @@ class CacheWriter:
     def _check_resume(self, meta: dict, keys: list[str]) -> None:
         old = read_meta(self.dir)
         old.setdefault("precision", "fp32")  # caches from before the precision switch were all fp32
+        old.setdefault("decoders", ["decord"])  # caches from before the decoder switch: decord decoded them
         diffs = mismatch(old, meta, IDENTITY + ("shard",))
         if diffs:
             raise EvilmError(f"{self.dir} holds a label cache made with different settings ("
@@ -128,6 +131,17 @@ class CacheWriter:
             raise EvilmError(f"{self.dir} holds a label cache of different videos ({key_difference(old_keys, keys)}); "
                              "use another --out or delete it to start over")
         self.meta = old
+
+    def record_decoder(self, decoder: str) -> None:
+        """A resumed cache labelled on by another backend: allowed (the pixels differ by about one
+        level of 255, a few codes may change; docs/data.md, "Decoders"), logged and recorded."""
+        if decoder in self.meta["decoders"]:
+            return
+        log.warning("label: %s was labelled with decoded frames of %s; this run decodes with %s (recorded in "
+                    "meta.json `decoders`; pass --decoder %s to keep one backend)", self.dir,
+                    ", ".join(self.meta["decoders"]), decoder, self.meta["decoders"][0])
+        self.meta = {**self.meta, "decoders": [*self.meta["decoders"], decoder]}
+        write_meta(self.dir, self.meta)
 
     @property
     def status(self) -> np.memmap:
@@ -224,7 +238,9 @@ def merge_shards(out: str | os.PathLike, progress=None) -> dict:
     sources = [open_arrays(d, m) for d, m in zip(dirs, metas)]
     for i, (d, arr) in enumerate(zip(dirs, sources)):
         _check_shard_rows(i, n, d, arr[STATUS], out)
-    meta = {**metas[0], "shard": None, "merged_from": n, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    decoders = list(dict.fromkeys(d for m in metas for d in m.get("decoders", ["decord"])))  # not identity: all
+    meta = {**metas[0], "shard": None, "merged_from": n, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "decoders": decoders}
     (out / META).unlink(missing_ok=True)  # the directory is not a valid cache until the merge ends
     allocate(out, meta, keys)
     dest = open_arrays(out, meta, mode="r+")

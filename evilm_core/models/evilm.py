@@ -10,6 +10,7 @@ decoder is 384-d. The decoder itself is in fusion.py, the heads' builders in hea
 
 from __future__ import annotations
 
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,11 +19,12 @@ from evilm_core.models.backbones import trunc_normal_init
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.fusion import FusionDecoder
 from evilm_core.models.heads import mlp_head
+from evilm_core.models.pretrained import PretrainedMixin
 from evilm_core.models.text_encoder import TextEncoder
 from evilm_core.models.video_encoder import VideoEncoder
 
 
-class EViLM(nn.Module):
+class EViLM(PretrainedMixin, nn.Module):
     """E-ViLM: video encoder + text encoder + fusion decoder, heads apart (docs/design.md, "Model").
 
     `forward_features` is the joint pass every task uses; `embed_video` / `embed_text` are the

@@ -1,14 +1,18 @@
-"""E-ViLM checkpoints in and out, each in one call (docs/design.md, "Checkpoints").
+"""E-ViLM checkpoints in and out, each in one call (docs/design.md, "Checkpoints"; docs/hub.md).
 
-In: a checkpoint argument may be the checkpoint directory itself or a run directory (its
-`final/`, else its newest complete `step_*`). The model config comes from the checkpoint's
-config.yaml (pre-training `final/` and fine-tuned exports write {format, model, ...}; the
-trainer's `step_*` directories hold the whole recipe, which has a `model` section too) and the
-vocabulary from its vocab.txt. Task heads (`heads.qa`, `heads.probe`) are rebuilt from the
-shapes of the saved weights, so any checkpoint loads strictly without its recipe.
+In: a checkpoint argument may be the checkpoint directory itself, a run directory (its `final/`,
+else its newest complete `step_*`) or a Hub id `hf-hub:ORG/NAME[@REV]` (hub.py resolves it to a
+cached snapshot). The model config comes from the checkpoint's config.json (a model export in
+the Hub layout), else its config.yaml (an export written before it; the trainer's `step_*`
+directories hold the whole recipe, which has a `model` section too), and the vocabulary from its
+vocab.txt. Task heads (`heads.qa`, `heads.probe`) are rebuilt from the shapes of the saved
+weights, so any checkpoint loads strictly without its recipe.
 
-Out: `export_model` writes a `final/`: the weights, {format, model[, task, ...]}, vocab.txt and,
-for a task head, answers.txt (qa) / labels.txt (probe) listing its classes in head order.
+Out: `export_model` writes a `final/` in the Hub layout: the weights, config.json ({format, task,
+model, ...} plus evilm_version and vocab_file), vocab.txt, the model card README.md (model_card.py)
+and, for a task head, answers.txt (qa) / labels.txt (probe) listing its classes in head order.
+`from_pretrained` / `save_pretrained` (EViLM's methods) are these two with the vocabulary kept on
+the model.
 """
 
 from __future__ import annotations
@@ -21,46 +25,19 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from evilm_core import checkpoint as ckpt
-from evilm_core.config.loader import from_dict
-from evilm_core.errors import EvilmError, RecipeError
+from evilm_core.errors import EvilmError
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
-from evilm_core.models.heads import CLASS_FILES, HEAD_OUT, attach_head, class_file_text, read_class_file
+from evilm_core.models.pretrained import (FORMAT, PRETRAINED_FORMAT, build_from_directory, checkpoint_model_config,
+                                          export_model, resolve_checkpoint)
+
+__all__ = ["FORMAT", "PRETRAINED_FORMAT", "LoadedCheckpoint", "checkpoint_model_config", "convert_to_hub",
+           "export_model", "load_checkpoint", "load_init_weights", "load_text_side", "merge_model_config",
+           "resolve_checkpoint"]
 
 log = logging.getLogger("evilm.models")
-FORMAT = "evilm-finetune/1"  # a fine-tuned final/ (task head included)
-PRETRAINED_FORMAT = "evilm-model/1"  # a pre-trained final/
 SAFE_MODEL_KEYS = ("dropout",)  # recipe values that may differ from the checkpoint's
 TEXT_PREFIXES = ("text.", "fusion.", "retrieval.", "logit_scale")  # what EViLM.text_side holds
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir, or a run dir's final/, else its newest complete step_*."""
-    found = ckpt.find_checkpoint(path)
-    if found is not None:
-        return found
-    path = Path(path)
-    if not path.exists():
-        raise EvilmError(f"checkpoint {path} does not exist: it is made by the run whose output.dir it is, `evilm "
-                         "pretrain RECIPE` (a pre-trained model: recipes/webvid.yaml writes runs/webvid_pretrain, "
-                         "docs/pretraining.md) or `evilm finetune RECIPE`; or name an existing checkpoint directory")
-    raise EvilmError(f"{path} is not a checkpoint: expected {ckpt.WEIGHTS} and {ckpt.CONFIG} in it, in "
-                     f"{path / 'final'}, or in a step_XXXXXXXX directory (a run directory of `evilm pretrain` / "
-                     "`evilm finetune`)")
-
-
-def checkpoint_model_config(directory: Path, raw: dict | None = None) -> EViLMConfig:
-    """The E-ViLM config a checkpoint was trained with; weights are loaded, so never ImageNet's."""
-    raw = ckpt.read_yaml_config(directory) if raw is None else raw
-    section = raw.get("model") if isinstance(raw, dict) else None
-    if not isinstance(section, dict):
-        raise EvilmError(f"{directory}/{ckpt.CONFIG} has no 'model' section: not an E-ViLM checkpoint")
-    try:
-        cfg = from_dict(EViLMConfig, section, "model")
-    except RecipeError as err:
-        raise EvilmError(f"{directory} is not an E-ViLM checkpoint ({err})") from None
-    cfg.pretrained = False
-    return cfg
 
 
 def merge_model_config(recipe: EViLMConfig, saved: EViLMConfig, where: Path) -> EViLMConfig:
@@ -86,7 +63,7 @@ class LoadedCheckpoint:
     directory: Path
     model: EViLM
     vocab: list[str]
-    config: dict  # the checkpoint's config.yaml
+    config: dict  # the checkpoint's config.json (or, older, config.yaml)
     classes: dict[str, list[str]]  # task -> answers / labels, for the heads the checkpoint has
 
     @property
@@ -97,28 +74,7 @@ class LoadedCheckpoint:
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild any E-ViLM checkpoint (pre-trained or fine-tuned) and load it strictly."""
     directory = resolve_checkpoint(path)
-    raw = ckpt.read_yaml_config(directory)
-    cfg = checkpoint_model_config(directory, raw)
-    vocab = ckpt.read_checkpoint_vocab(directory)
-    if len(vocab) != cfg.vocab_size:
-        raise EvilmError(f"{directory}: vocab.txt has {len(vocab)} entries but the model was built for "
-                         f"{cfg.vocab_size}")
-    weights = ckpt.read_weights(directory)
-    net = EViLM(cfg)
-    classes = {}
-    for task, key in HEAD_OUT.items():
-        if key in weights:
-            attach_head(net, task, weights[key].shape[0], in_dim=weights[key].shape[1])
-            names = read_class_file(directory, task)
-            if names is None or len(names) != weights[key].shape[0]:
-                raise EvilmError(f"{directory}: the {task} head has {weights[key].shape[0]} classes but "
-                                 f"{CLASS_FILES[task]} is missing or lists {len(names or [])}")
-            classes[task] = names
-    try:
-        net.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        raise EvilmError(f"{directory}: weights do not fit the model its config.yaml describes "
-                         f"({str(err)[:300]})") from None
+    net, vocab, raw, classes = build_from_directory(EViLM, directory)
     return LoadedCheckpoint(directory, net, vocab, raw, classes)
 
 
@@ -143,16 +99,14 @@ def _prefixes(keys: list[str]) -> str:
     return ", ".join(sorted({".".join(k.split(".")[:2]) for k in keys}))
 
 
-def export_model(net: EViLM, directory: Path, vocab: list[str], task: str | None = None, extra: dict | None = None,
-                 classes: list[str] | None = None) -> Path:
-    """Write the model as a final/ checkpoint: weights, config (its model section rebuilds it without
-    the recipe), vocab and, for a fine-tuned task head, its class file. No task: pre-trained."""
-    if task is None:
-        config = {"format": PRETRAINED_FORMAT, "model": net.cfg}
-    else:
-        config = {"format": FORMAT, "task": task, "model": net.cfg, **(extra or {})}
-    files = {CLASS_FILES[task]: class_file_text(classes)} if classes is not None else None
-    return ckpt.write_checkpoint(directory, net.state_dict(), config, vocab, extra_files=files)
+def convert_to_hub(directory: Path, out: Path, repo: str | None = None, license: str | None = None) -> Path:
+    """A model export written before the Hub layout (config.yaml), re-written into `out` in the
+    Hub layout with its card (what `evilm push` uploads for one). A trainer step_* is refused."""
+    raw = ckpt.read_config(directory)
+    if raw.get("format") not in (FORMAT, PRETRAINED_FORMAT):
+        raise EvilmError(f"{directory} is not a model export (config format {raw.get('format')!r}; a trainer "
+                         "step_* holds training state): push the run's final/, written at the end of training")
+    return EViLM.from_pretrained(directory).save_pretrained(out, repo=repo, license=license)
 
 
 def load_text_side(checkpoint: str | Path) -> tuple[EViLM, Path]:

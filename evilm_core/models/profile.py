@@ -198,7 +198,7 @@ def profile_recipe(recipe: Any, frames: int | None = None, text_len: int = 40,
     (training sets it from vocab.txt), so the paper's 9,420 words stand in unless `vocab_size`
     is given; `vocab_source` in the result says which was used.
     """
-    from evilm_core.engine.machine import apply_threads
+    from evilm_core.machine import apply_threads
 
     apply_threads(getattr(getattr(recipe, "train", None), "threads", 0))
     cfg = getattr(recipe, "model", None)

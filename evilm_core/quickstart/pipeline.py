@@ -8,7 +8,8 @@ quickstart shows users for real data (docs/data.md).
 
 Each stage's recipe is written to DIR/recipes/ and its result to DIR/stages/<stage>.json when it
 finishes; a re-run with the same DIR skips finished stages and continues an interrupted training
-stage from its last checkpoint. Every artefact stays in DIR for the individual commands.
+stage from its last checkpoint. Every artefact stays in DIR for the individual commands; the
+pre-training stage also draws its curves, DIR/pretrain/curves.png (`evilm plot`, evilm[plot]).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from evilm_core.engine.machine import apply_threads
+from evilm_core.machine import apply_threads
 from evilm_core.engine.runtime import environment
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.fs import atomic_write_text
@@ -125,7 +126,8 @@ class Quickstart:
 
         recipe = self._recipe("pretrain", pretrain_recipe(self.out, self.size, self.seed))
         result = train_pretrain(recipe, resume=True, progress=update)
-        return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / "pretrain")}
+        return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / "pretrain"),
+                "curves": curves(self.out / "pretrain")}
 
     def finetune(self, task: str, update) -> dict:
         from evilm_core.finetune.run import train_finetune
@@ -193,10 +195,27 @@ class Quickstart:
             "params": r["profile"]["params"]["total_without_heads"], "gflops": r["profile"]["gflops"]["total"],
             "seconds": round(seconds, 1),
             "stage_seconds": {s: r[s]["seconds"] for s in STAGES},
-            "artefacts": {s: r[s]["dir"] for s in ("data", "shards", "tokenizer", "label", "pretrain", "retrieval", "qa", "index")},
+            "artefacts": {**{s: r[s]["dir"] for s in ("data", "shards", "tokenizer", "label", "pretrain", "retrieval",
+                                                      "qa", "index")},
+                          **({"pretrain curves": r["pretrain"]["curves"]} if r["pretrain"].get("curves") else {})},
             "out": str(self.out),
             "environment": self.environment,
         }
+
+
+def curves(run_dir: Path) -> str | None:
+    """RUN_DIR/curves.png of a training stage (`evilm plot`), where matplotlib is installed."""
+    from evilm_core.engine import plot
+
+    if not plot.available():
+        log.info("quickstart: no curves.png in %s: matplotlib is not installed (pip install 'evilm[plot]', then "
+                 "`evilm plot %s`)", run_dir, run_dir)
+        return None
+    try:
+        return plot.plot_run(run_dir)["out"]
+    except EvilmError as err:  # a picture is a by-product: it never fails the stage
+        log.warning("quickstart: no curves.png in %s: %s", run_dir, err)
+        return None
 
 
 def _read_json(path: Path) -> dict:

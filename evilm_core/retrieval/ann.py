@@ -270,7 +270,7 @@ class AnnIndex:
 def refresh_ann(directory: str | Path, kind: str | None = None, threads: int | None = None, **options) -> dict:
     """After consolidation: build the ANN index of `kind` (None: the kind already there) unless
     one of that kind already covers every row. Returns {kind, count, built, build_seconds}."""
-    from evilm_core.retrieval.index import IndexView  # torch: only the index build path needs it
+    from evilm_core.retrieval.index import IndexView
 
     directory = Path(directory)
     view = IndexView(directory)

@@ -13,8 +13,9 @@ import torch
 
 from evilm_core.data.collect import parse_shard, shard_of
 from evilm_core.data.dataset import clip_dataset
+from evilm_core.data.decoders import resolve_decoder
 from evilm_core.data.inputs import Collection, collect, picker
-from evilm_core.engine.machine import apply_threads, autocast, resolve_precision
+from evilm_core.machine import apply_threads, autocast, resolve_precision
 from evilm_core.engine.runtime import choose_device, environment, eval_loader
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps
@@ -40,8 +41,9 @@ class IndexRequest:
     part_size: int = 1024  # videos per part file: at most this much work is lost to an interruption
     device: str = "auto"  # auto | cpu | cuda[:i]
     precision: str = "auto"  # auto | fp32 | bf16 (autocast of the video side; recorded, never mixed in one index)
-    threads: int = 0  # torch CPU threads (0: auto, evilm_core/engine/machine.py)
+    threads: int = 0  # torch CPU threads (0: auto, evilm_core/machine.py)
     ann: str | None = None  # build an approximate index too: faiss-ivf | faiss-ivfpq | faiss-hnsw
+    decoder: str = "auto"  # video decoder (decoders.DECODERS)
 
 
 def collection(req: IndexRequest) -> tuple[Collection, str]:
@@ -104,6 +106,7 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
 
         check_ann_kind(req.ann)  # a missing faiss or a bad kind fails before hours of embedding
     coll, root = collection(req)
+    decoder = None if coll.shards else resolve_decoder(req.decoder, "--decoder")  # before any file is written
     keys = coll.keys
     side, out = open_video_side(req.checkpoint), Path(req.out)
     _check_frames(side, req.num_frames)
@@ -118,7 +121,7 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     log.info("index %s: %d videos, shard %d/%d owns %d, %d to embed (%s, %s)", out, len(keys), i, n, len(mine),
              len(todo), device, precision)
     counts = {"total": len(keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0,
-              "precision": precision}
+              "precision": precision, "decoder": decoder}
     if todo:
         with autocast(precision, device):
             _embed(side.to(device), coll, todo, root, req, meta, out, device, counts, progress)
@@ -139,7 +142,7 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
 @torch.no_grad()
 def _embed(side: Tower, coll: Collection, todo: list[str], root: str, req: IndexRequest, meta: IndexMeta, out: Path,
            device: torch.device, counts: dict, progress: ProgressFn | None) -> None:
-    frames = picker(coll.shards, str(req.manifest), req.num_frames, meta.image_size)
+    frames = picker(coll.shards, str(req.manifest), req.num_frames, meta.image_size, decoder=req.decoder)
     dataset = clip_dataset(coll.records(todo), root, req.num_frames, meta.image_size, frames=frames)
     loader = eval_loader(dataset, req.batch_size, req.num_workers)
     keys, embs, seen, start = [], [], 0, time.monotonic()

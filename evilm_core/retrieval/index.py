@@ -24,6 +24,8 @@ not UTF-8 stays one line.
 
 Embeddings are memory-mapped at query time (`IndexView`): the safetensors header gives the
 byte offset of the tensor, so a million-video index is searched without reading it into RAM.
+Everything here is NumPy (safetensors' NumPy API reads and writes the same files), so a query
+process over an ONNX export never imports torch (docs/performance.md, "Start-up").
 """
 
 from __future__ import annotations
@@ -32,14 +34,12 @@ import json
 import logging
 import os
 import struct
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file, save_file
 
 from evilm_core.config.loader import save_yaml
 from evilm_core.errors import EvilmError
@@ -96,7 +96,7 @@ def write_meta(directory: Path, meta: IndexMeta) -> None:
     save_yaml(asdict(meta), directory / META)
 
 
-def _load_embeddings(path: Path) -> torch.Tensor:
+def _load_embeddings(path: Path) -> np.ndarray:
     try:
         return load_file(str(path))["embeddings"]
     except (SafetensorError, OSError, KeyError, ValueError) as err:
@@ -117,14 +117,17 @@ def indexed_keys(directory: Path) -> set[str]:
     return done
 
 
-def write_part(directory: Path, name: str, keys: list[str], embeddings: torch.Tensor) -> None:
+def write_part(directory: Path, name: str, keys: list[str], embeddings) -> None:
     """One finished batch: keys first, then the tensor renamed into place (a part counts only
-    once its .safetensors exists, and then its .keys is complete)."""
+    once its .safetensors exists, and then its .keys is complete). `embeddings`: [n, E], a
+    tensor (on any device) or an array."""
+    if hasattr(embeddings, "detach"):
+        embeddings = embeddings.detach().float().cpu().numpy()
     parts = directory / PARTS
     parts.mkdir(exist_ok=True)
     write_keys(parts / f"{name}.keys", keys)
     with atomic_path(parts / f"{name}.safetensors") as tmp:  # a full disk: atomic_path names it
-        save_file({"embeddings": embeddings.float().contiguous().cpu()}, str(tmp))
+        save_file({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, str(tmp))
 
 
 def skipped_keys(directory: Path) -> set[str]:
@@ -157,9 +160,9 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         for part in parts:
             keys += read_keys(part.with_suffix(".keys"))
             chunks.append(_load_embeddings(part))
-        rows = torch.cat(chunks).contiguous()
+        rows = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
         try:
-            with disk_errors(directory / EMBEDDINGS, needed=rows.numel() * 4):  # the old files stay until the journal
+            with disk_errors(directory / EMBEDDINGS, needed=rows.size * 4):  # the old files stay until the journal
                 save_file({"embeddings": rows}, str(directory / (EMBEDDINGS + NEXT)))
                 readable_mode(directory / (EMBEDDINGS + NEXT))  # safetensors writes 0600
                 write_keys(directory / KEYS, keys, offsets=True, tmp_suffix=NEXT)
@@ -253,7 +256,7 @@ class IndexView:
             blocks.append(mapped)
         for part in _part_files(self.directory):
             pending += read_keys(part.with_suffix(".keys"))
-            blocks.append(_load_embeddings(part).numpy())
+            blocks.append(_load_embeddings(part))
         self.keys = Keys(consolidated, pending)
         if not len(self.keys):
             raise EvilmError(f"{self.directory} holds no embedded videos yet (every video skipped, or indexing "
@@ -263,29 +266,35 @@ class IndexView:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def search(self, queries: torch.Tensor, k: int, chunk: int = 262_144) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k rows by dot product for l2-normalised queries [Q, E] -> (scores [Q, k], rows [Q, k]),
-        scanning the rows in chunks so memory stays flat whatever the index size."""
+    def search(self, queries: np.ndarray, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows by dot product for l2-normalised queries [Q, E] float32 -> (scores [Q, k],
+        rows [Q, k] int64), best first (equal scores: the lower row first), scanning the rows in
+        chunks so memory stays flat whatever the index size."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, len(self))
-        best_s = torch.full((queries.shape[0], 0), float("-inf"))
-        best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+        best_s = np.full((queries.shape[0], 0), -np.inf, dtype=np.float32)
+        best_i = np.zeros((queries.shape[0], 0), dtype=np.int64)
         offset = 0
         for block in self.blocks:
             for start in range(0, block.shape[0], chunk):
-                rows = _as_tensor(block[start:start + chunk])
-                s = queries @ rows.T  # [Q, n]
-                top = s.topk(min(k, s.shape[1]), dim=1)
-                best_s = torch.cat([best_s, top.values], 1)
-                best_i = torch.cat([best_i, top.indices + offset + start], 1)
-                keep = best_s.topk(min(k, best_s.shape[1]), dim=1)
-                best_s, best_i = keep.values, best_i.gather(1, keep.indices)
+                s = queries @ block[start:start + chunk].T  # [Q, n]
+                top = top_k(s, k)
+                best_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)
+                best_i = np.concatenate([best_i, top + offset + start], 1)
+                keep = top_k(best_s, k)
+                best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
             offset += block.shape[0]
         return best_s, best_i
 
 
-def _as_tensor(rows: np.ndarray) -> torch.Tensor:
-    """A read-only memory map as a tensor without copying; it is only read (a matmul operand),
-    so torch's warning about non-writable arrays does not apply."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(rows)
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest scores per row [Q, n] -> [Q, min(k, n)], best first; equal
+    scores within the k keep the lower column first."""
+    k = min(k, scores.shape[1])
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        part.sort(axis=1)  # column order, so the stable sort below breaks ties by column
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)

@@ -2,7 +2,9 @@
 
 A query needs the text encoder, the fusion decoder (the text-only pass [CLS, e^L + t^L]) and
 the text retrieval projection; the video encoder and every head stay on disk (safetensors reads
-tensors by name), or the text tower of an export runs in onnxruntime. The checkpoint is the one
+tensors by name), or the text tower of an export runs in onnxruntime, on NumPy arrays: that path
+never imports torch, so a one-query process starts in about a second (docs/performance.md,
+"Start-up"). The checkpoint is the one
 the index records unless another is given, and its weights must hash to the index's
 `model_hash`: embeddings of two models are not comparable. Queries are embedded in batches of
 what has arrived (docs/performance.md, "Queries").
@@ -17,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import torch
+import numpy as np
 
 from evilm_core.data.text import TextTokens
-from evilm_core.engine.machine import apply_threads, autocast, resolve_precision
+from evilm_core.machine import apply_threads, autocast, choose_threads, resolve_precision
 from evilm_core.errors import EvilmError
 from evilm_core.retrieval.index import IndexView
 from evilm_core.retrieval.sides import open_ann, open_text_side
@@ -43,11 +45,15 @@ class Searcher:
 
     def __init__(self, index: str | Path, checkpoint: str | Path | None = None, precision: str = "fp32",
                  exact: bool = False, threads: int = 0):
-        apply_threads(threads)
         self.index = IndexView(index)
         meta = self.index.meta
         self.text = open_text_side(checkpoint if checkpoint is not None else meta.checkpoint,
                                    given=checkpoint is not None)
+        if self.text.kind == "torch":
+            n = apply_threads(threads)
+        else:
+            n, why = choose_threads(threads)
+            log.info("onnxruntime threads: %d (%s)", n, why)
         if self.text.model_hash != meta.model_hash:
             raise EvilmError(f"index {self.index.directory} was built by another model: its embeddings come from "
                              f"weights with sha256 {meta.model_hash[:12]} ({meta.checkpoint}), but {self.text.directory} "
@@ -58,13 +64,17 @@ class Searcher:
                              f"{self.text.embed_dim}-d")
         self.precision = resolve_precision(precision, "cpu") if self.text.kind == "torch" else "fp32"
         self.tokens = TextTokens(self.text.directory, self.text.max_text_len)
-        self.ann = None if exact else open_ann(self.index)
+        self.ann = None if exact else open_ann(self.index, threads=n)
 
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Queries -> l2-normalised embeddings [Q, E] float32."""
+        if self.text.kind != "torch":
+            return self.text.embed_text(*self.tokens.batch(texts, as_numpy=True))  # [Q, L] ids and mask in
+        import torch
+
         ids, mask = self.tokens.batch(texts)  # [Q, L]
-        with autocast(self.precision, torch.device("cpu")):
-            return self.text.embed_text(ids, mask).float()  # [Q, E]
+        with torch.no_grad(), autocast(self.precision, "cpu"):
+            return self.text.embed_text(ids, mask).float().numpy()  # [Q, E]
 
     def search(self, texts: list[str], k: int) -> list[list[Hit]]:
         for text in texts:
@@ -75,8 +85,7 @@ class Searcher:
                             "it" if len(unknown) == 1 else "them")
         queries = self.embed(texts)
         if self.ann is not None:
-            scores, rows = self.ann.search(queries.numpy(), min(k, len(self.index)))
-            scores, rows = torch.from_numpy(scores), torch.from_numpy(rows)
+            scores, rows = self.ann.search(queries, min(k, len(self.index)))
         else:
             scores, rows = self.index.search(queries, k)
         keys = self.index.keys

@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from evilm_core import checkpoint as ckpt
 from evilm_core.errors import EvilmError
+
+if TYPE_CHECKING:  # torch is imported by the checkpoint side only: a query over an ONNX export never loads it
+    import torch
 
 log = logging.getLogger("evilm.retrieve")
 EXPORT_META = "export.json"  # what marks an `evilm export` directory (evilm_core/export/towers.py)
@@ -60,16 +60,17 @@ def _export(source: str | Path, side: str) -> Tower | None:
 
 def open_text_side(source: str | Path, given: bool = True) -> Tower:
     """The text tower of a checkpoint (its text side only) or of an export directory."""
-    from evilm_core.models.loading import load_text_side, resolve_checkpoint
-
     exported = _export(source, "text")
     if exported is not None:
         return exported
+    from evilm_core.models.loading import load_text_side, resolve_checkpoint
     try:
         directory = resolve_checkpoint(source)
     except EvilmError as err:
         hint = "" if given else " (the checkpoint the index records; pass --checkpoint if it moved)"
         raise EvilmError(f"{err}{hint}") from None
+    from evilm_core import checkpoint as ckpt
+
     model, directory = load_text_side(directory)
     cfg = model.cfg
     return Tower("torch", directory, ckpt.file_sha256(directory / ckpt.WEIGHTS), cfg.embed_dim, cfg.image_size,
@@ -78,11 +79,12 @@ def open_text_side(source: str | Path, given: bool = True) -> Tower:
 
 def open_video_side(source: str | Path) -> Tower:
     """The video tower of a checkpoint (the whole model is loaded) or of an export directory."""
-    from evilm_core.models.loading import load_checkpoint, resolve_checkpoint
-
     exported = _export(source, "video")
     if exported is not None:
         return exported
+    from evilm_core.models.loading import load_checkpoint, resolve_checkpoint
+    from evilm_core import checkpoint as ckpt
+
     directory = resolve_checkpoint(source)
     model = load_checkpoint(directory).model
     cfg = model.cfg
@@ -90,13 +92,14 @@ def open_video_side(source: str | Path) -> Tower:
                  cfg.max_text_len, cfg.max_frames, model.embed_video, model=model)
 
 
-def open_ann(index):
-    """The ANN index of an IndexView, or None (none built, or it no longer covers every row)."""
+def open_ann(index, threads: int = 1):
+    """The ANN index of an IndexView, or None (none built, or it no longer covers every row).
+    `threads`: FAISS's share of the cores (the thread policy's count)."""
     if not (index.directory / "ann.json").is_file():
         return None
     from evilm_core.retrieval.ann import AnnIndex
 
-    ann = AnnIndex.open(index.directory, threads=torch.get_num_threads())  # FAISS gets torch's share of the cores
+    ann = AnnIndex.open(index.directory, threads=threads)
     if ann is None:
         return None
     if ann.count != len(index):

@@ -44,7 +44,7 @@ def test_check_counts_each_kind_of_problem(tmp_path):
                        "one_frame.mp4": "short"}
     assert all(p["detail"] for p in report["problems"])
     human = run_evilm("data", "check", str(manifest))
-    assert "3 ok" in human.stderr and "empty.mp4" in human.stderr
+    assert "3 ok" in human.stdout and "empty.mp4" in human.stdout  # the report is the result: stdout
 
 
 def test_check_unreadable_manifest_is_a_clean_error(tmp_path):

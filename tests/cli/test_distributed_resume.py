@@ -42,11 +42,17 @@ def tiny_pretrain(synth_dir, sources, out, **extra) -> list[str]:
 
 
 def test_torchrun_two_ranks_end_with_equal_weights(synth_dir, sources, tmp_path):
+    """The documented multi-GPU form, `torchrun --no-python evilm pretrain NAME` (the console
+    script found on PATH, the recipe given by its bundled name), with 2 gloo ranks on CPU."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "evilm").exists() or not (bin_dir / "torchrun").exists():
+        pytest.skip("needs the `evilm` and `torchrun` console scripts beside the interpreter (an installed evilm)")
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "evilm_cli.main", "pretrain", RECIPE, *tiny_pretrain(synth_dir, sources, out, **{"train.epochs": 1}),
+    cmd = ["torchrun", "--nproc_per_node=2", "--master_port=29533", "--no-python",
+           "evilm", "pretrain", "synthetic/pretrain", *tiny_pretrain(synth_dir, sources, out, **{"train.epochs": 1}),
            "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = last_json(proc.stdout)
     assert result["world_size"] == 2 and result["replicas_in_sync"] is True

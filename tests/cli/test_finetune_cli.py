@@ -7,12 +7,12 @@ thread), except the exit-code test, which runs the real console script."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
 from evilm_core.errors import EvilmError
@@ -90,9 +90,9 @@ def test_finetune_from_pretrained_then_evaluate(task, evilm, pretrained, synth_d
     assert result["step"] == (10 if task == "probe" else 2)  # probe: 28 cached features, one batch an epoch
     assert set(result["metrics"]) == {f"val_{k}" for k in EXPECTED[task]}
     final = out / "final"
-    for name in ("model.safetensors", "config.yaml", "vocab.txt"):
+    for name in ("model.safetensors", "config.json", "vocab.txt", "README.md"):  # the Hub layout (docs/hub.md)
         assert (final / name).is_file(), name
-    config = yaml.safe_load((final / "config.yaml").read_text())
+    config = json.loads((final / "config.json").read_text())
     assert config["format"] == "evilm-finetune/1" and config["task"] == task
     assert config["model"]["fusion_dim"] == 96  # the pre-trained checkpoint's model
     assert (final / "vocab.txt").read_text() == (pretrained / "final" / "vocab.txt").read_text()

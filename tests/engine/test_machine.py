@@ -1,11 +1,11 @@
-"""The thread and precision policy (evilm_core/engine/machine.py)."""
+"""The thread and precision policy (evilm_core/machine.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from evilm_core.engine import machine
+from evilm_core import machine
 from evilm_core.errors import EvilmError
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from evilm_core.engine import runtime
-from evilm_core.engine.machine import autocast
+from evilm_core.machine import autocast
 from evilm_core.engine.runtime import MetricsLog, choose_device, eval_batches, to_device, unwrap
 from evilm_core.errors import EvilmError
 from tests.helpers.finetune import ListDataset

@@ -126,6 +126,20 @@ def test_max_steps_and_eval_and_save_every(tmp_path):
                                                                            "step_00000007"]
 
 
+class NoValidationTask(ToyTask):
+    def evaluate(self, model):  # a recipe without data.val
+        self.evaluations += 1
+        return {}
+
+
+def test_no_validation_set_writes_no_empty_rows_or_lines(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="evilm"):
+        _, task, result = fit(tmp_path / "run", task=NoValidationTask())
+    train_rows, val_rows = rows(tmp_path / "run")
+    assert task.evaluations == 2 and len(train_rows) == 10 and val_rows == [] and result["metrics"] == {}
+    assert not [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval step")]
+
+
 def test_grad_accum_two_half_batches_give_the_weights_of_one_full_batch(tmp_path):
     data = ToyData(skip=())
     full, _, _ = fit(tmp_path / "full", ToyTask(noisy=False), data, epochs=1)

@@ -5,7 +5,8 @@
   step checkpoint of a real tiny run, then `--resume`: refused, the marker never appears, and the
   message does not suggest `weights_only=False`;
 - truncated and garbage `model.safetensors` (for `evaluate` and `--resume`), a truncated
-  `trainer_state.pt`, a garbage or python-tagged `config.yaml` of a checkpoint, a truncated or
+  `trainer_state.pt`, a garbage `config.json` (or, older layout, a garbage or python-tagged
+  `config.yaml`) of a checkpoint, a truncated or
   garbage `embeddings.safetensors` of an index for `retrieve query`;
 - a recipe with a `!!python/object/apply:os.system` tag for `validate` and `pretrain`;
 - a malformed manifest in every format the readers know (evilm_core/data/formats.py), a file
@@ -22,6 +23,7 @@ and stderr, without ~4 s of imports per command).
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import random
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.cli.test_finetune_cli import data_sets, recipe, sets
 from tests.faults.commands import run
@@ -114,11 +117,16 @@ def test_damaged_step_checkpoint_on_resume(name, damage, commands, run_copy, evi
 @pytest.mark.parametrize("name,damage", [
     pytest.param("model.safetensors", truncate, id="weights-truncated"),
     pytest.param("model.safetensors", garbage, id="weights-garbage"),
+    pytest.param("config.json", garbage, id="config-json-garbage"),
     pytest.param("config.yaml", garbage, id="config-garbage"),
     pytest.param("config.yaml", python_tag, id="config-python-tag")])
 def test_damaged_checkpoint_for_evaluate(name, damage, baseline, synth_dir, tmp_path, evilm):
     final = tmp_path / "final"
     shutil.copytree(baseline("finetune")[0] / "final", final)
+    if name == "config.yaml":  # an export written before the Hub layout (config.yaml, no config.json)
+        config = json.loads((final / "config.json").read_text())
+        (final / "config.yaml").write_text(yaml.safe_dump(config))
+        (final / "config.json").unlink()
     marker = tmp_path / "MARKER"
     if damage is python_tag:
         python_tag(final / name, marker)

@@ -30,8 +30,8 @@ def _outputs(net, pixels, ids, mask) -> dict[str, torch.Tensor]:
 def test_pretrained_export_loads_back_identical(tmp_path):
     net = tiny_model(seed=3).eval()
     final = export_model(net, tmp_path / "run" / "final", VOCAB)
-    assert {p.name for p in final.iterdir()} == {"model.safetensors", "config.yaml", "vocab.txt"}
-    assert ckpt.read_yaml_config(final)["format"] == PRETRAINED_FORMAT
+    assert {p.name for p in final.iterdir()} == {"model.safetensors", "config.json", "vocab.txt", "README.md"}
+    assert ckpt.read_config(final)["format"] == PRETRAINED_FORMAT
     loaded = load_checkpoint(tmp_path / "run")  # a run directory resolves to its final/
     assert loaded.directory == final and loaded.vocab == VOCAB and loaded.task is None and loaded.classes == {}
     assert loaded.model.cfg == net.cfg
@@ -48,7 +48,7 @@ def test_finetuned_export_rebuilds_its_head_and_classes(tmp_path):
     attach_head(net, "qa", len(classes))
     final = export_model(net, tmp_path / "final", VOCAB, "qa", extra={"note": "x"}, classes=classes)
     assert (final / "answers.txt").read_text() == "yes\nno\ntwo\n"
-    config = ckpt.read_yaml_config(final)
+    config = ckpt.read_config(final)
     assert config["format"] == FORMAT and config["task"] == "qa" and config["note"] == "x"
     loaded = load_checkpoint(final)
     assert loaded.task == "qa" and loaded.classes == {"qa": classes}

@@ -3,6 +3,7 @@ has the documented keys, every artefact is on disk, and a re-run resumes instead
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 from tests.helpers.cli import last_json, run_evilm
@@ -23,6 +24,9 @@ def test_tiny_quickstart_end_to_end_and_resume(tmp_path):
                  "pretrain/metrics.jsonl", "retrieval/final/model.safetensors", "qa/final/answers.txt",
                  "index/embeddings.safetensors", "recipes/pretrain.yaml", "recipes/retrieval.yaml"):
         assert (out / path).exists(), path
+    if importlib.util.find_spec("matplotlib"):  # evilm[plot], in the dev extra: the pre-training curves too
+        assert (out / "pretrain" / "curves.png").stat().st_size > 10_000
+        assert first["artefacts"]["pretrain curves"] == str(out / "pretrain" / "curves.png")
     # the recipes it wrote are ordinary recipes, reading the shard sets it made
     run_evilm("validate", out / "recipes" / "pretrain.yaml")
     assert (out / "recipes" / "pretrain.yaml").read_text().count(str(out / "shards" / "train")) == 1

@@ -38,12 +38,20 @@ def by_query(rows: list[dict]) -> dict[str, list[tuple[str, float]]]:
     return table
 
 
-def test_export_gives_the_same_top10_as_pytorch(setup, synth_dir):
+@pytest.fixture(scope="module")
+def onnx_index(setup):
+    """The setup model exported to ONNX, and an index built from the export."""
     pytest.importorskip("onnxruntime")
     base, model, common = setup
     export = base / "export"
     run_evilm("export", model, "--out", export, "--format", "onnx")
     run_evilm("retrieve", "index", "--checkpoint", export, "--out", base / "onnx", *common)
+    return export, base / "onnx"
+
+
+def test_export_gives_the_same_top10_as_pytorch(setup, onnx_index, synth_dir):
+    base, model, common = setup
+    export, _ = onnx_index
     captions = list(dict.fromkeys(r.caption for r in read_manifest(synth_dir / "test.jsonl")))
     ref = by_query(hits(base / "torch", captions))
     for name, index, extra in (("onnx index, onnx text", base / "onnx", ()),
@@ -53,6 +61,19 @@ def test_export_gives_the_same_top10_as_pytorch(setup, synth_dir):
         for query, want in ref.items():
             assert [k for k, _ in got[query]] == [k for k, _ in want], (name, query)
             assert max(abs(a - b) for (_, a), (_, b) in zip(got[query], want)) <= 1e-4, (name, query)
+
+
+def test_query_over_an_onnx_export_never_imports_torch(onnx_index):
+    """The serving path starts in about a second: no torch, timm or transformers (issue 17)."""
+    _, index = onnx_index
+    code = ("import sys; sys.argv = ['evilm', 'retrieve', 'query', '--index', sys.argv[1], '-k', '3', 'a red circle']\n"
+            "from evilm_cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('LOADED', sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(index)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "LOADED []" and len(lines) == 4 and lines[0].startswith("a red circle\t1\t")
 
 
 def test_export_of_another_model_is_refused_by_the_index(setup, synth_dir, tmp_path):

@@ -17,13 +17,14 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from evilm_core.data.collect import parse_shard
+from evilm_core.data.decoders import check_decoder_name, resolve_decoder, unavailable
 from evilm_core.data.record import ClipRecord
 from evilm_core.data.records import write_record_table
 from evilm_core.data.shards.layout import FORMAT, INDEX, PARTS, SAMPLES, SKIPPED, VERSION, shard_name
@@ -59,9 +60,18 @@ def _check_plan(out: Path, plan: dict) -> None:
                  if old.get(k) != plan[k]]
         if diffs:
             raise EvilmError(f"{out} holds shards of another input or settings ({'; '.join(diffs)}); use a new "
-                             "--out, or the same arguments to resume")
+                             "--out, or the same arguments to resume" + _decoder_hint(old, plan))
         return
     atomic_write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+
+
+def _decoder_hint(old: dict, plan: dict) -> str:
+    """A shard set is decoded by one backend (its bytes depend on it): say how to resume with it."""
+    was, now = old.get("settings", {}).get("decoder"), plan["settings"]["decoder"]
+    if was == now or was is None:
+        return ""
+    hint = f" (the shards were decoded with {was}, this run would decode with {now}: add `--decoder {was}`"
+    return hint + ("" if unavailable(was) is None else f", after installing {was} here") + ")"
 
 
 def _read_plan(out: Path) -> dict:
@@ -80,18 +90,20 @@ def build_shards(req: ShardRequest, progress: Progress | None = None) -> dict:
     if req.input is None:
         raise EvilmError("give INPUT (a manifest or WebDataset tars), or --merge")
     shard = parse_shard(req.shard)
+    settings = replace(req.settings, decoder=resolve_decoder(req.settings.decoder, "--decoder"))
     jobs, source = plan_jobs(req.input, req.format, req.root, req.samples_per_shard)
     out.mkdir(parents=True, exist_ok=True)
     for debris in (out, out / PARTS):
         clean_stale_temps(debris)
-    plan = {"format": FORMAT, "version": VERSION, "settings": req.settings.to_json(), "input": source,
+    plan = {"format": FORMAT, "version": VERSION, "settings": settings.to_json(), "input": source,
             "shards": len(jobs), "samples_per_shard": req.samples_per_shard}
     _check_plan(out, plan)
     mine = [j for j in jobs if shard is None or j.index % shard[1] == shard[0]]
     todo = [j for j in mine if read_part(out, j.index) is None]
     log.info("shards: %d in %s, this run owns %d, %d to write (%s workers)", len(jobs), out, len(mine), len(todo),
              req.workers)
-    written = _run_jobs(todo, out, req.settings, req.workers, count_clips(todo), progress)
+    log.info("shards: decoding with %s", settings.decoder)
+    written = _run_jobs(todo, out, settings, req.workers, count_clips(todo), progress)
     finished = [j.index for j in jobs if read_part(out, j.index) is not None]
     result = {"out": str(out), "shards": len(jobs), "done": len(finished), "complete": len(finished) == len(jobs),
               "written_this_run": written}
@@ -162,10 +174,11 @@ def merge_shards(out: Path) -> dict:
     return {"out": str(out), **totals, "shards": len(shards), "complete": True, "index": str(out / INDEX)}
 
 
-def settings_of(candidates: int, size: int, quality: int) -> ShardSettings:
+def settings_of(candidates: int, size: int, quality: int, decoder: str = "auto") -> ShardSettings:
     """Checked settings (CLI values)."""
     if candidates < 1 or size < 16 or not 1 <= quality <= 100:
         raise EvilmError(f"--candidates must be >= 1, --size >= 16 and --quality 1-100 (got {candidates}, {size}, "
                          f"{quality})")
-    return ShardSettings(candidates=candidates, size=size, quality=quality)
+    return ShardSettings(candidates=candidates, size=size, quality=quality,
+                         decoder=check_decoder_name(decoder, "--decoder"))
 

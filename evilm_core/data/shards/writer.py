@@ -34,7 +34,7 @@ class ShardSettings:
     candidates: int = 8  # F frames stored per clip (the label cache's candidates)
     size: int = 256  # frames are stored size x size (aspect ratio squashed, as training decodes)
     quality: int = 95  # JPEG quality
-    decoder: str = "decord"  # what decoded the frames
+    decoder: str = "auto"  # what decodes the frames (decoders.DECODERS); build_shards records the resolved backend
 
     def to_json(self) -> dict:
         return {"candidates": self.candidates, "size": self.size, "quality": self.quality, "decoder": self.decoder,
@@ -52,7 +52,7 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
 def encode_clip(clip: SourceClip, settings: ShardSettings) -> dict:
     """The WebDataset sample of one clip (raises VideoDecodeError when it cannot be decoded)."""
     f = settings.candidates
-    decoded = read_frames(clip.source, lambda n: segment_indices(n, f, "eval"), settings.size)
+    decoded = read_frames(clip.source, lambda n: segment_indices(n, f, "eval"), settings.size, settings.decoder)
     info = {"key": clip.key, "video": clip.video, "frames": [int(i) for i in decoded.indices],
             "num_video_frames": int(decoded.num_video_frames), "fps": round(float(decoded.fps), 6),
             "records": clip.records}

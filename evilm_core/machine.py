@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -55,10 +56,17 @@ def _cpu_times() -> tuple[int, int] | None:
     return sum(values), values[3] + values[4]
 
 
-def choose_threads(requested: int = 0) -> tuple[int, str]:
-    """-> (intra-op threads, why). requested > 0 is used as given; 0 is the policy above."""
-    import torch
+def _default_threads() -> int:
+    """torch's own default (one per core it may use), without importing torch where it is not
+    loaded: a query process over an ONNX export never imports it (docs/performance.md, "Start-up")."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+
+def choose_threads(requested: int = 0) -> tuple[int, str]:
+    """-> (intra-op threads, why). requested > 0 is used as given; 0 is the policy above. Used
+    as is (without torch) by onnxruntime and FAISS; apply_threads gives it to torch."""
     if requested > 0:
         _DECIDED.setdefault("auto", requested)  # later stages of this process that say auto keep it
         return requested, "as asked"
@@ -67,11 +75,11 @@ def choose_threads(requested: int = 0) -> tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env), "OMP_NUM_THREADS"
-    default = _DECIDED.setdefault("torch_default", torch.get_num_threads())
+    default = _DECIDED.setdefault("torch_default", _default_threads())
     free = idle_cores()
     n = max(1, min(default, int(free + 0.5)))
     _DECIDED["auto"] = n
-    return n, f"auto: {free:.1f} of {os.cpu_count()} cores idle, torch default {default}"
+    return n, f"auto: {free:.1f} of {os.cpu_count()} cores idle, default {default}"
 
 
 def apply_threads(requested: int = 0) -> int:

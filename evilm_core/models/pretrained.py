@@ -1,0 +1,148 @@
+"""Checkpoints in, models out, and back: the Hugging Face Hub conventions for E-ViLM models
+(docs/hub.md). `PretrainedMixin` gives the model class `from_pretrained` / `save_pretrained`
+(transformers' names) without this module importing the model: it builds `cls`. The one place
+a checkpoint directory becomes a model (`build_from_directory`) and a model becomes a
+checkpoint (`export_model`); models/loading.py adds what training and retrieval need on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from evilm_core import checkpoint as ckpt
+from evilm_core.config.loader import from_dict
+from evilm_core.errors import EvilmError, RecipeError
+from evilm_core.hub import is_hub_id, resolve_hub_checkpoint
+from evilm_core.model_card import card_text, previous_inputs, run_inputs
+from evilm_core.models.config import EViLMConfig
+from evilm_core.models.heads import CLASS_FILES, HEAD_OUT, attach_head, class_file_text, read_class_file
+
+FORMAT = "evilm-finetune/1"  # a fine-tuned final/ (task head included)
+PRETRAINED_FORMAT = "evilm-model/1"  # a pre-trained final/
+HUB_KEYS = ("format", "task", "model", "model_type", "evilm_version", "vocab_file")  # not an export's extras
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir, or a run dir's final/, else its newest complete step_*; a Hub id
+    `hf-hub:ORG/NAME[@REV]`: its snapshot (downloaded, or from the local cache)."""
+    if is_hub_id(path):
+        snapshot = resolve_hub_checkpoint(str(path))
+        found = ckpt.find_checkpoint(snapshot)
+        if found is None:
+            raise EvilmError(f"{path} is not an E-ViLM checkpoint: its snapshot {snapshot} has no {ckpt.WEIGHTS} "
+                             f"and {ckpt.CONFIG_JSON}")
+        return found
+    found = ckpt.find_checkpoint(path)
+    if found is not None:
+        return found
+    path = Path(path)
+    if not path.exists():
+        raise EvilmError(f"checkpoint {path} does not exist: it is made by the run whose output.dir it is, `evilm "
+                         "pretrain RECIPE` (a pre-trained model: recipes/webvid.yaml writes runs/webvid_pretrain, "
+                         "docs/pretraining.md) or `evilm finetune RECIPE`; or name an existing checkpoint directory")
+    raise EvilmError(f"{path} is not a checkpoint: expected {ckpt.WEIGHTS} and {ckpt.CONFIG_JSON} (or "
+                     f"{ckpt.CONFIG}) in it, in "
+                     f"{path / 'final'}, or in a step_XXXXXXXX directory (a run directory of `evilm pretrain` / "
+                     "`evilm finetune`)")
+
+
+def checkpoint_model_config(directory: Path, raw: dict | None = None) -> EViLMConfig:
+    """The E-ViLM config a checkpoint was trained with; weights are loaded, so never ImageNet's."""
+    raw = ckpt.read_config(directory) if raw is None else raw
+    section = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise EvilmError(f"{ckpt.config_file(directory)} has no 'model' section: not an E-ViLM checkpoint")
+    try:
+        cfg = from_dict(EViLMConfig, section, "model")
+    except RecipeError as err:
+        raise EvilmError(f"{directory} is not an E-ViLM checkpoint ({err})") from None
+    cfg.pretrained = False
+    return cfg
+
+
+def build_from_directory(cls, directory: Path) -> tuple[nn.Module, list[str], dict, dict[str, list[str]]]:
+    """A resolved checkpoint directory -> (model of class `cls`, task head attached, loaded
+    strictly; vocab; its config; the classes of each head it has)."""
+    raw = ckpt.read_config(directory)
+    cfg = checkpoint_model_config(directory, raw)
+    vocab = ckpt.read_checkpoint_vocab(directory)
+    if len(vocab) != cfg.vocab_size:
+        raise EvilmError(f"{directory}: vocab.txt has {len(vocab)} entries but the model was built for "
+                         f"{cfg.vocab_size}")
+    weights = ckpt.read_weights(directory)
+    net = cls(cfg)
+    classes = {}
+    for task, key in HEAD_OUT.items():
+        if key in weights:
+            attach_head(net, task, weights[key].shape[0], in_dim=weights[key].shape[1])
+            names = read_class_file(directory, task)
+            if names is None or len(names) != weights[key].shape[0]:
+                raise EvilmError(f"{directory}: the {task} head has {weights[key].shape[0]} classes but "
+                                 f"{CLASS_FILES[task]} is missing or lists {len(names or [])}")
+            classes[task] = names
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise EvilmError(f"{directory}: weights do not fit the model its {ckpt.config_file(directory).name} describes "
+                         f"({str(err)[:300]})") from None
+    return net, vocab, raw, classes
+
+
+def export_model(net: nn.Module, directory: Path, vocab: list[str], task: str | None = None, extra: dict | None = None,
+                 classes: list[str] | None = None, card: tuple[dict | None, dict | None] | None = None,
+                 repo: str | None = None, license: str | None = None) -> Path:
+    """Write the model as a final/ checkpoint in the Hub layout: weights, config.json (its model
+    section rebuilds it without the recipe), vocab, the model card and, for a fine-tuned task head,
+    its class file. No task: pre-trained. `card`: (recipe, final metrics row) for the card; by
+    default those of the run directory `directory` is written into (model_card.run_inputs)."""
+    if task is None:
+        config = {"format": PRETRAINED_FORMAT, "model": net.cfg}
+    else:
+        config = {"format": FORMAT, "task": task, "model": net.cfg, **(extra or {})}
+    recipe, final = card if card is not None else run_inputs(Path(directory))
+    files = {ckpt.CARD: card_text(ckpt.hub_config(config), recipe, final, repo, license)}
+    if classes is not None:
+        files[CLASS_FILES[task]] = class_file_text(classes)
+    return ckpt.write_checkpoint(directory, net.state_dict(), config, vocab, extra_files=files, hub=True)
+
+
+class PretrainedMixin:
+    """from_pretrained / save_pretrained for a model class built as `cls(EViLMConfig)`."""
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | Path):
+        """The model of a checkpoint directory, a run directory (its final/) or a Hub id
+        `hf-hub:ORG/NAME[@REVISION]` (docs/hub.md), task head included, loaded strictly; it keeps
+        what saving it again needs: `vocab`, `task`, `classes`, `checkpoint_config`."""
+        directory = resolve_checkpoint(checkpoint)
+        net, vocab, raw, classes = build_from_directory(cls, directory)
+        net.vocab, net.classes, net.checkpoint_config, net.checkpoint_dir = vocab, classes, raw, directory
+        net.task = raw.get("task") if raw.get("format") == FORMAT else None
+        return net
+
+    def save_pretrained(self, directory: str | Path, vocab: list[str] | None = None, repo: str | None = None,
+                        license: str | None = None, card: tuple[dict | None, dict | None] | None = None) -> Path:
+        """Write the model as a checkpoint in the Hub layout (model.safetensors, config.json,
+        vocab.txt, README.md; export_model). The vocabulary, task, classes and the card's recipe and
+        metrics default to those of the checkpoint the model came from (from_pretrained)."""
+        net = self
+        vocab = vocab if vocab is not None else getattr(net, "vocab", None)
+        if vocab is None or len(vocab) != net.cfg.vocab_size:
+            raise EvilmError(f"saving to {directory} needs the model's vocabulary ({net.cfg.vocab_size} entries): "
+                             "pass vocab=[...] (a model loaded with from_pretrained keeps its own)")
+        classes, task = getattr(net, "classes", {}) or {}, getattr(net, "task", None)
+        heads = [t for t in HEAD_OUT if t in getattr(net, "heads", {})]
+        if heads and (task not in heads or task not in classes):
+            raise EvilmError(f"saving to {directory}: the model has a {heads[0]} head but no task and classes to "
+                             "write for it (load it with from_pretrained, or use models.loading.export_model)")
+        config = getattr(net, "checkpoint_config", None) or {}
+        extra = {k: v for k, v in config.items() if k not in HUB_KEYS} if config.get("format") == FORMAT else {}
+        source = getattr(net, "checkpoint_dir", None)
+        if card is None and source is not None:  # the card of the checkpoint it came from goes with it
+            recipe, final = run_inputs(source)
+            old_recipe, old_final, old_license = previous_inputs(source)
+            card, license = (recipe or old_recipe, final or old_final), license or old_license
+        return export_model(net, Path(directory), vocab, task, extra, classes.get(task) if heads else None, card,
+                            repo, license)
