@@ -82,6 +82,13 @@ def choose_threads(requested: int = 0) -> tuple[int, str]:
     return n, f"auto: {free:.1f} of {os.cpu_count()} cores idle, default {default}"
 
 
+def current_threads() -> int:
+    """The intra-op thread count now in force: torch's where torch is loaded (apply_threads set
+    it), else the policy's choice (a process that never imports torch: onnxruntime, FAISS)."""
+    torch = sys.modules.get("torch")
+    return max(1, torch.get_num_threads() if torch is not None else choose_threads()[0])
+
+
 def apply_threads(requested: int = 0) -> int:
     """Set torch's intra-op threads by the policy above; returns the count."""
     import torch

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from evilm_core.machine import choose_threads
+from evilm_core.machine import current_threads
 from evilm_core.errors import EvilmError
 
 log = logging.getLogger("evilm.export")
@@ -73,7 +73,7 @@ def _onnx_runner(path: Path, names: list[str], output: str) -> Callable:
     except ImportError:
         raise EvilmError(f"{path.parent} is an ONNX export: {ONNX_EXTRA}") from None
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = _threads()  # the project's thread policy, read now
+    opts.intra_op_num_threads = current_threads()  # the project's thread policy, read now
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: its constant-folding notes are not the user's business
@@ -84,14 +84,6 @@ def _onnx_runner(path: Path, names: list[str], output: str) -> Callable:
         return session.run([output], feeds)[0]
 
     return run
-
-
-def _threads() -> int:
-    """torch's thread count where torch is loaded (apply_threads set it), else the policy's."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    return max(1, torch.get_num_threads() if torch is not None else choose_threads()[0])
 
 
 def _torch_runner(path: Path) -> Callable:
