@@ -3,6 +3,7 @@
     python benchmarks/ann.py --quick                      # 100k rows, a smoke run (~1 min)
     python benchmarks/ann.py --sizes 1000000 --out ann_1m.json
     nohup python benchmarks/ann.py --sizes 10000000 --out ann_10m.json > ann_10m.log 2>&1 &
+    python benchmarks/ann.py --sizes 10000000 --nlist 4096 --kinds faiss-ivf,faiss-ivfpq  # ~10 GB RAM
 
 Data. Random unit vectors are the worst case for IVF (no cluster structure: every list is as
 near as any other) and unlike real embeddings, so the rows are clustered: 4,096 gaussian centres
@@ -119,11 +120,12 @@ def recall_at_k(rows: np.ndarray, truth: np.ndarray) -> float:
 
 
 def bench_kind(kind: str, rows: np.ndarray, q: np.ndarray, truth: np.ndarray, workdir: Path,
-               build_threads: int) -> list[dict]:
+               build_threads: int, nlist: int | None = None, train_size: int | None = None) -> list[dict]:
     directory = workdir / f"ann_{kind}_{rows.shape[0]}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    record = ann.build_ann(rows, kind, directory, threads=build_threads)
+    ivf = {"nlist": nlist, "train_size": train_size} if kind != "faiss-hnsw" else {}
+    record = ann.build_ann(rows, kind, directory, threads=build_threads, **ivf)
     ann.set_threads(1)
     t0 = time.perf_counter()
     index = ann.AnnIndex.open(directory)
@@ -159,7 +161,7 @@ def bench_size(n: int, args) -> list[dict]:
                   f"holds ~{n * (4 * args.dim + 2 * ann.HNSW_M * 4) / 2 ** 30:.0f} GiB in RAM besides the rows",
                   flush=True)
             continue
-        results += bench_kind(kind, rows, q, truth, args.workdir, args.build_threads)
+        results += bench_kind(kind, rows, q, truth, args.workdir, args.build_threads, args.nlist, args.train_size)
     for r in results:
         r["n"] = n
     if not args.keep:
@@ -187,6 +189,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--kinds", default=",".join(ann.KINDS))
     parser.add_argument("--build-threads", type=int, default=2, help="FAISS threads while building")
+    parser.add_argument("--nlist", type=int, help="IVF lists (default: the product's, ~4 sqrt(N))")
+    parser.add_argument("--train-size", type=int, help="IVF k-means sample (default: the product's)")
     parser.add_argument("--hnsw-max", type=int, default=2_000_000, help="skip faiss-hnsw above this many rows")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/evilm_ann_bench"))
     parser.add_argument("--keep", action="store_true", help="keep the generated rows for the next run")

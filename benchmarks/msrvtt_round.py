@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,11 +93,13 @@ def stage_rows(work: Path, model: Path, sample: int) -> dict:
     return out
 
 
-def run_round(work: Path, model: Path, precision: str, workers: int, tag: str) -> dict:
+def run_round(work: Path, model: Path, precision: str, workers: int, tag: str, batch_size: int = 16) -> dict:
     index = work / f"index-{precision}-{tag}"
+    if index.exists():
+        shutil.rmtree(index)  # a fresh index each time: an existing one would only be extended
     t = time.perf_counter()
     subprocess.run([EXE, "retrieve", "index", "--checkpoint", str(model), "--videos", str(work / "videos"), "--out",
-                    str(index), "--precision", precision, "--workers", str(workers), "--batch-size", "16"],
+                    str(index), "--precision", precision, "--workers", str(workers), "--batch-size", str(batch_size)],
                    check=True, capture_output=True, text=True)
     index_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -114,19 +117,24 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1, help="Decode workers of `retrieve index`.")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated, run in this order per round")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass of `retrieve index`")
+    parser.add_argument("--no-stages", action="store_true", help="skip the in-process per-stage figures")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     t = time.perf_counter()
     model = make_data(args.work, args.clips, 2)
-    result = {"clips": args.clips, "make_data_s": round(time.perf_counter() - t, 1),
-              "stages": stage_rows(args.work, model, 16), "rounds": []}
+    precisions = [p for p in args.precisions.split(",") if p]
+    result = {"clips": args.clips, "make_data_s": round(time.perf_counter() - t, 1), "workers": args.workers,
+              "batch_size": args.batch_size, "stages": {} if args.no_stages else stage_rows(args.work, model, 16),
+              "rounds": []}
     print(json.dumps(result["stages"]))
     for r in range(args.rounds):
-        for p in ("fp32", "bf16"):
-            row = run_round(args.work, model, p, args.workers, str(r))
+        for p in precisions:
+            row = run_round(args.work, model, p, args.workers, str(r), args.batch_size)
             result["rounds"].append(row)
             print(json.dumps(row))
-    for p in ("fp32", "bf16"):
+    for p in precisions:
         result[f"median_total_s_{p}"] = statistics.median(r["total_s"] for r in result["rounds"] if r["precision"] == p)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

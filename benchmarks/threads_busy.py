@@ -1,6 +1,7 @@
 """The thread policy on an idle and on a busy machine: the quickstart's pre-training steps.
 
     python benchmarks/threads_busy.py --quickstart quickstart --steps 24 --busy 2
+    python benchmarks/threads_busy.py --whole --repeats 1 --busy 2   # the whole quickstart
 
 Runs `evilm pretrain` of the quickstart's own recipe for a fixed number of steps (fresh output
 directory each time) with the policy (`--threads 0`: auto) and without it (`--threads N` = torch's
@@ -8,6 +9,8 @@ default, one per core: what torch does when nothing sets it), interleaved A, B, 
 idle machine, then with `--busy` CPU-bound processes running (a lab server shared with other
 jobs). Reports wall seconds per run, medians, the thread count auto chose, and the final loss
 (the same recipe, so the losses show what the thread count changes in the numbers).
+With `--whole` each run is a complete `evilm quickstart` in a fresh directory (wall time of the
+whole pipeline, and its results table's retrieval recall and QA accuracy).
 """
 
 from __future__ import annotations
@@ -40,11 +43,26 @@ def run(recipe: Path, steps: int, threads: int, out: Path) -> dict:
             "loss": result["metrics"].get("loss")}
 
 
-def rounds(recipe: Path, steps: int, default: int, work: Path, tag: str, repeats: int) -> list[dict]:
+def run_whole(threads: int, out: Path) -> dict:
+    """One complete `evilm quickstart` (every stage) in a fresh directory."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    t = time.perf_counter()
+    proc = subprocess.run([EXE, "quickstart", "--out", str(out), "--threads", str(threads), "--json"],
+                          capture_output=True, text=True, env=env, check=True)
+    wall = time.perf_counter() - t
+    chosen = next((line.split("torch threads: ")[1].split(" ")[0] for line in proc.stderr.splitlines()
+                   if "torch threads: " in line), "?")
+    return {"threads_flag": threads, "threads_used": chosen, "seconds": round(wall, 1),
+            "results": json.loads(proc.stdout.splitlines()[-1])}
+
+
+def rounds(recipe: Path | None, steps: int, default: int, work: Path, tag: str, repeats: int) -> list[dict]:
+    """A, B, A, B: auto then torch's default; recipe None runs the whole quickstart."""
     rows = []
     for r in range(repeats):
         for threads in (0, default):
-            row = run(recipe, steps, threads, work / f"{tag}-{threads}-{r}")
+            out = work / f"{tag.split()[0]}-{threads}-{r}"
+            row = run_whole(threads, out) if recipe is None else run(recipe, steps, threads, out)
             rows.append({**row, "machine": tag})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -52,7 +70,8 @@ def rounds(recipe: Path, steps: int, default: int, work: Path, tag: str, repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quickstart", type=Path, required=True)
+    parser.add_argument("--quickstart", type=Path, help="A quickstart directory (its pre-training recipe).")
+    parser.add_argument("--whole", action="store_true", help="Time whole quickstarts instead.")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--busy", type=int, default=2, help="CPU-bound processes for the busy case.")
     parser.add_argument("--repeats", type=int, default=2)
@@ -61,7 +80,10 @@ def main() -> None:
     import torch
 
     default = torch.get_num_threads()
-    recipe, work = args.quickstart / "recipes" / "pretrain.yaml", Path(tempfile.mkdtemp(prefix="evilm-threads-"))
+    if not args.whole and args.quickstart is None:
+        parser.error("--quickstart DIR is needed unless --whole")
+    recipe = None if args.whole else args.quickstart / "recipes" / "pretrain.yaml"
+    work = Path(tempfile.mkdtemp(prefix="evilm-threads-"))
     rows = rounds(recipe, args.steps, default, work, "idle", args.repeats)
     hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
     try:
