@@ -29,31 +29,28 @@ EXE = str(Path(sys.executable).with_name("evilm"))
 BUSY = "while True: pass"
 
 
-def run(recipe: Path, steps: int, threads: int, out: Path) -> dict:
+def _timed(args: list[str], threads: int) -> tuple[float, str, dict]:
+    """Run `evilm ARGS --threads N --json` without OMP_NUM_THREADS -> (wall s, threads chosen, result)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     t = time.perf_counter()
-    proc = subprocess.run([EXE, "pretrain", str(recipe), "--set", f"train.max_steps={steps}", "--set",
-                           f"output.dir={out}", "--set", "train.eval_every=0", "--threads", str(threads), "--json"],
-                          capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run([EXE, *args, "--threads", str(threads), "--json"], capture_output=True, text=True, env=env,
+                          check=True)
     wall = time.perf_counter() - t
     chosen = next((line.split("torch threads: ")[1].split(" ")[0] for line in proc.stderr.splitlines()
                    if "torch threads: " in line), "?")
-    result = json.loads(proc.stdout.splitlines()[-1])
-    return {"threads_flag": threads, "threads_used": chosen, "seconds": round(wall, 1),
-            "loss": result["metrics"].get("loss")}
+    return round(wall, 1), chosen, json.loads(proc.stdout.splitlines()[-1])
+
+
+def run(recipe: Path, steps: int, threads: int, out: Path) -> dict:
+    wall, chosen, result = _timed(["pretrain", str(recipe), "--set", f"train.max_steps={steps}", "--set",
+                                   f"output.dir={out}", "--set", "train.eval_every=0"], threads)
+    return {"threads_flag": threads, "threads_used": chosen, "seconds": wall, "loss": result["metrics"].get("loss")}
 
 
 def run_whole(threads: int, out: Path) -> dict:
     """One complete `evilm quickstart` (every stage) in a fresh directory."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    t = time.perf_counter()
-    proc = subprocess.run([EXE, "quickstart", "--out", str(out), "--threads", str(threads), "--json"],
-                          capture_output=True, text=True, env=env, check=True)
-    wall = time.perf_counter() - t
-    chosen = next((line.split("torch threads: ")[1].split(" ")[0] for line in proc.stderr.splitlines()
-                   if "torch threads: " in line), "?")
-    return {"threads_flag": threads, "threads_used": chosen, "seconds": round(wall, 1),
-            "results": json.loads(proc.stdout.splitlines()[-1])}
+    wall, chosen, result = _timed(["quickstart", "--out", str(out)], threads)
+    return {"threads_flag": threads, "threads_used": chosen, "seconds": wall, "results": result}
 
 
 def rounds(recipe: Path | None, steps: int, default: int, work: Path, tag: str, repeats: int) -> list[dict]:

@@ -31,7 +31,7 @@ def synth_dir(tmp_path_factory) -> Path:
 # The longest files first. `-n 2 --dist loadfile` (the README's test command) hands whole files
 # to the two workers in collection order; a long file collected last (tests/retrieval sorts
 # late) left one worker idle for minutes while the other finished it. Longest-first shortens
-# that tail (docs/benchmarks.md, "The test suite"). Order measured with `--durations=0`.
+# that tail. Order: the slowest tests of a `--durations=25` run, summed per file.
 LONG_FILES_FIRST = (
     "tests/retrieval/test_retrieve_paths.py",
     "tests/faults/test_disk_full.py",
