@@ -26,23 +26,3 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, num_videos=40, seed=0, frames=8, size=64, workers=1)
     return out
-
-
-# The longest files first. `-n 2 --dist loadfile` (the README's test command) hands whole files
-# to the two workers in collection order; a long file collected last (tests/retrieval sorts
-# late) left one worker idle for minutes while the other finished it. Longest-first shortens
-# that tail. Order: the slowest tests of a `--durations=25` run, summed per file.
-LONG_FILES_FIRST = (
-    "tests/retrieval/test_retrieve_paths.py",
-    "tests/faults/test_disk_full.py",
-    "tests/retrieval/test_retrieve_cli.py",
-    "tests/cli/test_distributed_resume.py",
-    "tests/cli/test_shards_cli.py",
-    "tests/faults/test_names_and_text.py",
-    "tests/export/test_export.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {path: i for i, path in enumerate(LONG_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: order within a file kept
