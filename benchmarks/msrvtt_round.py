@@ -6,8 +6,10 @@ Makes 1,000 H.264 clips of 320x240 at 25 fps, 10-15 s long (x264 ultrafast, keyf
 default, the costly case for seeking), a paper-size E-ViLM (random weights: the cost does not
 depend on them) and 1,000 captions; then times `evilm retrieve index` (4 frames per clip) and
 `evilm retrieve query` of the 1,000 captions from stdin, --precision fp32 and bf16 (the
-precisions interleaved when --rounds > 1). Per stage, measured in-process on a sample: decode,
-video encode, text encode, search; the command lines give the end-to-end wall time.
+precisions interleaved when --rounds > 1), with the commands' own defaults for --workers,
+--batch-size and --threads unless given. Per stage, measured in-process on a sample with one
+thread: decode, video encode (4 clips per forward, as the CPU index does), text encode, search;
+the command lines give the end-to-end wall time.
 """
 
 from __future__ import annotations
@@ -64,23 +66,27 @@ def make_data(work: Path, n: int, workers: int) -> Path:
 
 
 def stage_rows(work: Path, model: Path, sample: int) -> dict:
-    """Per-stage cost on `sample` clips/captions in this process (one thread per stage as measured)."""
+    """Per-stage cost on `sample` clips/captions in this process, one thread (a core's figure)."""
     from evilm_core.data.transforms import normalize
     from evilm_core.models.loading import load_checkpoint
+    from evilm_core.retrieval.build import embed_clips
+    from evilm_core.retrieval.sides import open_video_side
+
+    torch.set_num_threads(1)
 
     paths = sorted((work / "videos").glob("*.mp4"))[:sample]
     t = time.perf_counter()
     clips = [read_frames(str(p), lambda n: segment_indices(n, 4, "eval"), size=256).frames for p in paths]
     decode = (time.perf_counter() - t) / len(paths)
-    net = load_checkpoint(model).model.eval()
+    net, side = load_checkpoint(model).model.eval(), open_video_side(model)
     pixels = torch.stack([normalize(c) for c in clips[:8]])  # [8, 4, 3, 256, 256]
     ids = torch.randint(5, net.cfg.vocab_size, (64, 24))
     out = {"decode_s_per_clip": round(decode, 4)}
     for p in ("fp32", "bf16"):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
-            net.embed_video(pixels)  # warm-up
+            embed_clips(side, pixels)  # warm-up
             t = time.perf_counter()
-            net.embed_video(pixels)
+            embed_clips(side, pixels)
             out[f"video_encode_s_per_clip_{p}"] = round((time.perf_counter() - t) / 8, 4)
             net.embed_text(ids, torch.ones_like(ids))
             t = time.perf_counter()
@@ -93,14 +99,16 @@ def stage_rows(work: Path, model: Path, sample: int) -> dict:
     return out
 
 
-def run_round(work: Path, model: Path, precision: str, workers: int, tag: str, batch_size: int = 16) -> dict:
+def run_round(work: Path, model: Path, precision: str, workers: int | None, tag: str,
+              batch_size: int | None = None) -> dict:
     index = work / f"index-{precision}-{tag}"
     if index.exists():
         shutil.rmtree(index)  # a fresh index each time: an existing one would only be extended
     t = time.perf_counter()
+    given = [*(["--workers", str(workers)] if workers is not None else []),
+             *(["--batch-size", str(batch_size)] if batch_size is not None else [])]
     subprocess.run([EXE, "retrieve", "index", "--checkpoint", str(model), "--videos", str(work / "videos"), "--out",
-                    str(index), "--precision", precision, "--workers", str(workers), "--batch-size", str(batch_size)],
-                   check=True, capture_output=True, text=True)
+                    str(index), "--precision", precision, *given], check=True, capture_output=True, text=True)
     index_s = time.perf_counter() - t
     t = time.perf_counter()
     proc = subprocess.run([EXE, "retrieve", "query", "--index", str(index), "-k", "10", "--precision", precision],
@@ -115,10 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/evilm-1k"))
     parser.add_argument("--clips", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=1, help="Decode workers of `retrieve index`.")
+    parser.add_argument("--workers", type=int, help="--workers of `retrieve index` (default: its own, auto)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated, run in this order per round")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass of `retrieve index`")
+    parser.add_argument("--batch-size", type=int, help="--batch-size of `retrieve index` (default: its own)")
     parser.add_argument("--no-stages", action="store_true", help="skip the in-process per-stage figures")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -25,8 +25,11 @@ def index(
     manifest: Path = typer.Option(None, "--manifest", help="Index the distinct videos of this manifest."),
     root: Path = typer.Option(None, "--root", help="Where a manifest's relative paths resolve (default: its directory)."),
     frames: int = typer.Option(4, "--frames", min=1, help="Frames per video (segment centres)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos per forward pass."),
-    workers: int = typer.Option(2, "--workers", min=0, help="Decoding processes (0: decode in this process)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos per loader batch (a GPU embeds each in "
+                                   "one pass; the CPU 16 frames at a time)."),
+    workers: int = typer.Option(None, "--workers", min=0, show_default="auto", help="Loader processes. On the CPU "
+                                "each decodes and embeds its clips (auto: one per core, at most 8); with a GPU they "
+                                "decode (auto: 2). 0: everything in this process."),
     part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption loses)."),
     shard: str = typer.Option(None, "--shard", help="i/n: embed only videos i, i+n, ... (one run per node, same --out)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),

@@ -14,18 +14,46 @@ wanted frames in ascending order:
   setting applies to exactly the packet sent next;
 - each decoded frame is identified by its pts (the index's rank; from the stream time base and
   average rate when a frame has none) and converted to RGB at the requested size in one
-  swscale pass, bilinear (the closest to decord: mean difference ~1 of 255, docs/benchmarks.md).
+  swscale pass, bilinear (the closest to decord: mean difference ~1 of 255, docs/benchmarks.md),
+  by one reformatter per thread: a fresh one (what `frame.reformat` makes) sets up a new swscale
+  context for every frame, ~2.7 ms of a 320x240 frame's ~3 ms (docs/benchmarks.md, "Decoders").
 """
 
 from __future__ import annotations
 
 import bisect
 import io
+import os
+import threading
 from fractions import Fraction
 
 import numpy as np
 
 NONREF, DEFAULT = "NONREF", "DEFAULT"
+_LOCAL = threading.local()  # this thread's (pid, VideoReformatter): a swscale context is not thread-safe
+
+
+def _reformatter():
+    """This thread's reformatter, made anew in a forked child: a context inherited through fork()
+    may wait forever on scaler threads that only the parent has."""
+    pid, reformatter = getattr(_LOCAL, "entry", (None, None))
+    if pid != os.getpid():
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = VideoReformatter()
+        _LOCAL.entry = (os.getpid(), reformatter)
+    return reformatter
+
+
+def _scale(frame, size: int):
+    """frame -> RGB size x size, bilinear, on one scaler thread: decoding is single-threaded by
+    design (parallel across workers), and PyAV 17+'s default (a thread per core, per context)
+    oversubscribes them."""
+    args = dict(width=size, height=size, format="rgb24", interpolation="BILINEAR")
+    try:
+        return _reformatter().reformat(frame, threads=1, **args)
+    except TypeError:  # PyAV < 17: no `threads`, and one thread anyway
+        return _reformatter().reformat(frame, **args)
 
 
 class PyAVReader:
@@ -135,5 +163,5 @@ class PyAVReader:
 
     def _rgb(self, frame) -> np.ndarray:
         if self.size:
-            frame = frame.reformat(width=self.size, height=self.size, format="rgb24", interpolation="BILINEAR")
+            frame = _scale(frame, self.size)
         return frame.to_ndarray(format="rgb24")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch.nn as nn
 
 from evilm_core.errors import EvilmError
@@ -18,6 +17,8 @@ from evilm_core.errors import EvilmError
 
 def create_backbone(name: str, pretrained: bool | str = False, **kwargs) -> nn.Module:
     """timm.create_model(name, num_classes=0, **kwargs) with the pretrained policy above."""
+    import timm  # here, not at the top: modules that only init weights (heads) stay light to import
+
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise EvilmError(f"unknown timm model '{name}'" + (f"; similar: {', '.join(close)}" if close else ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Callable
 import torch
 
 from evilm_core.data.collect import parse_shard, shard_of
-from evilm_core.data.dataset import clip_dataset
+from evilm_core.data.dataset import clip_dataset, collate_clips
 from evilm_core.data.decoders import resolve_decoder
 from evilm_core.data.inputs import Collection, collect, picker
 from evilm_core.machine import apply_threads, autocast, resolve_precision
@@ -25,6 +26,12 @@ from evilm_core.retrieval.sides import Tower, open_video_side
 
 log = logging.getLogger("evilm.retrieve")
 ProgressFn = Callable[..., None]
+# Pixels per forward pass on the CPU: the paper model embeds 16 frames of 256 px (4 clips of 4
+# frames) 1.2x faster per clip than 64 at once, whose activations spill the caches
+# (docs/performance.md, "Indexing on the CPU"); GPUs take the whole batch.
+CPU_FORWARD_PIXELS = 16 * 256 * 256
+MAX_AUTO_WORKERS = 8  # each CPU worker holds a model and a batch of frames (~0.5 GB for the paper model)
+GPU_AUTO_WORKERS = 2  # decode workers feeding a GPU
 
 
 @dataclass
@@ -35,8 +42,8 @@ class IndexRequest:
     manifest: str | None = None  # a manifest (keys: its `video` fields) or a shard set (its samples' videos)
     root: str | None = None  # where a manifest's relative paths resolve (default: its directory)
     num_frames: int = 4  # frames per video, segment centres
-    batch_size: int = 32  # videos per forward pass
-    num_workers: int = 2  # decode workers
+    batch_size: int = 32  # videos per loader batch (on the CPU, forward passes of CPU_FORWARD_PIXELS)
+    num_workers: int | None = None  # loader workers (None: auto, _plan_processes; 0: all in this process)
     shard: tuple[int, int] = (0, 1)  # (i, n): this run embeds keys i, i+n, i+2n, ...
     part_size: int = 1024  # videos per part file: at most this much work is lost to an interruption
     device: str = "auto"  # auto | cpu | cuda[:i]
@@ -87,12 +94,59 @@ def _check_frames(side: Tower, num_frames: int) -> None:
         raise EvilmError(f"--frames {num_frames}: the model of {side.directory} takes 1 to {side.max_frames} frames")
 
 
-def _apply_threads(req: IndexRequest) -> None:
-    """auto on the CPU leaves the decode workers their cores (as `label` does): intra-op threads
-    competing with decoders for the same cores slow both."""
+def _plan_processes(req: IndexRequest, device: torch.device) -> tuple[int, int]:
+    """-> (loader workers, intra-op threads of each process that embeds). On the CPU the workers
+    decode and embed (EmbedInWorker): auto is one worker per core the thread policy gives, at
+    most MAX_AUTO_WORKERS, the cores shared out among them, and this process, which only writes
+    parts, keeps one thread: intra-op threads competing with decoders for the same cores slow
+    both (docs/performance.md, "Indexing on the CPU"). With a GPU the workers decode and this
+    process embeds."""
     threads = apply_threads(req.threads)
-    if req.threads == 0 and req.num_workers and req.device in ("auto", "cpu") and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, threads - req.num_workers))
+    workers = req.num_workers
+    if device.type != "cpu":
+        return (GPU_AUTO_WORKERS if workers is None else workers), threads
+    workers = min(threads, MAX_AUTO_WORKERS) if workers is None else workers
+    if workers == 0:
+        return 0, threads
+    torch.set_num_threads(1)
+    return workers, max(1, threads // workers)
+
+
+class EmbedInWorker:
+    """The collate_fn of CPU indexing: in each loader worker, stack the clips and embed them with
+    that worker's own copy of the video side (opened on first use, `threads` intra-op threads),
+    so decoding and embedding of different batches overlap on separate cores without any
+    process oversubscribing them; the batch carries embeddings [B, E] back, not pixels."""
+
+    def __init__(self, source: str, precision: str, threads: int):
+        self.source, self.precision, self.threads = source, precision, threads
+        self._side: Tower | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_side": None}  # each worker opens its own
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = collate_clips(items)
+        if batch["size"]:
+            if self._side is None:
+                torch.set_num_threads(self.threads)
+                try:
+                    self._side = open_video_side(self.source).to(torch.device("cpu"))
+                except EvilmError as err:  # weights that do not load: the main process says so, in its words
+                    return {**batch, "error": str(err)}
+            with torch.no_grad(), autocast(self.precision, "cpu"):
+                batch["embedding"] = embed_clips(self._side, batch.pop("pixels"))
+        return batch
+
+
+def embed_clips(side: Tower, pixels: torch.Tensor) -> torch.Tensor:
+    """pixels [B, T, 3, H, W] -> float32 embeddings [B, E] on the CPU; on the CPU in chunks of
+    CPU_FORWARD_PIXELS (the result does not depend on the chunking: clips are independent)."""
+    if pixels.device.type != "cpu":
+        return side.embed_video(pixels).float().cpu()
+    per_clip = pixels[0].numel() // 3  # T * H * W
+    chunk = max(1, CPU_FORWARD_PIXELS // per_clip)
+    return torch.cat([side.embed_video(part).float() for part in pixels.split(chunk)])
 
 
 def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
@@ -100,7 +154,6 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     (and build or refresh the ANN index). Returns counts: total, embedded (this run), already
     (present before), skipped, complete."""
     i, n = parse_shard(req.shard)
-    _apply_threads(req)
     if req.ann:
         from evilm_core.retrieval.ann import check_ann_kind  # faiss only where an ANN index is asked for
 
@@ -108,12 +161,15 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     coll, root = collection(req)
     decoder = None if coll.shards else resolve_decoder(req.decoder, "--decoder")  # before any file is written
     keys = coll.keys
-    side, out = open_video_side(req.checkpoint), Path(req.out)
+    device = choose_device(req.device)
+    workers, threads = _plan_processes(req, device)
+    in_workers = device.type == "cpu" and workers > 0
+    side, out = open_video_side(req.checkpoint, load=not in_workers), Path(req.out)  # workers load their own
     _check_frames(side, req.num_frames)
     for debris in (out, out / PARTS):  # what killed runs of this host left behind
         clean_stale_temps(debris)
-    device = choose_device(req.device)
     precision = resolve_precision(req.precision, device) if side.kind == "torch" else "fp32"
+    fresh = not (out / META).is_file()
     meta = _open_or_create(out, side, req, root, precision)
     done = indexed_keys(out) | skipped_keys(out)
     mine = shard_of(keys, req.shard)
@@ -123,8 +179,14 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
     counts = {"total": len(keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0,
               "precision": precision, "decoder": decoder}
     if todo:
-        with autocast(precision, device):
-            _embed(side.to(device), coll, todo, root, req, meta, out, device, counts, progress)
+        collate = EmbedInWorker(str(side.directory), precision, threads) if in_workers else collate_clips
+        try:
+            with autocast(precision, device):
+                _embed(side.to(device), coll, todo, root, req, meta, out, device, counts, progress, workers, collate)
+        except EvilmError:
+            if fresh and not counts["embedded"] and not any((out / PARTS).glob("*")):
+                shutil.rmtree(out, ignore_errors=True)  # this run's, and empty: a fixed model may use the same --out
+            raise
     skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
     present = indexed_keys(out) | skipped
     counts["complete"] = all(k in present for k in keys)
@@ -141,13 +203,15 @@ def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
 
 @torch.no_grad()
 def _embed(side: Tower, coll: Collection, todo: list[str], root: str, req: IndexRequest, meta: IndexMeta, out: Path,
-           device: torch.device, counts: dict, progress: ProgressFn | None) -> None:
+           device: torch.device, counts: dict, progress: ProgressFn | None, workers: int, collate: Callable) -> None:
     frames = picker(coll.shards, str(req.manifest), req.num_frames, meta.image_size, decoder=req.decoder)
     dataset = clip_dataset(coll.records(todo), root, req.num_frames, meta.image_size, frames=frames)
-    loader = eval_loader(dataset, req.batch_size, req.num_workers)
+    loader = eval_loader(dataset, req.batch_size, workers, collate_fn=collate)
     keys, embs, seen, start = [], [], 0, time.monotonic()
     name = f"{time.time_ns():x}-s{req.shard[0]}of{req.shard[1]}"
     for batch in loader:
+        if "error" in batch:
+            raise EvilmError(batch["error"])
         seen += batch["size"] + len(batch["skipped"])
         if batch["skipped"]:
             record_skipped(out, batch["skipped"])
@@ -155,7 +219,8 @@ def _embed(side: Tower, coll: Collection, todo: list[str], root: str, req: Index
             for video, reason, detail in batch["skipped"]:
                 log.warning("skipped %s (%s: %s)", video, reason, detail)
         if batch["size"]:
-            embs.append(side.embed_video(batch["pixels"].to(device)).float().cpu())  # [B, E]
+            emb = batch.get("embedding")  # embedded by the worker (CPU), else here
+            embs.append(emb if emb is not None else embed_clips(side, batch["pixels"].to(device)))  # [B, E]
             keys += batch["video"]
         if len(keys) >= req.part_size:
             write_part(out, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs))

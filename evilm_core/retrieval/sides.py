@@ -77,19 +77,32 @@ def open_text_side(source: str | Path, given: bool = True) -> Tower:
                  cfg.max_text_len, cfg.max_frames, model.embed_text, model=model)
 
 
-def open_video_side(source: str | Path) -> Tower:
-    """The video tower of a checkpoint (the whole model is loaded) or of an export directory."""
+def open_video_side(source: str | Path, load: bool = True) -> Tower:
+    """The video tower of a checkpoint (the whole model is loaded) or of an export directory.
+    load=False gives a checkpoint's description only (hash and sizes, no model; `embed` raises):
+    what a process needs whose loader workers embed (retrieval/build.py, EmbedInWorker)."""
     exported = _export(source, "video")
     if exported is not None:
         return exported
-    from evilm_core.models.loading import load_checkpoint, resolve_checkpoint
+    from evilm_core.models.pretrained import checkpoint_model_config, resolve_checkpoint
     from evilm_core import checkpoint as ckpt
 
     directory = resolve_checkpoint(source)
-    model = load_checkpoint(directory).model
-    cfg = model.cfg
+    model, embed = None, _not_loaded
+    if load:
+        from evilm_core.models.loading import load_checkpoint
+
+        model = load_checkpoint(directory).model
+        cfg, embed = model.cfg, model.embed_video
+    else:
+        cfg = checkpoint_model_config(directory)
+        ckpt.read_weights(directory)  # a damaged file fails here, before an index records its hash
     return Tower("torch", directory, ckpt.file_sha256(directory / ckpt.WEIGHTS), cfg.embed_dim, cfg.image_size,
-                 cfg.max_text_len, cfg.max_frames, model.embed_video, model=model)
+                 cfg.max_text_len, cfg.max_frames, embed, model=model)
+
+
+def _not_loaded(*_):
+    raise RuntimeError("open_video_side(..., load=False) describes the tower; open it with load=True to embed")
 
 
 def open_ann(index, threads: int = 1):

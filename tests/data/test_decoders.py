@@ -91,6 +91,41 @@ def test_pyav_skipping_non_reference_frames_changes_nothing(gop_clip, monkeypatc
     assert np.array_equal(_clip(gop_clip, wanted, 32, "pyav").frames, skipping)
 
 
+def test_pyav_reused_reformatter_equals_a_fresh_one_whatever_the_size(gop_clip):
+    """One swscale context per thread is reused across frames, clips and sizes (evilm_core/data/
+    decode_pyav.py): each result must equal what a fresh reformatter makes of the same frame."""
+    import av
+
+    wanted = [2, 13, 27]
+    with av.open(str(gop_clip)) as container:
+        frames = [f for i, f in enumerate(container.decode(video=0)) if i in wanted]
+    for size in (32, 48, 32, 96):
+        got = _clip(gop_clip, wanted, size, "pyav").frames
+        fresh = np.stack([f.reformat(width=size, height=size, format="rgb24", interpolation="BILINEAR")
+                          .to_ndarray(format="rgb24") for f in frames])
+        assert got.shape == (3, size, size, 3) and np.array_equal(got, fresh), size
+
+
+def _decode_in_child(path, queue):
+    queue.put(_clip(path, [2, 13], 32, "pyav").frames.shape)
+
+
+def test_pyav_decodes_in_a_forked_child_after_the_parent_did(gop_clip):
+    """`data check` forks its workers: a child must not reuse the parent's swscale context (it
+    waited forever on scaler threads only the parent had)."""
+    import multiprocessing
+
+    _clip(gop_clip, [2, 13], 32, "pyav")  # the parent's reformatter exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_decode_in_child, args=(gop_clip, queue))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0 and queue.get(timeout=5) == (2, 32, 32, 3)
+
+
 def test_pyav_seeks_only_when_needed(gop_clip, monkeypatch):
     seeks = []
     original = PyAVReader._seek_to

@@ -138,6 +138,44 @@ def test_index_over_a_video_directory_counts_corrupt_files(model, synth_dir, tmp
     assert (tmp_path / "idx" / "skipped.tsv").read_text().startswith("broken.mp4\tcorrupt")
 
 
+def test_cpu_workers_embed_and_give_the_one_process_index(index, model, synth_dir, tmp_path):
+    """--workers 2 on the CPU: each worker decodes and embeds its own batches (EmbedInWorker,
+    docs/performance.md); the index holds the same keys in the same order and the same
+    embeddings (up to float sums over other thread counts) as the one-process index."""
+    out = tmp_path / "idx"
+    result = json.loads(run_evilm("retrieve", "index", "--checkpoint", model, "--manifest", synth_dir / "test.jsonl",
+                                  "--out", out, "--workers", "2", "--threads", "2", "--batch-size", "3",
+                                  "--precision", "fp32", "--json").stdout.splitlines()[-1])
+    keys = (index / "keys.txt").read_text()
+    assert result["complete"] and result["embedded"] == len(keys.splitlines()) and result["skipped"] == 0
+    assert (out / "keys.txt").read_text() == keys
+    mine, one = (load_file(str(d / "embeddings.safetensors"))["embeddings"] for d in (out, index))
+    assert torch.allclose(mine, one, atol=1e-5)
+
+
+def test_damaged_weights_fail_before_the_index_records_them(model, synth_dir, tmp_path):
+    """Workers load the model themselves, so the main process checks the weights file first: an
+    index never records the hash of a file that cannot be loaded."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / ckpt.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    proc = run_evilm("retrieve", "index", "--checkpoint", broken, "--manifest", synth_dir / "test.jsonl", "--out",
+                     tmp_path / "idx", "--workers", "1", check=False)
+    assert proc.returncode == 2 and "damaged or truncated" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "idx").exists()
+    # weights that read but do not fit the config fail in the worker that loads them: the same
+    # clear error, and the index this run created (still empty) is gone
+    other = EViLM(EViLMConfig(vocab_size=len(ckpt.read_checkpoint_vocab(model)), **{**TINY, "fusion_dim": 64}))
+    ckpt.save_weights(other.state_dict(), weights)
+    proc = run_evilm("retrieve", "index", "--checkpoint", broken, "--manifest", synth_dir / "test.jsonl", "--out",
+                     tmp_path / "idx", "--workers", "1", check=False)
+    assert proc.returncode == 2 and "weights do not fit" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "idx").exists()
+
+
 def test_bad_input_gives_clear_errors(model, index, synth_dir, tmp_path):
     other = write_model(tmp_path / "other", synth_dir, seed=1)
     wrong = run_evilm("retrieve", "query", "--index", index, "--checkpoint", other, "a red circle", check=False)
