@@ -68,7 +68,6 @@ def make_data(work: Path, n: int, workers: int) -> Path:
 def stage_rows(work: Path, model: Path, sample: int) -> dict:
     """Per-stage cost on `sample` clips/captions in this process, one thread (a core's figure)."""
     from evilm_core.data.transforms import normalize
-    from evilm_core.models.loading import load_checkpoint
     from evilm_core.retrieval.build import embed_clips
     from evilm_core.retrieval.sides import open_video_side
 
@@ -78,7 +77,8 @@ def stage_rows(work: Path, model: Path, sample: int) -> dict:
     t = time.perf_counter()
     clips = [read_frames(str(p), lambda n: segment_indices(n, 4, "eval"), size=256).frames for p in paths]
     decode = (time.perf_counter() - t) / len(paths)
-    net, side = load_checkpoint(model).model.eval(), open_video_side(model)
+    side = open_video_side(model)
+    net = side.model.eval()  # its text side is timed too
     pixels = torch.stack([normalize(c) for c in clips[:8]])  # [8, 4, 3, 256, 256]
     ids = torch.randint(5, net.cfg.vocab_size, (64, 24))
     out = {"decode_s_per_clip": round(decode, 4)}

@@ -15,7 +15,7 @@ wanted frames in ascending order:
 - each decoded frame is identified by its pts (the index's rank; from the stream time base and
   average rate when a frame has none) and converted to RGB at the requested size in one
   swscale pass, bilinear (the closest to decord: mean difference ~1 of 255, docs/benchmarks.md),
-  by one reformatter per thread: a fresh one (what `frame.reformat` makes) sets up a new swscale
+  by one reformatter per thread and process, on one scaler thread: a fresh one (what `frame.reformat` makes) sets up a new swscale
   context for every frame, ~2.7 ms of a 320x240 frame's ~3 ms (docs/benchmarks.md, "Decoders").
 """
 
@@ -31,6 +31,7 @@ import numpy as np
 
 NONREF, DEFAULT = "NONREF", "DEFAULT"
 _LOCAL = threading.local()  # this thread's (pid, VideoReformatter): a swscale context is not thread-safe
+_SCALER_THREADS = {"threads": 1}  # emptied where PyAV's reformat has no `threads` (before 17)
 
 
 def _reformatter():
@@ -49,11 +50,14 @@ def _scale(frame, size: int):
     """frame -> RGB size x size, bilinear, on one scaler thread: decoding is single-threaded by
     design (parallel across workers), and PyAV 17+'s default (a thread per core, per context)
     oversubscribes them."""
-    args = dict(width=size, height=size, format="rgb24", interpolation="BILINEAR")
+    args = dict(width=size, height=size, format="rgb24", interpolation="BILINEAR", **_SCALER_THREADS)
     try:
-        return _reformatter().reformat(frame, threads=1, **args)
-    except TypeError:  # PyAV < 17: no `threads`, and one thread anyway
         return _reformatter().reformat(frame, **args)
+    except TypeError:
+        if not _SCALER_THREADS:
+            raise
+        _SCALER_THREADS.clear()  # PyAV < 17: no `threads` (and one thread anyway); decided once
+        return _scale(frame, size)
 
 
 class PyAVReader:

@@ -140,8 +140,8 @@ class EmbedInWorker:
 
 
 def embed_clips(side: Tower, pixels: torch.Tensor) -> torch.Tensor:
-    """pixels [B, T, 3, H, W] -> float32 embeddings [B, E] on the CPU; on the CPU in chunks of
-    CPU_FORWARD_PIXELS (the result does not depend on the chunking: clips are independent)."""
+    """pixels [B, T, 3, H, W] -> float32 embeddings [B, E], returned on the CPU. CPU pixels go
+    through in chunks of CPU_FORWARD_PIXELS (clips are independent: chunking changes no result)."""
     if pixels.device.type != "cpu":
         return side.embed_video(pixels).float().cpu()
     per_clip = pixels[0].numel() // 3  # T * H * W
