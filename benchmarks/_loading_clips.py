@@ -145,7 +145,7 @@ def proc_memory(pid: str = "self") -> dict:
 
 def synthetic_rows(n: int, seed: int = 0):
     """(ClipRecord, i) of n WebVid-like records: `videos/0123/1234567890.mp4`, 60-100 char captions."""
-    from evilm_core.data.record import ClipRecord
+    from evilm_core.data.records.record import ClipRecord
 
     rng = np.random.default_rng(seed)
     for start in range(0, n, 100_000):

@@ -9,8 +9,8 @@ tokenizer trained with plain BCE, from a randomly initialised frozen tokenizer, 
 
 Every pre-trained row also has the video-text contrastive term (loss.vtc = 1): on this data
 VTM does not leave chance level without it (docs/pretraining.md). The recipes are the
-quickstart's (`evilm_core/quickstart/recipes.py`) with the epochs below and are written
-next to each run. Results go to OUT/results.jsonl one line per (seed, pre-training, task), so
+bundled recipes/synthetic/*.yaml, set up as the quickstart sets them (`evilm_core/quickstart/
+recipes.py`), with the epochs below, and are written next to each run. Results go to OUT/results.jsonl one line per (seed, pre-training, task), so
 an interrupted run continues where it stopped; the table is rebuilt from that file.
 """
 
@@ -24,12 +24,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recipe, tokenizer_recipe, write_recipe
+from evilm_core.quickstart.recipes import SIZES, image_size, stage_recipe
 
 log = logging.getLogger("ablations")
-ABLATION_SIZES = {"default": replace(SIZES["default"], videos=600, pretrain_epochs=6, retrieval_epochs=5, qa_epochs=4),
-                  "tiny": SIZES["tiny"]}  # tiny: a smoke test of the script itself
-SIZE = ABLATION_SIZES["default"]
+ABLATION_SIZES = {"quickstart": replace(SIZES["quickstart"], videos=600, pretrain_epochs=6, retrieval_epochs=5,
+                                        qa_epochs=4),
+                  "quickstart-tiny": SIZES["quickstart-tiny"]}  # a smoke test of the script itself
+SIZE_NAME = "quickstart"
+SIZE = ABLATION_SIZES[SIZE_NAME]
 MC_EPOCHS = 2
 TOKENIZERS = ("focal", "bce", "random")
 PRETRAIN = {  # name -> (loss weights, tokenizer whose codes are the MVM targets)
@@ -42,11 +44,15 @@ PRETRAIN = {  # name -> (loss weights, tokenizer whose codes are the MVM targets
 TASKS = ("retrieval", "qa", "mc", "probe")
 
 
-def retarget(recipe: dict, data: Path, run: Path, mc: bool = False) -> dict:
+def recipe_of(name: str, data: Path, run: Path, seed: int, written: Path, mc: bool = False, **values):
+    """The bundled synthetic recipe `name` on the manifests in `data`, writing to `run`, with this
+    script's epochs and the dotted-key `values`."""
     prefix = "mc_" if mc else ""
-    recipe["data"].update({s: str(data / f"{prefix}{s}.jsonl") for s in ("train", "val", "test")})
-    recipe["output"]["dir"] = str(run)
-    return recipe
+    paths = {f"data.{s}": str(data / f"{prefix}{s}.jsonl") for s in ("train", "val", "test")}
+    epochs = {"tokenizer": SIZE.tokenizer_epochs, "pretrain": SIZE.pretrain_epochs, "retrieval": SIZE.retrieval_epochs,
+              "qa": SIZE.qa_epochs, "mc": MC_EPOCHS}.get(name)
+    values = {**paths, "output.dir": str(run), **({"train.epochs": epochs} if epochs else {}), **values}
+    return stage_recipe(name, run, SIZE_NAME, seed, values, written=written)
 
 
 def tokenizer(kind: str, data: Path, base: Path, seed: int) -> Path:
@@ -55,15 +61,14 @@ def tokenizer(kind: str, data: Path, base: Path, seed: int) -> Path:
     from evilm_core.models.tokenizer import SemanticTokenizer
     from evilm_core.models.tokenizer import export_tokenizer
     from evilm_core.tokenizer.train import tokenizer_vocab, train_tokenizer
-    from evilm_core.data.manifest import read_manifest
-    from evilm_core.data.vocab import SPECIAL_TOKENS
+    from evilm_core.data.records.manifest import read_manifest
+    from evilm_core.text.vocab import SPECIAL_TOKENS
 
     run, labels = base / f"tok_{kind}", base / f"labels_{kind}"
     if (labels / "meta.json").is_file() and (base / f"labels_{kind}.json").is_file():
         return labels
-    raw = retarget(tokenizer_recipe(base, SIZE, seed), data, run)
-    raw["loss"]["word_loss"] = "bce" if kind == "bce" else "focal"
-    recipe = write_recipe(raw, base / "recipes" / f"tok_{kind}.yaml")
+    recipe = recipe_of("tokenizer", data, run, seed, base / "recipes" / f"tok_{kind}.yaml",
+                       **{"loss.word_loss": "bce" if kind == "bce" else "focal"})
     if kind == "random":
         import torch
 
@@ -86,13 +91,10 @@ def pretrain(name: str, data: Path, base: Path, seed: int) -> Path:
     if (run / "final").is_dir():
         return run / "final"
     loss, tok = PRETRAIN[name]
-    raw = retarget(pretrain_recipe(base, SIZE, seed, loss=dict(loss)), data, run)
-    raw["data"]["val"] = None
-    if tok is None:
-        raw["mvm"].update(labels=None, tokenizer=str(base / "tok_focal"))  # vocab.txt only
-    else:
-        raw["mvm"].update(labels=str(base / f"labels_{tok}"), tokenizer=str(base / f"tok_{tok}"))
-    train_pretrain(write_recipe(raw, base / "recipes" / f"pt_{name}.yaml"), resume=True)
+    mvm = {"mvm.labels": None, "mvm.tokenizer": str(base / "tok_focal")} if tok is None else {  # vocab.txt only
+        "mvm.labels": str(base / f"labels_{tok}"), "mvm.tokenizer": str(base / f"tok_{tok}")}
+    train_pretrain(recipe_of("pretrain", data, run, seed, base / "recipes" / f"pt_{name}.yaml", **{
+        "loss": dict(loss), "data.val": None, **mvm}), resume=True)
     return run / "final"
 
 
@@ -100,23 +102,20 @@ def finetune_and_evaluate(task: str, init: Path | None, data: Path, run: Path, s
     from evilm_core.finetune.run import evaluate_checkpoint
     from evilm_core.finetune.run import train_finetune
 
-    raw = retarget(finetune_recipe(run, SIZE, seed, task, str(init) if init else None), data, run, mc=task == "mc")
-    if task == "mc":
-        raw["mc"] = {"num_options": 5}
-        raw["train"]["epochs"] = MC_EPOCHS
-        raw["data"]["batch_size"] = 8
-    recipe = write_recipe(raw, run / "recipe.yaml")
+    extra = {"mc.num_options": 5, "data.batch_size": 8} if task == "mc" else {}
+    recipe = recipe_of(task, data, run, seed, run / "recipe.yaml", mc=task == "mc",
+                       **{"init.checkpoint": str(init) if init else None, **extra})
     if not (run / "final").is_dir():
         train_finetune(recipe, resume=True)
     return evaluate_checkpoint(recipe, run / "final", "test")["metrics"]
 
 
 def run_all(out: Path, seeds: list[int]) -> None:
-    from evilm_core.data.synth import generate
+    from evilm_core.prepare.synth import generate
 
     data, results = out / "data", out / "results.jsonl"
     if not (data / "synth.json").is_file():
-        generate(data, num_videos=SIZE.videos, seed=0, frames=SIZE.frames, size=SIZE.image_size)
+        generate(data, num_videos=SIZE.videos, seed=0, frames=SIZE.frames, size=image_size(SIZE_NAME))
     done = {(r["seed"], r["pretrain"], r["task"]) for r in read_results(results)}
     for seed in seeds:
         base = out / f"seed{seed}"
@@ -189,11 +188,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--table", type=Path, default=None, help="Also write the markdown tables to this file.")
     parser.add_argument("--table-only", action="store_true", help="Rebuild the tables from OUT/results.jsonl.")
-    parser.add_argument("--size", choices=sorted(ABLATION_SIZES), default="default")
+    parser.add_argument("--size", choices=sorted(ABLATION_SIZES), default="quickstart")
     args = parser.parse_args()
-    global SIZE, MC_EPOCHS
-    SIZE = ABLATION_SIZES[args.size]
-    MC_EPOCHS = 1 if args.size == "tiny" else MC_EPOCHS
+    global SIZE, SIZE_NAME, MC_EPOCHS
+    SIZE_NAME, SIZE = args.size, ABLATION_SIZES[args.size]
+    MC_EPOCHS = 1 if args.size == "quickstart-tiny" else MC_EPOCHS
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not args.table_only:
         run_all(args.out, args.seeds)

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _loading_clips import describe, make_clip  # noqa: E402
-from evilm_core.data.decoders import AUTO_ORDER, unavailable  # noqa: E402
-from evilm_core.data.video import read_clip  # noqa: E402
+from evilm_core.data.video.read import AUTO_ORDER, unavailable
+from evilm_core.data.video.read import read_clip  # noqa: E402
 
 SIZE = 256
 

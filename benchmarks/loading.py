@@ -49,13 +49,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import _loading_clips as lc  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 from evilm_core.data.dataset import clip_dataset  # noqa: E402
-from evilm_core.data.inputs import open_clips  # noqa: E402
-from evilm_core.data.manifest import resolve_video  # noqa: E402
-from evilm_core.data.record import ClipRecord  # noqa: E402
-from evilm_core.data.records import INDEX, TEXT, RecordTable, write_record_table  # noqa: E402
-from evilm_core.data.shards.build import ShardRequest, build_shards, settings_of  # noqa: E402
+from evilm_core.data.clips import open_clips  # noqa: E402
+from evilm_core.data.records.manifest import resolve_video  # noqa: E402
+from evilm_core.data.records.record import ClipRecord  # noqa: E402
+from evilm_core.data.records.table import INDEX, TEXT, RecordTable, write_record_table  # noqa: E402
+from evilm_core.prepare.shards import ShardRequest, build_shards, settings_of  # noqa: E402
 from evilm_core.data.shards.layout import ShardSet, frame_member  # noqa: E402
-from evilm_core.data.video import read_frames, segment_indices  # noqa: E402
+from evilm_core.data.video.read import read_frames, segment_indices  # noqa: E402
 
 T, SIZE, CANDIDATES = 4, 256, 8
 med = statistics.median

@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _loading_clips import make_clip  # noqa: E402
 
-from evilm_core import checkpoint as ckpt  # noqa: E402
-from evilm_core.data.video import read_frames, segment_indices  # noqa: E402
-from evilm_core.data.vocab import build_vocab  # noqa: E402
+from evilm_core.checkpoints import files as ckpt  # noqa: E402
+from evilm_core.data.video.read import read_frames, segment_indices  # noqa: E402
+from evilm_core.text.vocab import build_vocab  # noqa: E402
 from evilm_core.models.config import EViLMConfig  # noqa: E402
 from evilm_core.models.evilm import EViLM  # noqa: E402
 

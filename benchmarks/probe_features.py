@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from evilm_core.recipes import load_recipe  # noqa: E402
-from evilm_core.data.manifest import video_root  # noqa: E402
-from evilm_core.data.manifest import read_manifest  # noqa: E402
+from evilm_core.data.records.manifest import video_root  # noqa: E402
+from evilm_core.data.records.manifest import read_manifest  # noqa: E402
 from evilm_core.errors import EvilmError  # noqa: E402
 from evilm_core.finetune.config import ProbeConfig  # noqa: E402
 from evilm_core.engine.runtime import eval_batches  # noqa: E402

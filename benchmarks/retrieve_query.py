@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from evilm_core import checkpoint as ckpt
-from evilm_core.models.loading import checkpoint_model_config, resolve_checkpoint
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.models.pretrained import checkpoint_model_config
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.retrieval.index import FORMAT, IndexMeta, write_meta
 from evilm_core.retrieval.query import Searcher
 

@@ -14,7 +14,6 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -24,9 +23,6 @@ console = Console(stderr=True)
 stdout_console = Console(soft_wrap=True)
 log = logging.getLogger("evilm")
 STATE = {"debug": False}
-# --threads of the commands without a recipe (recipe commands: evilm_cli/recipe_opts.py THREADS)
-THREADS_AUTO = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: auto, the cores idle at start; "
-                            "docs/performance.md).")
 
 
 def results_console(json_out: bool) -> Console:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
+from evilm_cli import options
 from evilm_cli.common import emit_json, log, progress, results_console
-from evilm_cli.decoder_opt import DECODER
 
 app = typer.Typer(help="Make and check video-language datasets.", no_args_is_help=True)
 
@@ -24,7 +24,7 @@ def synth(
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9),
     test_fraction: float = typer.Option(0.2, "--test-fraction", min=0.0, max=0.9),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Encoder processes."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    json_out: bool = options.json_out(),
 ):
     """Write a synthetic video-language dataset (no download needed).
 
@@ -33,7 +33,7 @@ def synth(
 
     Example: evilm data synth data/synth --videos 200 --seed 0
     """
-    from evilm_core.data.synth import generate
+    from evilm_core.prepare.synth import generate
 
     with progress("synth") as update:
         summary = generate(out, num_videos=videos, seed=seed, frames=frames, size=size, fps=fps,
@@ -53,8 +53,8 @@ def check(
     frames: int = typer.Option(4, "--frames", min=1, help="Frames sampled per clip, as in training."),
     image_size: int = typer.Option(256, "--image-size", min=16, help="Decoder resize, as in training."),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Decode processes."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-    decoder: str = DECODER,
+    json_out: bool = options.json_out("the report"),
+    decoder: str = options.decoder("data check"),
 ):
     """Decode every clip as training would and report problems.
 
@@ -63,8 +63,8 @@ def check(
 
     Example: evilm data check data/synth/train.jsonl --json
     """
-    from evilm_core.data.check import check_manifest
-    from evilm_core.data.record import FORMATS
+    from evilm_core.data.records.record import FORMATS
+    from evilm_core.prepare.check import check_manifest
 
     if format != "auto" and format not in FORMATS:
         raise typer.BadParameter(f"unknown format {format!r}; choose auto or one of {', '.join(FORMATS)}")
@@ -95,8 +95,8 @@ def shards(
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Encoder processes."),
     shard: str = typer.Option(None, "--shard", help="i/n: write only the shards j with j % n == i (one run per node)."),
     merge: bool = typer.Option(False, "--merge", help="Only merge finished shards into the index (after --shard runs)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    decoder: str = DECODER,
+    json_out: bool = options.json_out(),
+    decoder: str = options.decoder("data shards"),
 ):
     """Decode every clip once into WebDataset training shards.
 
@@ -109,7 +109,7 @@ def shards(
     Example: evilm data shards data/synth/train.jsonl --out data/shards/train
     Example: evilm data shards 'webvid/{00000..02499}.tar' --out shards/webvid --shard 0/8
     """
-    from evilm_core.data.shards.build import ShardRequest, build_shards, settings_of
+    from evilm_core.prepare.shards import ShardRequest, build_shards, settings_of
 
     if input is None and not merge:
         raise typer.BadParameter("give INPUT (a manifest or WebDataset tars), or --merge to finish a --shard run")
@@ -124,3 +124,7 @@ def shards(
     if summary.get("complete"):
         log.info("%s: %d clips, %d written, %d skipped, %d shards in %.1f s", out, summary["clips"],
                  summary["written"], summary["skipped"], summary["shards"], summary["seconds"])
+
+
+def register(parent: typer.Typer) -> None:
+    parent.add_typer(app, name="data")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
+from evilm_cli import options
 from evilm_cli.common import emit_json, results_console
-from evilm_cli.recipe_opts import OVERRIDES, PRECISION, THREADS, load
+from evilm_cli.recipe_opts import OVERRIDES, load
 
 
 def register(app: typer.Typer) -> None:
@@ -20,11 +21,11 @@ def register(app: typer.Typer) -> None:
                                         "or Hub id hf-hub:ORG/NAME[@REV]."),
         split: str = typer.Option("test", "--split", help="Evaluate on data.test (test) or data.val (val)."),
         overrides: list[str] = OVERRIDES,
-        precision: str = PRECISION,
-        threads: int = THREADS,
+        precision: str = options.precision("evaluate"),
+        threads: int = options.threads("evaluate"),
         rerank: int = typer.Option(0, "--rerank", min=0, help="Retrieval: also re-rank each text's top-K clips by "
                                    "the matching (VTM) head on the joint pass; reports both rankings [0: off]."),
-        json_out: bool = typer.Option(False, "--json", help='Print {"task": ..., "metrics": {...}} on stdout.'),
+        json_out: bool = options.json_out('{"task": ..., "metrics": {...}}'),
     ):
         """Evaluate a checkpoint on the recipe's task (the paper's metrics).
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from evilm_cli import options
 from evilm_cli.common import emit_json, results_console
 
 
@@ -20,7 +21,7 @@ def register(app: typer.Typer) -> None:
                                 "(torch.export .pt2 programs)."),
         frames: int = typer.Option(4, "--frames", min=1, help="Frames per video the video tower takes (fixed; "
                                    "index with the same --frames)."),
-        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+        json_out: bool = options.json_out(),
     ):
         """Export the video and text towers of an E-ViLM checkpoint for serving.
 

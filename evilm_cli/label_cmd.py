@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import THREADS_AUTO, emit_json, progress, results_console
-from evilm_cli.decoder_opt import DECODER
+from evilm_cli import options
+from evilm_cli.common import emit_json, progress, results_console
 from evilm_core.errors import EvilmError
 
 
@@ -40,15 +40,13 @@ def register(app: typer.Typer) -> None:
         flips: bool = typer.Option(False, "--flips", help="Also cache codes of the horizontally flipped frames."),
         batch_size: int = typer.Option(16, "--batch-size", min=1, help="Videos per tokenizer call."),
         workers: int = typer.Option(2, "--workers", min=0, help="Decoding processes (0: decode in this process)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        device: str = options.device("label"),
         shard: str = typer.Option(None, "--shard", help="i/n: label only videos with index % n == i, into OUT/shard-i-of-n/."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 (codes independent of batch, shard and "
-                                      "resume), bf16 autocast, or auto (bf16 where the hardware has it natively); "
-                                      "the cache records it and a resumed run must match."),
-        threads: int = THREADS_AUTO,
+        precision: str = options.precision("label"),
+        threads: int = options.threads("label"),
         merge: bool = typer.Option(False, "--merge", help="Merge OUT/shard-*-of-n/ into OUT, then exit."),
-        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-        decoder: str = DECODER,
+        json_out: bool = options.json_out(),
+        decoder: str = options.decoder("label"),
     ):
         """Cache the tokenizer's codes for every video (offline MVM targets).
 
@@ -59,7 +57,6 @@ def register(app: typer.Typer) -> None:
         Example: evilm label --manifest data/synth/train.jsonl --tokenizer runs/synthetic/tokenizer --out runs/synthetic/labels
         Sharded: evilm label --videos data/webvid/videos --tokenizer runs/tok --out cache/labels --shard 0/4 (one per node), then evilm label --merge --out cache/labels
         """
-        from evilm_core.data.collect import parse_shard
         from evilm_core.label.labeler import run_label
         from evilm_core.label.writer import merge_shards
 
@@ -71,11 +68,10 @@ def register(app: typer.Typer) -> None:
         else:
             if tokenizer is None:
                 raise EvilmError("--tokenizer is required (the exported tokenizer, or a tokenize-train run dir)")
-            parse_shard(shard)  # a bad value fails before any loading
             with progress("label") as update:
                 summary = run_label(videos=videos, manifest=manifest, format=format, root=root, tokenizer=tokenizer,
                                     out=out, num_candidates=candidates, flips=flips, batch_size=batch_size,
-                                    num_workers=workers, device=device, shard=shard, precision=precision,
+                                    num_workers=workers, device=device, split=shard, precision=precision,
                                     threads=threads, decoder=decoder, progress=update)
         _print(summary, results_console(json_out))
         if json_out:

@@ -10,8 +10,22 @@ import sys
 import typer
 from rich.markup import escape
 
-from evilm_cli import (data_cmd, evaluate_cmd, export_cmd, finetune_cmd, label_cmd, plot_cmd, pretrain_cmd,
-                       profile_cmd, push_cmd, quickstart_cmd, recipes_cmd, retrieve_cmd, tokenize_cmd, validate_cmd)
+from evilm_cli import (
+    data_cmd,
+    evaluate_cmd,
+    export_cmd,
+    finetune_cmd,
+    label_cmd,
+    plot_cmd,
+    pretrain_cmd,
+    profile_cmd,
+    push_cmd,
+    quickstart_cmd,
+    recipes_cmd,
+    retrieve_cmd,
+    tokenize_cmd,
+    validate_cmd,
+)
 from evilm_cli.common import STATE, console, setup_logging
 from evilm_cli.help_style import adapt as _classic_help
 from evilm_core import __version__
@@ -26,20 +40,11 @@ app = typer.Typer(
     rich_markup_mode=None,  # help strings are plain text: `[default: ...]` prints as written
 )
 _classic_help()
-app.add_typer(data_cmd.app, name="data")
-app.add_typer(retrieve_cmd.app, name="retrieve")
-app.add_typer(recipes_cmd.app, name="recipes")
-tokenize_cmd.register(app)
-pretrain_cmd.register(app)
-finetune_cmd.register(app)
-evaluate_cmd.register(app)
-label_cmd.register(app)
-validate_cmd.register(app)
-profile_cmd.register(app)
-quickstart_cmd.register(app)
-export_cmd.register(app)
-push_cmd.register(app)
-plot_cmd.register(app)
+# one module per command (or command group), each adding itself with register(app), in help order
+COMMANDS = (quickstart_cmd, data_cmd, tokenize_cmd, label_cmd, pretrain_cmd, finetune_cmd, evaluate_cmd,
+            retrieve_cmd, export_cmd, push_cmd, profile_cmd, plot_cmd, recipes_cmd, validate_cmd)
+for command in COMMANDS:
+    command.register(app)
 
 
 def _version(value: bool):
@@ -63,7 +68,7 @@ def _take_debug(argv: list[str]) -> list[str]:
     end = argv.index("--") if "--" in argv else len(argv)
     if "--debug" in argv[:end]:
         STATE["debug"] = True
-        os.environ["EVILM_DEBUG"] = "1"  # decode workers inherit it: FFmpeg's lines are shown (evilm_core/data/decoders.py)
+        os.environ["EVILM_DEBUG"] = "1"  # decode workers inherit it: FFmpeg's lines are shown (evilm_core/data/video/read.py)
         return [a for a in argv[:end] if a != "--debug"] + argv[end:]
     return argv
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from evilm_cli import options
 from evilm_cli.common import emit_json, results_console
 
 
@@ -16,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                        "metrics.jsonl."),
         out: Path = typer.Option(None, "--out", "-o", help="The picture to write: .png, .svg or .pdf "
                                  "[default: RUN_DIR/curves.png]."),
-        json_out: bool = typer.Option(False, "--json", help="Print {out, rows, steps, panels, nonfinite} on stdout."),
+        json_out: bool = options.json_out("{out, rows, steps, panels, nonfinite}"),
     ):
         """Draw every term a run logged, one panel per group, against the step.
 

@@ -8,8 +8,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from evilm_cli import options
 from evilm_cli.common import console, emit_json, stdout_console
-from evilm_cli.recipe_opts import OVERRIDES, THREADS, load
+from evilm_cli.recipe_opts import OVERRIDES, load
 
 
 def register(app: typer.Typer) -> None:
@@ -22,8 +23,8 @@ def register(app: typer.Typer) -> None:
         vocab_size: int = typer.Option(None, "--vocab-size",
                                        help="Text vocabulary size [default: the recipe's, else the paper's 9,420]."),
         overrides: list[str] = OVERRIDES,
-        threads: int = THREADS,
-        json_out: bool = typer.Option(False, "--json", help="Print {params, gflops, uncounted_ops, ...} on stdout."),
+        threads: int = options.threads("profile"),
+        json_out: bool = options.json_out("{params, gflops, uncounted_ops, ...}"),
     ):
         """Count parameters and GFLOPs per model component (paper 4.1).
 
@@ -35,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
         Example: evilm profile recipes/webvid.yaml --frames 8 --json
         """
-        from evilm_core.models.profile import profile_recipe
+        from evilm_core.profiling import profile_recipe
 
         cfg = load(recipe, overrides, threads=threads)
         with console.status("profiling (tracing the model on the CPU)"):
@@ -78,7 +79,7 @@ def profile_table(r: dict[str, Any]) -> Table:
 
 def print_profile(r: dict[str, Any]) -> None:
     """The table, then the footnotes that make its numbers comparable with the paper's."""
-    from evilm_core.models.profile import IMAGENET_HEAD_NOTE
+    from evilm_core.profiling import IMAGENET_HEAD_NOTE
 
     stdout_console.print(profile_table(r))
     stdout_console.print(f"paper: EdgeNeXt-S at 256 px per frame; * {IMAGENET_HEAD_NOTE}.", highlight=False,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from evilm_cli import options
 from evilm_cli.common import emit_json, results_console
 
 
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
                                      "be) [default: main]."),
         license: str = typer.Option(None, "--license", help="The model card's license field (e.g. apache-2.0) "
                                     "[default: the card's, else none]."),
-        json_out: bool = typer.Option(False, "--json", help="Print {repo, revision, url, commit, files} on stdout."),
+        json_out: bool = options.json_out("{repo, revision, url, commit, files}"),
     ):
         """Upload a checkpoint to the Hugging Face Hub, model card written first.
 
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         Example: evilm push runs/synthetic/retrieval my-org/evilm-ret --private
         """
-        from evilm_core.publish import push_checkpoint
+        from evilm_core.checkpoints.push import push_checkpoint
 
         result = push_checkpoint(checkpoint, repo, private=private, revision=revision, license=license)
         results_console(json_out).print(f"pushed {result['checkpoint']} to {result['url']} ({result['revision']}"

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from evilm_cli.common import THREADS_AUTO, emit_json, progress, results_console
+from evilm_cli import options
+from evilm_cli.common import emit_json, progress, results_console
 
 STAGE_TITLES = {"data": "data synth", "shards": "data shards", "tokenizer": "tokenize-train", "label": "label", "pretrain": "pretrain",
                 "retrieval": "finetune retrieval", "qa": "finetune qa", "index": "retrieve index",
@@ -48,10 +49,11 @@ def register(app: typer.Typer) -> None:
     @app.command("quickstart")
     def quickstart(
         out: Path = typer.Option(Path("quickstart"), "--out", help="Directory for every artefact; re-running resumes."),
-        size: str = typer.Option("default", "--size", help="default (minutes on a 2-core CPU) or tiny (a smoke test)."),
+        size: str = typer.Option("quickstart", "--size", help="A model size of the registry: quickstart (minutes on a "
+                                 "2-core CPU) or quickstart-tiny (a smoke test)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the data and of every stage."),
-        threads: int = THREADS_AUTO,
-        json_out: bool = typer.Option(False, "--json", help="End with the results as one JSON object on stdout."),
+        threads: int = options.threads("quickstart"),
+        json_out: bool = options.json_out("the results"),
     ):
         """Run the whole pipeline on synthetic data, learning for real, in minutes on a CPU.
 

@@ -29,11 +29,6 @@ RESUME = typer.Option(False, "--resume", help="Continue from the newest complete
 REPLAN = typer.Option(False, "--replan", help="With --resume: accept another recipe, data or number of processes "
                       "(the LR schedule and epoch position are re-planned; see docs/reliability.md).")
 PRINT_CONFIG = typer.Option(False, "--print-config", help="Print the resolved recipe and exit.")
-THREADS = typer.Option(None, "--threads", min=0, help="torch CPU threads [default: the recipe's train.threads; "
-                       "0: auto, the cores idle at start, docs/performance.md].")
-PRECISION = typer.Option(None, "--precision", help="auto, fp32 or bf16 (autocast) [default: the recipe's "
-                         "train.precision; auto: bf16 where the hardware has it natively].")
-JSON_RESULT = typer.Option(False, "--json", help="Print {checkpoint, step, skipped, metrics, ...} on stdout.")
 
 
 def metrics_line(metrics: dict) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from evilm_cli import options
 from evilm_cli.common import emit_json, results_console
 
 app = typer.Typer(help="The bundled recipes: list them, copy one to edit. Any command that takes a recipe "
@@ -13,7 +14,7 @@ app = typer.Typer(help="The bundled recipes: list them, copy one to edit. Any co
 
 
 @app.command("ls")
-def ls(json_out: bool = typer.Option(False, "--json", help="Print [{name, kind, task, launch, path}, ...] on stdout.")):
+def ls(json_out: bool = options.json_out("[{name, kind, task, launch, path}, ...]")):
     """List the bundled recipes: name, kind, task and the launch line each one opens with.
 
     Example: evilm recipes ls
@@ -38,7 +39,7 @@ def cp(
     name: str = typer.Argument(..., help="A bundled recipe's name (webvid, synthetic/pretrain; .yaml optional)."),
     dest: Path = typer.Argument(Path("."), help="Target file, or a directory to write NAME.yaml in [default: .]."),
     force: bool = typer.Option(False, "--force", help="Replace the target file if it exists."),
-    json_out: bool = typer.Option(False, "--json", help="Print {recipe, path} on stdout."),
+    json_out: bool = options.json_out("{recipe, path}"),
 ):
     """Copy a bundled recipe to edit it. Relative paths in a recipe resolve against the working
     directory, so the copy reads the same files as the bundled one from the same place.
@@ -53,3 +54,7 @@ def cp(
     else:
         results_console(False).print(f"{target}  (from the bundled recipe {bundled_name(name)})",
                                      markup=False, highlight=False)
+
+
+def register(parent: typer.Typer) -> None:
+    parent.add_typer(app, name="recipes")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.common import THREADS_AUTO, console, emit_json, log, progress, results_console
-from evilm_cli.decoder_opt import DECODER
+from evilm_cli import options
+from evilm_cli.common import console, emit_json, log, progress, results_console
 from evilm_core.errors import EvilmError
 from evilm_core.fs import escape_key
 
@@ -32,14 +32,13 @@ def index(
                                 "decode (auto: 2). 0: everything in this process."),
     part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption loses)."),
     shard: str = typer.Option(None, "--shard", help="i/n: embed only videos i, i+n, ... (one run per node, same --out)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32 or bf16 autocast (auto: bf16 where the "
-                                  "hardware has it natively); recorded in the index, which never mixes the two."),
+    device: str = options.device("retrieve index"),
+    precision: str = options.precision("retrieve index"),
     ann: str = typer.Option(None, "--ann", help="Also build an approximate index: faiss-ivf, faiss-ivfpq or "
                             "faiss-hnsw (pip install 'evilm[faiss]'); queries use it unless --exact."),
-    threads: int = THREADS_AUTO,
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    decoder: str = DECODER,
+    threads: int = options.threads("retrieve index"),
+    json_out: bool = options.json_out(),
+    decoder: str = options.decoder("retrieve index"),
 ):
     """Embed videos with a checkpoint's (or an export's) video side into a searchable index.
 
@@ -50,13 +49,13 @@ def index(
     From an export (onnxruntime): evilm retrieve index --checkpoint runs/synthetic/export --manifest data/synth/test.jsonl --out runs/synthetic/index-onnx
     At scale: evilm retrieve index --checkpoint CKPT --videos /data/clips --out /data/index --ann faiss-ivf
     """
-    from evilm_core.data.collect import parse_shard
+    from evilm_core.data.work_split import WHOLE, WorkSplit
     from evilm_core.retrieval.build import IndexRequest, build_index
 
     req = IndexRequest(checkpoint=str(checkpoint), out=str(out), videos=str(videos) if videos else None,
                        manifest=str(manifest) if manifest else None, root=str(root) if root else None,
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
-                       shard=parse_shard(shard) or (0, 1), part_size=part_size, device=device,
+                       shard=WorkSplit.parse(shard) or WHOLE, part_size=part_size, device=device,
                        precision=precision, threads=threads, ann=ann, decoder=decoder)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
@@ -96,13 +95,14 @@ def query(
     checkpoint: Path = typer.Option(None, "--checkpoint",
                                     help="The model's checkpoint (dir or hf-hub:ORG/NAME) if it moved "
                                     "(default: the one the index records)."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per result: query, rank, key, score."),
+    json_out: bool = options.json_out(help="One JSON object per line and result (query, rank, key, score) "
+                                      "instead of TSV lines."),
     sheet: Path = typer.Option(None, "--contact-sheet", help="Also draw the top-k clips of every query into this PNG."),
     batch: int = typer.Option(64, "--batch", min=1, help="Queries embedded together, of those that have arrived "
                               "(none waits for more: each answer streams as soon as it is ready)."),
     exact: bool = typer.Option(False, "--exact", help="Scan every embedding even when the index has an ANN index."),
-    precision: str = typer.Option("fp32", "--precision", help="auto, fp32 or bf16 autocast of the text side."),
-    threads: int = THREADS_AUTO,
+    precision: str = options.precision("retrieve query"),
+    threads: int = options.threads("retrieve query"),
 ):
     """Find the clips that best match text queries.
 
@@ -135,3 +135,7 @@ def query(
 
         path = contact_sheet(rows, searcher.index.meta.root, sheet)
         console.print(f"contact sheet: {path}", highlight=False)
+
+
+def register(parent: typer.Typer) -> None:
+    parent.add_typer(app, name="retrieve")

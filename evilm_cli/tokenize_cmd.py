@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from evilm_cli.recipe_opts import JSON_RESULT, OVERRIDES, PRINT_CONFIG, REPLAN, RESUME, THREADS, run_training
+from evilm_cli import options
+from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, REPLAN, RESUME, run_training
 
 
 def register(app: typer.Typer) -> None:
@@ -18,8 +19,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = RESUME,
         replan: bool = REPLAN,
         print_config: bool = PRINT_CONFIG,
-        threads: int = THREADS,
-        json_out: bool = JSON_RESULT,
+        threads: int = options.threads("tokenize-train"),
+        json_out: bool = options.json_out("{checkpoint, step, skipped, metrics, ...}"),
     ):
         """Stage 1: train the semantic VQ video tokenizer.
 

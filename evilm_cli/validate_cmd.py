@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from evilm_cli import options
 from evilm_cli.common import emit_json, results_console
 from evilm_cli.recipe_opts import OVERRIDES, PRINT_CONFIG, load
 
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
                                       "A file, or a bundled recipe's name (evilm recipes ls)."),
         overrides: list[str] = OVERRIDES,
         print_config: bool = PRINT_CONFIG,
-        json_out: bool = typer.Option(False, "--json", help="Print {recipe, kind, valid} on stdout."),
+        json_out: bool = options.json_out("{recipe, kind, valid}"),
     ):
         """Check a recipe's keys, types and values without running anything.
 

@@ -22,7 +22,7 @@ import yaml
 
 from evilm_core.errors import RecipeError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("evilm.bundled")
 
 PACKAGE = "evilm_core.bundled_recipes"
 SUFFIXES = (".yaml", ".yml")

@@ -148,6 +148,39 @@ def _size(n: int) -> str:
 
 
 @contextmanager
+def atomic_dir(directory: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `directory` to fill; when the block ends without
+    an error it becomes `directory` (publish_dir). A full disk or an I/O error is an EvilmError
+    naming `directory` and the space (`needed` bytes); no temporary is left either way."""
+    directory = Path(directory)
+    tmp = temp_sibling(directory)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with disk_errors(directory, needed):
+            tmp.mkdir(parents=True)
+            yield tmp
+            publish_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, directory: Path) -> None:
+    """Make the complete directory `tmp` the one named `directory`, its files readable by the lab.
+    One that exists is moved aside first (`.NAME.HOST.PID.old`), so a complete copy exists at every
+    moment; a kill between the two renames is undone by the next run's clean_stale_temps."""
+    for f in (tmp, *tmp.iterdir()):
+        readable_mode(f)  # safetensors writes 0600; a lab shares its checkpoints
+    if directory.exists():
+        old = temp_sibling(directory, "old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+
+
+@contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed to `path`."""
     path = Path(path)

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """40 clips, 8 frames of 64 px: small enough for every CLI test to reuse."""
-    from evilm_core.data.synth import generate
+    from evilm_core.prepare.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, num_videos=40, seed=0, frames=8, size=64, workers=1)

@@ -54,15 +54,21 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Set each dotted key in the raw mapping; unknown keys are caught later by typing."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_key(raw, parts, value, f"override '{text}'")
+    return raw
+
+
+def set_key(raw: dict, parts: list[str], value: Any, what: str = "recipe key") -> dict:
+    """raw[parts[0]][parts[1]]... = value, making the sections on the way."""
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{what}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
     return raw
 
 

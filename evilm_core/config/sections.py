@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from evilm_core.config.loader import path_field
-from evilm_core.data.decoders import DECODERS
+
+# The valid values of the run settings every command shares (docs/design.md, "Run settings");
+# evilm_core/settings.py resolves them, once per run.
+DECODERS = ("auto", "pyav", "decord", "torchcodec")  # auto: the first of the others that works here (fastest first)
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it natively
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # auto: this rank's GPU where CUDA exists, else the CPU
 
 
 def at_least(section, name: str, **minimums: float) -> None:
@@ -81,7 +86,7 @@ class TrainConfig:
                  keep_checkpoints=0, max_nonfinite=1, threads=0)
         if self.epochs == 0 and self.max_steps == 0:
             raise ValueError("train.epochs and train.max_steps are both 0: the run would train nothing")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 

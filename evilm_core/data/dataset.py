@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from evilm_core.data.decoders import resolve_decoder
 from evilm_core.data.label_cache import LabelCache, choose_candidates
-from evilm_core.data.manifest import resolve_video
-from evilm_core.data.record import ClipRecord
+from evilm_core.data.records.manifest import resolve_video
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import ClipTransform
-from evilm_core.data.video import Clip, read_clip, read_frames
+from evilm_core.data.video.read import Clip, read_clip, read_frames
 from evilm_core.errors import EvilmError, VideoDecodeError
 
 
@@ -59,10 +58,7 @@ class SegmentFrames:
 
     num_frames: int  # T
     image_size: int  # frames are resized to this size in the decoder
-    decoder: str = "auto"  # decoders.DECODERS; resolved here, so spawned workers get the backend's name
-
-    def __post_init__(self):
-        self.decoder = resolve_decoder(self.decoder)
+    decoder: str = "pyav"  # the resolved video backend (settings.RunSettings.decoder)
 
     def __call__(self, record, path, mode, rng):
         return read_clip(path, self.num_frames, self.image_size, mode, rng, self.decoder), None
@@ -77,10 +73,7 @@ class CachedCandidates:
     cache: LabelCache  # opened and validated by the caller
     num_frames: int  # T
     image_size: int  # frames are resized to this size in the decoder
-    decoder: str = "auto"  # decoders.DECODERS, resolved here (as SegmentFrames)
-
-    def __post_init__(self):
-        self.decoder = resolve_decoder(self.decoder)
+    decoder: str = "pyav"  # the resolved video backend (settings.RunSettings.decoder)
 
     @staticmethod
     def check_status(cache: LabelCache, record: ClipRecord) -> None:

@@ -32,7 +32,7 @@ import torch
 from evilm_core.errors import EvilmError
 from evilm_core.fs import read_text, unescape_key
 
-log = logging.getLogger("evilm.label")
+log = logging.getLogger("evilm.data")
 
 FORMAT_VERSION = 1
 META, KEYS = "meta.json", "keys.txt"

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from evilm_core.engine.runtime import choose_device
 from evilm_core.models.losses import contrastive_loss, contrastive_rows, same_key
 
 
@@ -25,6 +24,12 @@ class DistInfo:
         return self.rank == 0
 
 
+def this_local_rank() -> int:
+    """This process's rank on its node (selects its GPU), under torchrun or SLURM."""
+    _slurm_to_torchrun_env()
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def _slurm_to_torchrun_env() -> None:
     """Under `srun` without torchrun, map SLURM's variables onto torchrun's."""
     if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
@@ -35,12 +40,13 @@ def _slurm_to_torchrun_env() -> None:
     os.environ.setdefault("MASTER_PORT", "29500")
 
 
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group torchrun (or SLURM) describes; a plain single process otherwise."""
+def init_distributed(device_name: str = "cpu") -> DistInfo:
+    """Join the process group torchrun (or SLURM) describes, on the resolved device `device_name`
+    (settings.resolve_settings); a plain single process otherwise."""
     _slurm_to_torchrun_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = choose_device(device_name, local_rank)
+    device = torch.device(device_name)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

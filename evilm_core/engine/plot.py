@@ -27,7 +27,7 @@ from evilm_core.engine.runtime import METRICS_FILE
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_path, read_text
 
-log = logging.getLogger("evilm.plot")
+log = logging.getLogger("evilm.engine")
 CURVES_FILE = "curves.png"
 FORMATS = (".png", ".svg", ".pdf")
 OBJECTIVES = {"mlm": "MLM", "vtm": "VTM", "mvm": "MVM", "vtc": "VTC", "word": "word"}

@@ -19,11 +19,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
 from evilm_core.errors import EvilmError
 from evilm_core.fs import clean_stale_temps
 
-log = logging.getLogger("evilm.train")
+log = logging.getLogger("evilm.engine")
 
 # recipe keys that cannot change what a run computes: free to differ on --resume
 FREE_KEYS = {"output": None, "logging": None, "data": ("num_workers",),

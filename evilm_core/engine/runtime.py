@@ -1,6 +1,7 @@
-"""What every stage's run needs from the machine, in one place each: the device, bf16 autocast,
-the model inside a DDP wrapper, an evaluation DataLoader, the metrics.jsonl log, and the record of
-the software and machine a run used (`environment`, written into every run directory and --json)."""
+"""What every stage's run needs besides its settings (evilm_core/settings.py), in one place each:
+the model inside its DDP and compile wrappers, an evaluation DataLoader, the metrics.jsonl log,
+and the record of the software and machine a run used (`environment`, written into every run
+directory and --json)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from evilm_core.data.dataset import collate_clips
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
 
-log = logging.getLogger("evilm.train")
+log = logging.getLogger("evilm.engine")
 METRICS_FILE = "metrics.jsonl"
 # what a result depends on (float sums follow the thread count; docs/reliability.md, "Reproducible numbers")
 RECORDED_PACKAGES = ("evilm", "torch", "timm", "transformers", "tokenizers", "numpy", "safetensors", "decord", "av",
@@ -41,21 +42,6 @@ def environment(device: torch.device | str | None = None) -> dict:
     return {"versions": {"python": platform.python_version(), **versions}, "torch_threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "device": str(device), "gpu": gpu,
             "cpu": platform.processor() or platform.machine()}
-
-
-def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """auto | cpu | cuda | cuda:N -> a device; 'auto' and a bare 'cuda' take this rank's GPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EvilmError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvilmError(f"device {name!r}: CUDA is not available on this machine; use cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -23,7 +23,7 @@ from evilm_core.engine.runtime import MetricsLog
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
 
-log = logging.getLogger("evilm.train")
+log = logging.getLogger("evilm.engine")
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 WANDB_ID_FILE = "evilm-run-id"  # inside RUN_DIR/wandb/: the W&B run a --resume continues

@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from contextlib import nullcontext
 import math
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -26,23 +26,29 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from evilm_core.checkpoints import files as ckpt
 from evilm_core.config.loader import save_yaml
 from evilm_core.config.sections import RunSections
-from evilm_core import checkpoint as ckpt
 from evilm_core.data.dataset import collate_clips
 from evilm_core.engine.distributed import DistInfo, barrier
 from evilm_core.engine.optim import build_optimizer, lr_at
-from evilm_core.engine.resume import (LAST_CHECKPOINT, check_identity, checkpoint_to_resume, replanned_batch,
-                                     run_identity)
-from evilm_core.machine import autocast
+from evilm_core.engine.resume import (
+    LAST_CHECKPOINT,
+    check_identity,
+    checkpoint_to_resume,
+    replanned_batch,
+    run_identity,
+)
 from evilm_core.engine.runtime import compile_model, environment, peak_memory, to_device
 from evilm_core.engine.sampler import ResumableSampler
+from evilm_core.engine.seed import rng_state, set_rng_state
 from evilm_core.engine.tracking import RunLog
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.evaluation.metrics import require_finite_metrics
 from evilm_core.fs import atomic_write_text
+from evilm_core.settings import RunSettings
 
-log = logging.getLogger("evilm.train")
+log = logging.getLogger("evilm.engine")
 # SIGUSR1: what SLURM sends before a time limit or preemption (`--signal=USR1@120`)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
@@ -66,9 +72,9 @@ class Position:
 
 
 class Trainer:
-    def __init__(self, recipe: RunSections, task: TrainTask, dataset: Dataset, info: DistInfo,
+    def __init__(self, recipe: RunSections, task: TrainTask, dataset: Dataset, info: DistInfo, settings: RunSettings,
                  progress: Callable[..., None] | None = None):
-        self.recipe, self.task, self.dataset, self.info = recipe, task, dataset, info
+        self.recipe, self.task, self.dataset, self.info, self.settings = recipe, task, dataset, info, settings
         self.progress = progress
         self.run_dir = Path(recipe.output.dir)
         self.model = task.model.to(info.device)
@@ -100,7 +106,7 @@ class Trainer:
     def _trainer_state(self) -> dict:
         p = self.pos
         return {"step": p.step, "epoch": p.epoch, "batch": p.batch, "skipped": p.skipped, "nonfinite": p.nonfinite,
-                "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(), "batch_size": self.recipe.data.batch_size,
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "batch_size": self.recipe.data.batch_size,
                 **self.identity}
 
     def save(self) -> Path | None:
@@ -124,7 +130,7 @@ class Trainer:
         self.replanned = check_identity(state, self.identity, last, replan)
         self.model.load_state_dict(ckpt.read_weights(last))
         self.optimizer.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.pos = Position(state["step"], state["epoch"], state["batch"], state["skipped"], state.get("nonfinite", 0))
         if self.replanned:
             self._replan(state)
@@ -240,7 +246,7 @@ class Trainer:
         metrics = {}
         if self.info.is_main:
             self.model.eval()
-            with torch.no_grad(), autocast(self.recipe.train.precision, self.info.device):
+            with torch.no_grad(), self.settings.autocast():
                 metrics = require_finite_metrics(self.task.evaluate(self.model), f"validation at step {self.pos.step}")
             self.model.train()
             if metrics:  # a recipe without a validation set has nothing to report: no empty row or line
@@ -265,7 +271,7 @@ class Trainer:
                 continue
             sync = (micro + 1) % accum == 0
             ctx = self.wrapped.no_sync() if (self.info.world > 1 and not sync) else nullcontext()
-            with ctx, autocast(t.precision, self.info.device):
+            with ctx, self.settings.autocast():
                 loss, parts = self.task.loss(self.wrapped, to_device(batch, self.info.device), self._generator())
             with ctx:
                 (loss / accum).backward()

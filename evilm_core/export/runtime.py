@@ -3,7 +3,7 @@ as EViLM (`embed_video`, `embed_text`), so retrieval treats an export like a che
 
 Only the tower asked for is loaded, on first use: a query process never reads the video tower.
 onnxruntime sessions take their intra-op thread count from the project's thread policy
-(evilm_core/machine.py) when they are created; inter-op parallelism stays at 1 (one
+(evilm_core/settings.py) when they are created; inter-op parallelism stays at 1 (one
 tower is one sequential graph). The ONNX towers run on NumPy arrays: given arrays, nothing here
 imports torch (a query over an ONNX export starts in about a second); given tensors, they
 return tensors (the index build path).
@@ -21,11 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from evilm_core.machine import current_threads
+from evilm_core.checkpoints.resolve import EXPORT_META
 from evilm_core.errors import EvilmError
 
 log = logging.getLogger("evilm.export")
-META = "export.json"  # written last: its presence marks a complete export
+META = EXPORT_META  # written last: its presence marks a complete export
 FORMAT = "evilm-export/1"
 KINDS = ("onnx", "torch")
 FILES = {"onnx": {"video": "video.onnx", "text": "text.onnx"}, "torch": {"video": "video.pt2", "text": "text.pt2"}}
@@ -67,13 +67,13 @@ def is_export_dir(path: str | Path) -> bool:
     return True
 
 
-def _onnx_runner(path: Path, names: list[str], output: str) -> Callable:
+def _onnx_runner(path: Path, names: list[str], output: str, threads: int) -> Callable:
     try:
         import onnxruntime as ort
     except ImportError:
         raise EvilmError(f"{path.parent} is an ONNX export: {ONNX_EXTRA}") from None
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = current_threads()  # the project's thread policy, read now
+    opts.intra_op_num_threads = threads  # the run's resolved count (evilm_core/settings.py)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: its constant-folding notes are not the user's business
@@ -117,8 +117,8 @@ class ExportedTowers:
     """The towers of one export directory; `open` it, then embed. Same shapes and semantics as
     EViLM.embed_video / embed_text: l2-normalised float32 [B, E], on the CPU."""
 
-    def __init__(self, directory: str | Path, meta: dict):
-        self.directory, self.meta = Path(directory), meta
+    def __init__(self, directory: str | Path, meta: dict, threads: int = 1):
+        self.directory, self.meta, self.threads = Path(directory), meta, threads
         self.model_hash: str = meta["model_hash"]
         self.embed_dim: int = int(meta["embed_dim"])
         self.num_frames: int = int(meta["num_frames"])
@@ -128,8 +128,9 @@ class ExportedTowers:
         self._runners: dict[str, Callable] = {}
 
     @classmethod
-    def open(cls, directory: str | Path) -> ExportedTowers:
-        return cls(directory, read_meta(directory))
+    def open(cls, directory: str | Path, threads: int = 1) -> ExportedTowers:
+        """`threads`: onnxruntime's intra-op threads (the run's settings.threads)."""
+        return cls(directory, read_meta(directory), threads)
 
     def _runner(self, tower: str) -> Callable:
         """The tower's program, loaded on first use only."""
@@ -140,7 +141,7 @@ class ExportedTowers:
                                  f"`evilm export CKPT --out {self.directory} --format {self.kind}`")
             if self.kind == "onnx":
                 names = [i["name"] for i in self.meta["inputs"][tower]]
-                runner = _onnx_runner(path, names, self.meta["outputs"][tower][0]["name"])
+                runner = _onnx_runner(path, names, self.meta["outputs"][tower][0]["name"], self.threads)
             else:
                 runner = _torch_runner(path)
             log.debug("export %s: loaded the %s tower (%s)", self.directory, tower, path.name)
@@ -160,7 +161,7 @@ class ExportedTowers:
         return _like(self._runner("video")(x).astype(np.float32, copy=False), tensor)
 
     def embed_text(self, input_ids, attention_mask):
-        """Token ids and mask [B, L] (L = max_text_len, as evilm_core.data.text pads) -> [B, E];
+        """Token ids and mask [B, L] (L = max_text_len, as evilm_core.text.tokens pads) -> [B, E];
         arrays in, an array out; tensors in, a tensor out."""
         ids, tensor = _as_array(input_ids, np.int64)  # [B, L]
         mask, _ = _as_array(attention_mask, np.int64)  # [B, L]

@@ -20,7 +20,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -31,15 +30,16 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from evilm_core.data.vocab import VOCAB_FILE
 from evilm_core.errors import EvilmError
 from evilm_core.export.runtime import FILES, FORMAT, KINDS, META, ONNX_EXTRA, ExportedTowers
-from evilm_core.fs import atomic_write_text, clean_stale_temps, disk_errors, readable_mode, temp_sibling
+from evilm_core.fs import atomic_dir, atomic_write_text, clean_stale_temps
 from evilm_core.models.evilm import EViLM
-from evilm_core.models.loading import LoadedCheckpoint, load_checkpoint, resolve_checkpoint
+from evilm_core.models.loading import LoadedCheckpoint, load_checkpoint
 from evilm_core.models.tokenizer import EXPORT_FORMAT as TOKENIZER_FORMAT
+from evilm_core.text.vocab import VOCAB_FILE
 
 log = logging.getLogger("evilm.export")
 TOLERANCE = 1e-4  # max |exported - PyTorch| over a random batch; float32 graphs agree to ~1e-7
@@ -107,7 +107,7 @@ def _check_out(out: Path) -> None:
 
 def example_inputs(model: EViLM, num_frames: int, batch: int, seed: int = 0) -> dict[str, tuple]:
     """Random inputs for both towers: frames ~ N(0, 1) (already normalised), word ids after the
-    special tokens with [CLS] first and a padded tail, as evilm_core.data.text produces."""
+    special tokens with [CLS] first and a padded tail, as evilm_core.text.tokens produces."""
     cfg, g = model.cfg, torch.Generator().manual_seed(seed)
     pixels = torch.randn(batch, num_frames, 3, cfg.image_size, cfg.image_size, generator=g)  # [B, T, 3, H, W]
     length = cfg.max_text_len
@@ -234,21 +234,6 @@ def verify(towers: ExportedTowers, model: EViLM, num_frames: int) -> dict:
     return check
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished directory in: the old export is moved aside first, so one complete
-    copy always exists (checkpoint.write_checkpoint does the same)."""
-    for f in (tmp, *tmp.iterdir()):
-        readable_mode(f)
-    if out.exists():
-        old = temp_sibling(out, "old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _write(loaded: LoadedCheckpoint, tmp: Path, fmt: str, num_frames: int, opset: int | None) -> dict:
     model = loaded.model.eval()
     inputs = example_inputs(model, num_frames, batch=CHECK_BATCHES[0])
@@ -284,15 +269,8 @@ def export_towers(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", op
         raise EvilmError(f"--frames {num_frames}: the model of {loaded.directory} takes 1 to {max_frames} frames")
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out.parent)  # what an export killed on this host left behind
-    tmp = temp_sibling(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with disk_errors(tmp):
-            tmp.mkdir()
-            meta = _write(loaded, tmp, fmt, num_frames, opset)
-            _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        meta = _write(loaded, tmp, fmt, num_frames, opset)
     seconds = round(time.monotonic() - start, 2)
     log.info("export %s: %s towers of %s in %.1f s (max |diff| video %.2g, text %.2g)", out, fmt,
              loaded.directory, seconds, meta["check"]["video_max_abs_diff"], meta["check"]["text_max_abs_diff"])

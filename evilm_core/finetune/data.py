@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from evilm_core.data.dataset import Sample
-from evilm_core.data.record import ClipRecord
-from evilm_core.data.text import TextTokens
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.errors import EvilmError
+from evilm_core.text.tokens import TextTokens
 
 
 def normalize_answer(answer) -> str:

@@ -22,12 +22,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
 from evilm_core.config.loader import save_yaml
 from evilm_core.config.sections import DataConfig
+from evilm_core.data.clips import ClipSource, open_clips
 from evilm_core.data.dataset import ClipDataset, clip_dataset
-from evilm_core.data.inputs import clip_frames, open_clips
-from evilm_core.machine import autocast
 from evilm_core.engine.runtime import eval_batches
 from evilm_core.engine.tracking import RunLog
 from evilm_core.errors import EvilmError
@@ -38,7 +37,7 @@ from evilm_core.finetune.tasks import FinetuneTask, head_classes
 from evilm_core.fs import atomic_path
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.heads import attach_head
-from evilm_core.models.loading import export_model
+from evilm_core.models.pretrained import export_model
 
 log = logging.getLogger("evilm.finetune")
 
@@ -152,10 +151,11 @@ def evaluate_probe(net: EViLM, dataset: ClipDataset, feature: str, data: DataCon
     return probe_metrics(logits, feats["labels"], feats["skipped"])
 
 
-def probe_dataset(records, manifest: str, data: DataConfig, labels: list[str], seed: int) -> ClipDataset:
-    """The clips of `records`, read as `manifest`'s (a shard set's stored frames, or decoded videos)."""
-    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size, decoder=data.decoder)
-    return clip_dataset(records, root, data.num_frames, data.image_size, seed=seed, extras=LabelFields(labels),
+def probe_dataset(records, source: ClipSource, data: DataConfig, labels: list[str], seed: int,
+                  decoder: str | None) -> ClipDataset:
+    """The clips of `records`, read from `source` (a shard set's stored frames, or videos `decoder` decodes)."""
+    frames = source.frames(data.num_frames, data.image_size, decoder=decoder)
+    return clip_dataset(records, source.root, data.num_frames, data.image_size, seed=seed, extras=LabelFields(labels),
                         frames=frames)
 
 
@@ -178,40 +178,40 @@ class ProbeTask(FinetuneTask):
 
     @classmethod
     def fit(cls, recipe, net, vocab, classes, records, run, init_dir, progress, resume):
-        return run_probe(recipe, net, vocab, classes, records, init_dir, run.info, progress, resume)
+        return run_probe(recipe, net, vocab, classes, records, init_dir, run, progress, resume)
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None):
         feature = (saved or {}).get("feature", recipe.probe.feature)
-        dataset = probe_dataset(records, manifest, recipe.data, classes, recipe.seed)
-        return evaluate_probe(net, dataset, feature, recipe.data, device)
+        dataset = probe_dataset(records, source, recipe.data, classes, recipe.seed, settings.decoder)
+        return evaluate_probe(net, dataset, feature, recipe.data, settings.torch_device)
 
 
-def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, init_dir: Path | None, info,
+def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, init_dir: Path | None, run,
               progress: Callable | None = None, resume: bool = False) -> dict:
     """Features once (cached), a linear classifier, val metrics, final/. Runs on rank 0 only
     (the other ranks of a torchrun job return at once)."""
-    d, cfg, run_dir = recipe.data, recipe.probe, Path(recipe.output.dir)
-    if not info.is_main:
+    d, cfg, run_dir, settings = recipe.data, recipe.probe, Path(recipe.output.dir), run.settings
+    if not run.info.is_main:
         return {"checkpoint": str(run_dir / "final"), "step": 0, "metrics": {}, "skipped": 0}
     if (run_dir / "final").exists() and not resume:
         raise EvilmError(f"{run_dir} already holds a finished probe (final/); pass --resume to run it again "
                          "(features are reused) or set output.dir to a new directory")
     save_yaml(recipe, run_dir / "config.yaml")
-    metrics_log, device = RunLog(run_dir, recipe.logging, True), info.device  # metrics.jsonl + logging:
+    metrics_log, device = RunLog(run_dir, recipe.logging, True), run.info.device  # metrics.jsonl + logging:
     metrics_log.open(None, recipe)  # features are cached; the classifier always trains from its start
     net.to(device).requires_grad_(False)
-    source = ckpt.file_sha256(init_dir / ckpt.WEIGHTS) if init_dir else f"scratch:seed={recipe.seed}"
+    weights = ckpt.file_sha256(init_dir / ckpt.WEIGHTS) if init_dir else f"scratch:seed={recipe.seed}"
 
-    def features(split: str, manifest: str, recs) -> tuple[ClipDataset, dict]:
-        ds = probe_dataset(recs, manifest, d, labels, recipe.seed)
-        key = {"source": source, "feature": cfg.feature, "num_frames": str(d.num_frames),
+    def features(split: str, clips: ClipSource, recs) -> tuple[ClipDataset, dict]:
+        ds = probe_dataset(recs, clips, d, labels, recipe.seed, settings.decoder)
+        key = {"source": weights, "feature": cfg.feature, "num_frames": str(d.num_frames),
                "image_size": str(d.image_size), "root": str(ds.root), "records": records_digest(ds, labels)}
         path = run_dir / "features" / f"{split}.safetensors" if cfg.cache else None
-        amp = autocast(recipe.train.precision, device)
+        amp = settings.autocast()
         return ds, cached_features(path, key, lambda: extract_features(net, ds, cfg.feature, d, device, amp))
 
-    _, train = features("train", d.train, records)
+    _, train = features("train", run.source, records)
     if not bool((train["labels"] >= 0).any()):
         raise EvilmError(f"{d.train}: no training clip could be decoded ({train['skipped']} skipped)")
     head = attach_head(net, "probe", len(labels), feature_dim(net, cfg.feature)).to(device)
@@ -228,7 +228,8 @@ def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, 
     steps = fit_linear(head, train["features"].to(device), train["labels"].to(device), cfg, recipe.seed, on_epoch)
     metrics = {}
     if d.val:
-        val_ds, val = features("val", d.val, open_clips(d.val, d.format, d.root, "data.val").records)
+        val_source = open_clips(d.val, d.format, d.root, "data.val")
+        val_ds, val = features("val", val_source, val_source.records)
         metrics = {f"val_{k}": v for k, v in evaluate_probe(net, val_ds, cfg.feature, d, device, feats=val).items()}
         metrics_log.write({"step": cfg.epochs, "split": "val", **metrics})
     metrics_log.close()

@@ -19,25 +19,26 @@ from typing import Callable
 
 import torch
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.config.sections import check_model_fits_data
-from evilm_core.data.inputs import open_clips
-from evilm_core.data.record import ClipRecord
-from evilm_core.data.text import TextTokens
-from evilm_core.data.vocab import build_vocab
-from evilm_core.machine import apply_threads, autocast, resolve_precision
-from evilm_core.engine.runtime import choose_device, environment
+from evilm_core.data.clips import open_clips
+from evilm_core.data.records.record import ClipRecord
+from evilm_core.engine.runtime import environment
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
-from evilm_core.evaluation.rerank import require_matching_head
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import texts_for_vocab
 from evilm_core.finetune.probe import ProbeTask
+from evilm_core.finetune.rerank import require_matching_head
 from evilm_core.finetune.tasks import FinetuneTask, MCTask, QATask, RetrievalTask
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.heads import CLASS_FILES, class_file_text
-from evilm_core.models.loading import (checkpoint_model_config, load_checkpoint, load_init_weights,
-                                       merge_model_config, resolve_checkpoint)
+from evilm_core.models.loading import load_checkpoint, load_init_weights, merge_model_config
+from evilm_core.models.pretrained import checkpoint_model_config
+from evilm_core.settings import RunSettings, resolve_settings
+from evilm_core.text.tokens import TextTokens
+from evilm_core.text.vocab import build_vocab
 
 log = logging.getLogger("evilm.finetune")
 TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask}
@@ -63,10 +64,12 @@ def model_and_vocab(recipe: FinetuneRecipe, init_dir: Path | None,
     return recipe, vocab
 
 
-def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Callable | None = None) -> dict:
-    """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped, ...}."""
+def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Callable | None = None,
+                   settings: RunSettings | None = None) -> dict:
+    """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped, ...}. `settings`:
+    resolved by a caller that runs several stages (the quickstart), else from the recipe."""
     task = TASKS[recipe.task]
-    run = start_run(recipe)
+    run = start_run(recipe, settings)
     init_dir = resolve_checkpoint(recipe.init.checkpoint) if recipe.init.checkpoint else None
     recipe, vocab = model_and_vocab(recipe, init_dir, run.records)
     task.check_records(recipe, run.records, recipe.data.train, train=True)
@@ -91,32 +94,36 @@ def _split_manifest(recipe: FinetuneRecipe, split: str) -> str:
     return manifest
 
 
-def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: str = "test", rerank: int = 0) -> dict:
+def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: str = "test", rerank: int = 0,
+                        settings: RunSettings | None = None) -> dict:
     """-> {"task", "metrics"} for the recipe's task on its data.test (or data.val). `rerank` > 0
-    (retrieval only): also re-rank each text's top-`rerank` clips with the VTM head ("rerank_*")."""
+    (retrieval only): also re-rank each text's top-`rerank` clips with the VTM head ("rerank_*").
+    `settings`: as train_finetune's."""
     if rerank and recipe.task != "retrieval":
         raise EvilmError(f"--rerank applies to retrieval recipes (this recipe's task: {recipe.task})")
     if rerank < 0:
         raise EvilmError(f"--rerank must be 0 (off) or a number of clips to re-rank, got {rerank}")
-    apply_threads(recipe.train.threads)
+    t = recipe.train
+    settings = (settings or resolve_settings(t.device, t.precision, t.threads, recipe.data.decoder,
+                                             decoder_key="data.decoder")).apply()
     manifest, task = _split_manifest(recipe, split), TASKS[recipe.task]
     loaded = load_checkpoint(checkpoint)
     if rerank:
         require_matching_head(loaded.model, loaded.directory, loaded.config)
     if loaded.task not in (None, task.name):
         log.warning("%s was fine-tuned for %s; evaluating it on %s", loaded.directory, loaded.task, task.name)
-    net, device = loaded.model, choose_device(recipe.train.device)
+    net, device = loaded.model, settings.torch_device
     try:
         check_model_fits_data(net.cfg, recipe.data)
     except ValueError as err:
         raise EvilmError(f"checkpoint {loaded.directory}: {err}") from None
     net.to(device).eval()
     classes = task.head_classes(loaded)
-    records = open_clips(manifest, recipe.data.format, recipe.data.root, f"data.{split}").records
+    source = open_clips(manifest, recipe.data.format, recipe.data.root, f"data.{split}")
+    records = source.records
     task.check_records(recipe, records, manifest, train=False)
     tokens = TextTokens(loaded.directory, net.cfg.max_text_len)
-    with autocast(recipe.train.precision, device):
-        metrics = task.evaluate_split(recipe, net, records, manifest, tokens, classes, device, loaded.config,
+    with settings.autocast():
+        metrics = task.evaluate_split(recipe, net, records, source, tokens, classes, settings, loaded.config,
                                       **({"rerank": rerank} if rerank else {}))
-    return {"task": task.name, "metrics": metrics, "precision": resolve_precision(recipe.train.precision, device),
-            "environment": environment(device)}
+    return {"task": task.name, "metrics": metrics, "precision": settings.precision, "environment": environment(device)}

@@ -28,23 +28,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evilm_core.config.sections import DataConfig
+from evilm_core.data.clips import ClipSource, open_clips
 from evilm_core.data.dataset import clip_dataset
-from evilm_core.data.inputs import clip_frames, open_clips
-from evilm_core.data.record import ClipRecord
-from evilm_core.data.text import TextTokens
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.engine.distributed import global_contrastive_loss
 from evilm_core.engine.runtime import eval_batches, unwrap
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.metrics import accuracy, require_finite, retrieval_metrics
-from evilm_core.evaluation.rerank import rerank_metrics
 from evilm_core.finetune.config import FinetuneRecipe
-from evilm_core.finetune.data import (CaptionFields, MCFields, QAFields, answer_vocab, check_mc_records,
-                                      normalize_answer, require_fields)
+from evilm_core.finetune.data import (
+    CaptionFields,
+    MCFields,
+    QAFields,
+    answer_vocab,
+    check_mc_records,
+    normalize_answer,
+    require_fields,
+)
+from evilm_core.finetune.rerank import rerank_metrics
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.heads import attach_head, freeze_except
-from evilm_core.models.loading import export_model
 from evilm_core.models.losses import logit_scale_value
+from evilm_core.models.pretrained import export_model
+from evilm_core.settings import RunSettings
+from evilm_core.text.tokens import TextTokens
 
 log = logging.getLogger("evilm.finetune")
 
@@ -57,11 +65,11 @@ class FinetuneTask:
     needs: tuple[str, ...] = ()  # record fields every record of the task must carry
     keep: tuple[str, ...] = ()  # heads (or 'retrieval', 'logit_scale') trained besides the trunk
 
-    def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str],
+    def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str], settings: RunSettings,
                  val: tuple[list[ClipRecord], str] | None = None, classes: list[str] | None = None,
                  tokens: TextTokens | None = None):
         self.recipe, self.model, self.vocab, self.val, self.classes = recipe, net, vocab, val, classes
-        self.tokens = tokens
+        self.tokens, self.settings = tokens, settings
         freeze_except(net, self.keep)
 
     # ------------------------------------------------------------------ before the model
@@ -96,30 +104,32 @@ class FinetuneTask:
         """Train on the shared Trainer; returns its result."""
         d = recipe.data
         tokens = TextTokens(run.run_dir, recipe.model.max_text_len)
-        train = cls.dataset(recipe, records, d.train, cls.fields(recipe, tokens, classes, records), train=True)
+        fields = cls.fields(recipe, tokens, classes, records)
+        train = cls.dataset(recipe, records, run.source, fields, run.settings, train=True)
         val = None
         if d.val:
             val = cls.read_split(recipe, d.val, train=False)
-        task = cls(recipe, net, vocab, val, classes, tokens)
+        task = cls(recipe, net, vocab, run.settings, val, classes, tokens)
         log.info("finetune %s: %d clips, from %s, %.2fM trainable parameters", cls.name, len(train),
                  init_dir or "scratch", sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e6)
-        return Trainer(recipe, task, train, run.info, progress).fit(resume=resume)
+        return Trainer(recipe, task, train, run.info, run.settings, progress).fit(resume=resume)
 
     @classmethod
-    def dataset(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, fields, train: bool = False):
-        """The clips of `records` (videos resolved as `manifest`'s) with the task's `fields`."""
+    def dataset(cls, recipe: FinetuneRecipe, records: list[ClipRecord], source: ClipSource, fields,
+                settings: RunSettings, train: bool = False):
+        """The clips of `records` (some or all of `source`'s) with the task's `fields`."""
         d = recipe.data
-        root, frames = clip_frames(manifest, d.root, d.num_frames, d.image_size, decoder=d.decoder)
-        return clip_dataset(records, root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
+        frames = source.frames(d.num_frames, d.image_size, decoder=settings.decoder)
+        return clip_dataset(records, source.root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
                             color_jitter=d.color_jitter, seed=recipe.seed, extras=fields, frames=frames)
 
     @classmethod
-    def read_split(cls, recipe: FinetuneRecipe, manifest: str, train: bool) -> tuple[list[ClipRecord], str]:
-        """A split's records, checked for the task's fields, and the manifest they came from."""
+    def read_split(cls, recipe: FinetuneRecipe, manifest: str, train: bool) -> tuple[list[ClipRecord], ClipSource]:
+        """A split's records, checked for the task's fields, and the source they came from."""
         key = "data.train" if train else "data.val"
-        records = open_clips(manifest, recipe.data.format, recipe.data.root, key).records
-        cls.check_records(recipe, records, manifest, train)
-        return records, manifest
+        source = open_clips(manifest, recipe.data.format, recipe.data.root, key)
+        cls.check_records(recipe, source.records, manifest, train)
+        return source.records, source
 
     def loss(self, model: nn.Module, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -128,9 +138,8 @@ class FinetuneTask:
         if self.val is None:
             return {}
         net = unwrap(model)
-        records, manifest = self.val
-        metrics = self.evaluate_split(self.recipe, net, records, manifest, self.tokens, self.classes,
-                                      next(net.parameters()).device)
+        records, source = self.val
+        metrics = self.evaluate_split(self.recipe, net, records, source, self.tokens, self.classes, self.settings)
         return {f"val_{k}": v for k, v in metrics.items()}
 
     def export(self, model: nn.Module, directory: Path) -> Path:
@@ -138,8 +147,8 @@ class FinetuneTask:
 
     # ------------------------------------------------------------------ evaluation
     @classmethod
-    def evaluate_split(cls, recipe: FinetuneRecipe, net: EViLM, records: list[ClipRecord], manifest: str,
-                       tokens: TextTokens, classes: list[str] | None, device: torch.device,
+    def evaluate_split(cls, recipe: FinetuneRecipe, net: EViLM, records: list[ClipRecord], source: ClipSource,
+                       tokens: TextTokens, classes: list[str] | None, settings: RunSettings,
                        saved: dict | None = None) -> dict[str, float]:
         """The task's metrics on one split (`saved`: the checkpoint's config, when evaluating one)."""
         raise NotImplementedError
@@ -184,9 +193,9 @@ class QATask(FinetuneTask):
         return loss, _parts(loss, acc=(logits.argmax(-1) == batch["answer"]).float().mean())
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
-        data = cls.dataset(recipe, records, manifest, QAFields(tokens, classes))
-        return evaluate_qa(net, data, classes, recipe.data, device)
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None):
+        data = cls.dataset(recipe, records, source, QAFields(tokens, classes), settings)
+        return evaluate_qa(net, data, classes, recipe.data, settings.torch_device)
 
 
 class MCTask(FinetuneTask):
@@ -210,9 +219,9 @@ class MCTask(FinetuneTask):
         return loss, _parts(loss, acc=(scores.argmax(-1) == batch["answer"]).float().mean())
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None):
-        data = cls.dataset(recipe, records, manifest, MCFields(tokens, recipe.mc.num_options))
-        return evaluate_mc(net, data, recipe.data, device)
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None):
+        data = cls.dataset(recipe, records, source, MCFields(tokens, recipe.mc.num_options), settings)
+        return evaluate_mc(net, data, recipe.data, settings.torch_device)
 
 
 class RetrievalTask(FinetuneTask):
@@ -221,8 +230,8 @@ class RetrievalTask(FinetuneTask):
 
     name, needs, keep = "retrieval", ("caption",), ("retrieval", "logit_scale")
 
-    def __init__(self, recipe, net, vocab, val=None, classes=None, tokens=None):
-        super().__init__(recipe, net, vocab, val, classes, tokens)
+    def __init__(self, recipe, net, vocab, settings, val=None, classes=None, tokens=None):
+        super().__init__(recipe, net, vocab, settings, val, classes, tokens)
         with torch.no_grad():  # the recipe's initial temperature (a resumed run then loads its own)
             net.logit_scale.fill_(math.log(1.0 / recipe.retrieval.temperature_init))
 
@@ -233,9 +242,9 @@ class RetrievalTask(FinetuneTask):
         return loss, _parts(loss, temperature=1.0 / logit_scale_value(scale))
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, manifest, tokens, classes, device, saved=None, rerank=0):
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None, rerank=0):
         """`rerank` > 0: also each text's top-`rerank` clips re-scored by the VTM head (rerank.py)."""
-        return evaluate_retrieval(net, records, manifest, recipe.data, tokens, device, rerank=rerank)
+        return evaluate_retrieval(net, records, source, recipe.data, tokens, settings, rerank=rerank)
 
 
 def head_classes(loaded, task: str) -> list[str]:
@@ -293,18 +302,18 @@ def evaluate_mc(net: EViLM, dataset, data: DataConfig, device: torch.device) -> 
 
 
 @torch.no_grad()
-def evaluate_retrieval(net: EViLM, records: list[ClipRecord], manifest: str, data: DataConfig, tokens: TextTokens,
-                       device: torch.device, rerank: int = 0) -> dict[str, float]:
+def evaluate_retrieval(net: EViLM, records: list[ClipRecord], source: ClipSource, data: DataConfig, tokens: TextTokens,
+                       settings: RunSettings, rerank: int = 0) -> dict[str, float]:
     """Dual-encoder retrieval: each distinct clip embedded once, each caption once, one T x V
     similarity (no pairwise cross scoring). Captions of undecodable clips leave the query set.
-    `manifest`: where the records came from (their videos' root, or the shard set with the frames).
+    `source`: where the records came from (their videos' root, or the shard set with the frames).
     `rerank` > 0 adds "rerank_*" metrics: each text's top-`rerank` clips re-scored by the VTM head
-    on the joint pass (evaluation/rerank.py), from the video tokens the embedding pass kept."""
+    on the joint pass (finetune/rerank.py), from the video tokens the embedding pass kept."""
     first = {r.video: r for r in reversed(records)}  # the first record of each video
     videos = list(dict.fromkeys(r.video for r in records))
-    counts: dict = {"skipped": 0}
-    root, frames = clip_frames(manifest, data.root, data.num_frames, data.image_size, decoder=data.decoder)
-    clips = clip_dataset([ClipRecord(video=v, sample=first[v].sample) for v in videos], root, data.num_frames,
+    counts, device = {"skipped": 0}, settings.torch_device
+    frames = source.frames(data.num_frames, data.image_size, decoder=settings.decoder)
+    clips = clip_dataset([ClipRecord(video=v, sample=first[v].sample) for v in videos], source.root, data.num_frames,
                          data.image_size, frames=frames)
     video_emb, video_tokens, kept = [], [], []
     for batch in eval_batches(clips, data.batch_size, data.num_workers, device, counts):

@@ -15,27 +15,25 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from evilm_core.data.collect import parse_shard
-from evilm_core.data.decoders import resolve_decoder
-from evilm_core.data.inputs import collect
+from evilm_core.data.clips import collect
 from evilm_core.data.label_cache import CORRUPT, MISSING
 from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import normalize
-from evilm_core.data.video import read_frames, segment_indices
-from evilm_core.machine import apply_threads, autocast, resolve_precision
-from evilm_core.engine.runtime import choose_device, environment, eval_loader
+from evilm_core.data.video.read import read_frames, segment_indices
+from evilm_core.data.work_split import WorkSplit
+from evilm_core.engine.runtime import environment, eval_loader
 from evilm_core.errors import EvilmError, VideoDecodeError
 from evilm_core.label.writer import CacheWriter, make_meta, shard_dir_name
 from evilm_core.models.tokenizer import load_tokenizer
+from evilm_core.progress import Progress
+from evilm_core.settings import RunSettings, autocast, label_plan, resolve_settings, set_torch_threads
 
 log = logging.getLogger("evilm.label")
-Progress = Callable[..., None]
 _SKIP_CODES = {"missing": MISSING}  # every other decode failure is recorded as corrupt
 _LOGGED_SKIPS = 10  # skipped clips logged one by one at warning level; the rest at debug
 
@@ -45,7 +43,7 @@ class CandidateFrames(Dataset):
     From a shard set, the frames it stores (row r = sample r): the very pixels training reads."""
 
     def __init__(self, rows: list[int], paths: list[str] | None, num_candidates: int, image_size: int,
-                 shards: ShardSet | None = None, decoder: str = "auto"):
+                 shards: ShardSet | None = None, decoder: str | None = "pyav"):
         self.rows, self.paths, self.shards = rows, paths, shards
         self.num_candidates, self.image_size, self.decoder = num_candidates, image_size, decoder
 
@@ -83,21 +81,19 @@ def _worker_init(_: int) -> None:
 
 
 @contextmanager
-def label_arithmetic(device: torch.device, num_workers: int, precision: str):
+def label_arithmetic(settings: RunSettings, num_workers: int):
     """fp32: full fp32 matmuls/convolutions (no TF32), so codes do not depend on kernel choice;
     bf16: autocast (faster where native; some codes differ from fp32, so the cache records it).
-    On CPU the tokenizer gets the cores the decoding workers leave (oversubscribed intra-op
-    threads make small models many times slower)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_num_threads()
+    Threads: settings.label_plan (the tokenizer gets the cores the decoding workers leave)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    if device.type == "cpu" and num_workers > 0:
-        torch.set_num_threads(max(1, min(saved[2], (os.cpu_count() or 1) - num_workers)))
+    set_torch_threads(label_plan(settings, num_workers).main_threads)
     try:
-        with torch.inference_mode(), autocast(precision, device):
+        with torch.inference_mode(), autocast(settings.precision, settings.device):
             yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
-        torch.set_num_threads(saved[2])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        set_torch_threads(settings.threads)
 
 
 def encode_variants(model, pixels: torch.Tensor, flips: bool) -> np.ndarray:
@@ -121,32 +117,29 @@ def _log_skips(skipped: list[tuple], seen_before: int) -> None:
 
 
 def _loader(rows: list[int], paths: list[str] | None, meta: dict, batch_size: int, num_workers: int, pin: bool,
-            shards: ShardSet | None, decoder: str):
+            shards: ShardSet | None, decoder: str | None):
     ds = CandidateFrames(rows, [paths[r] for r in rows] if paths is not None else None, meta["num_candidates"],
                          meta["image_size"], shards, decoder)
     return eval_loader(ds, batch_size, num_workers, collate_candidates, pin_memory=pin, worker_init_fn=_worker_init)
 
 
-def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike, out: str | os.PathLike, *,
-                 num_candidates: int = 8, flips: bool = False, batch_size: int = 16, num_workers: int = 2,
-                 device: str = "auto", shard: str | tuple[int, int] | None = None, source: dict | None = None,
-                 shards: ShardSet | None = None, precision: str = "fp32", threads: int = 0,
-                 decoder: str = "auto", progress: Progress | None = None) -> dict:
-    """Label every pending row of this run's share of `keys`; returns the summary
-    {out, videos, labelled, skipped, missing, corrupt, newly_labelled, codebook_usage, seconds, ...}."""
+def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike, out: str | os.PathLike,
+                 settings: RunSettings, *, num_candidates: int = 8, flips: bool = False, batch_size: int = 16,
+                 num_workers: int = 2, split: WorkSplit | None = None, source: dict | None = None,
+                 shards: ShardSet | None = None, progress: Progress | None = None) -> dict:
+    """Label every pending row of this run's share of `keys` with the resolved `settings`; returns the
+    summary {out, videos, labelled, skipped, missing, corrupt, newly_labelled, codebook_usage, seconds, ...}."""
     start = time.perf_counter()
     if batch_size < 1 or num_workers < 0:
         raise EvilmError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {num_workers})")
-    shard = parse_shard(shard)
-    apply_threads(threads)
-    dev = choose_device(device)
-    precision = resolve_precision(precision, dev)
+    dev, precision = settings.torch_device, settings.precision
     model, info = load_tokenizer(tokenizer, dev)
     model = model.float().eval()
     if shards is not None:
         _check_shards(shards, num_candidates, info["image_size"])
     # what decodes: the backend here, or for a shard set the one that decoded its stored frames
-    decoder = resolve_decoder(decoder, "--decoder") if shards is None else shards.settings.get("decoder", "decord")
+    decoder = settings.decoder if shards is None else shards.settings["decoder"]
+    shard = (split.index, split.count) if split else None
     out_dir = Path(out) / shard_dir_name(*shard) if shard else Path(out)
     writer = CacheWriter(out_dir, make_meta(info, num_candidates, flips, len(keys), shard, source, precision, decoder),
                          keys)
@@ -159,7 +152,7 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
              f" (shard {i}/{n} of {len(keys)})" if shard else "", len(todo), len(share) - len(todo), info["dir"],
              f"{dev}, {precision}")
     done, new_ok, new_skipped, t0 = 0, 0, 0, time.perf_counter()
-    with label_arithmetic(dev, num_workers, precision):
+    with label_arithmetic(settings, num_workers):
         for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda", shards, decoder):
             codes = None
             if batch["pixels"] is not None:
@@ -194,9 +187,15 @@ def _check_shards(shards: ShardSet, num_candidates: int, image_size: int) -> Non
                          f"{num_candidates} --size {image_size}`)")
 
 
-def run_label(videos=None, manifest=None, format: str = "auto", root=None, **kwargs) -> dict:
-    """collect + label_videos: what `evilm label` does (a shard set as --manifest: its stored frames)."""
+def run_label(videos=None, manifest=None, format: str = "auto", root=None, device: str = "auto",
+              precision: str = "fp32", threads: int = 0, decoder: str = "auto", settings: RunSettings | None = None,
+              split: str | WorkSplit | None = None, **kwargs) -> dict:
+    """What `evilm label` does: resolve the run settings (unless a caller that runs several stages
+    gives them), collect the videos (a shard set as --manifest: its stored frames), label them."""
+    split = WorkSplit.parse(split)  # a bad value fails before any loading
     coll = collect(videos, manifest, format, root)
-    return label_videos(coll.keys, coll.paths, source=coll.source, shards=coll.shards, **kwargs)
+    settings = (settings or resolve_settings(device, precision, threads, None if coll.shards else decoder)).apply()
+    return label_videos(coll.keys, coll.paths, source=coll.source, shards=coll.shards, settings=settings,
+                        split=split, **kwargs)
 
 

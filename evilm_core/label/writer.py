@@ -8,15 +8,35 @@ import errno
 import json
 import logging
 import os
-from contextlib import ExitStack
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
-from evilm_core.data.label_cache import (CHUNK_ROWS, CODES, FRAMES, IDENTITY, KEYS, META, NFRAMES, OK, PENDING, STATUS,
-                                         CANDIDATE_RULE, FORMAT_VERSION, VARIANTS, codebook_usage, find_shards,
-                                         nbytes, open_arrays, read_keys, read_meta, shapes, status_counts)
+from evilm_core.data.label_cache import (
+    CANDIDATE_RULE,
+    CHUNK_ROWS,
+    CODES,
+    FORMAT_VERSION,
+    FRAMES,
+    IDENTITY,
+    KEYS,
+    META,
+    NFRAMES,
+    OK,
+    PENDING,
+    STATUS,
+    VARIANTS,
+    codebook_usage,
+    find_shards,
+    nbytes,
+    open_arrays,
+    read_keys,
+    read_meta,
+    shapes,
+    status_counts,
+)
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps, disk_errors, escape_key, process_lock
 
@@ -30,7 +50,7 @@ def shard_dir_name(index: int, count: int) -> str:
 
 def make_meta(tok_info: dict, num_candidates: int, flips: bool, num_keys: int,
               shard: tuple[int, int] | None, source: dict | None, precision: str = "fp32",
-              decoder: str = "decord") -> dict:
+              decoder: str = "pyav") -> dict:
     """The meta.json record of a new cache."""
     if tok_info["codebook_size"] > np.iinfo(np.uint16).max + 1:
         raise EvilmError(f"codebook size {tok_info['codebook_size']} does not fit the cache's uint16 codes")
@@ -118,8 +138,6 @@ class CacheWriter:
 
     def _check_resume(self, meta: dict, keys: list[str]) -> None:
         old = read_meta(self.dir)
-        old.setdefault("precision", "fp32")  # caches from before the precision switch were all fp32
-        old.setdefault("decoders", ["decord"])  # caches from before the decoder switch: decord decoded them
         diffs = mismatch(old, meta, IDENTITY + ("shard",))
         if diffs:
             raise EvilmError(f"{self.dir} holds a label cache made with different settings ("
@@ -238,7 +256,7 @@ def merge_shards(out: str | os.PathLike, progress=None) -> dict:
     sources = [open_arrays(d, m) for d, m in zip(dirs, metas)]
     for i, (d, arr) in enumerate(zip(dirs, sources)):
         _check_shard_rows(i, n, d, arr[STATUS], out)
-    decoders = list(dict.fromkeys(d for m in metas for d in m.get("decoders", ["decord"])))  # not identity: all
+    decoders = list(dict.fromkeys(d for m in metas for d in m["decoders"]))  # not identity: all
     meta = {**metas[0], "shard": None, "merged_from": n, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "decoders": decoders}
     (out / META).unlink(missing_ok=True)  # the directory is not a valid cache until the merge ends

@@ -20,7 +20,7 @@ MODEL_SIZES: dict[str, dict] = {
     "quickstart": {"video_encoder": "edgenext_xx_small", "pretrained": False, "image_size": 96, "text_layers": 2,
                    "text_hidden": 128, "text_heads": 4, "max_text_len": 24, "fusion_dim": 192, "fusion_layers": 2,
                    "fusion_heads": 3, "codebook_size": 32, "embed_dim": 128},
-    # `evilm quickstart --size tiny` and the tests: every stage runs, nothing is expected to learn.
+    # `evilm quickstart --size quickstart-tiny` and the tests: every stage runs, nothing is expected to learn.
     "quickstart-tiny": {"video_encoder": "edgenext_xx_small", "pretrained": False, "image_size": 64, "text_layers": 1,
                         "text_hidden": 128, "text_heads": 4, "max_text_len": 24, "fusion_dim": 64, "fusion_layers": 1,
                         "fusion_heads": 1, "codebook_size": 16, "embed_dim": 128},

@@ -10,7 +10,6 @@ decoder is 384-d. The decoder itself is in fusion.py, the heads' builders in hea
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

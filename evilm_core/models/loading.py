@@ -1,18 +1,13 @@
-"""E-ViLM checkpoints in and out, each in one call (docs/design.md, "Checkpoints"; docs/hub.md).
+"""E-ViLM checkpoints in, each in one call, for training and retrieval (docs/design.md,
+"Checkpoints"; docs/hub.md). The checkpoint argument is resolved by checkpoints/resolve.py; the
+model is rebuilt by models/pretrained.py (`build_from_directory`, also behind
+`EViLM.from_pretrained`), which writes models out too (`export_model`).
 
-In: a checkpoint argument may be the checkpoint directory itself, a run directory (its `final/`,
-else its newest complete `step_*`) or a Hub id `hf-hub:ORG/NAME[@REV]` (hub.py resolves it to a
-cached snapshot). The model config comes from the checkpoint's config.json (a model export in
-the Hub layout), else its config.yaml (an export written before it; the trainer's `step_*`
-directories hold the whole recipe, which has a `model` section too), and the vocabulary from its
-vocab.txt. Task heads (`heads.qa`, `heads.probe`) are rebuilt from the shapes of the saved
-weights, so any checkpoint loads strictly without its recipe.
-
-Out: `export_model` writes a `final/` in the Hub layout: the weights, config.json ({format, task,
-model, ...} plus evilm_version and vocab_file), vocab.txt, the model card README.md (model_card.py)
-and, for a task head, answers.txt (qa) / labels.txt (probe) listing its classes in head order.
-`from_pretrained` / `save_pretrained` (EViLM's methods) are these two with the vocabulary kept on
-the model.
+The model config comes from the checkpoint's config.json (a model export in the Hub layout),
+else its config.yaml (the trainer's `step_*` directories hold the whole recipe, which has a
+`model` section too), and the vocabulary from its vocab.txt. Task heads (`heads.qa`,
+`heads.probe`) are rebuilt from the shapes of the saved weights, so any checkpoint loads strictly
+without its recipe.
 """
 
 from __future__ import annotations
@@ -24,16 +19,12 @@ from pathlib import Path
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.errors import EvilmError
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
-from evilm_core.models.pretrained import (FORMAT, PRETRAINED_FORMAT, build_from_directory, checkpoint_model_config,
-                                          export_model, resolve_checkpoint)
-
-__all__ = ["FORMAT", "PRETRAINED_FORMAT", "LoadedCheckpoint", "checkpoint_model_config", "convert_to_hub",
-           "export_model", "load_checkpoint", "load_init_weights", "load_text_side", "merge_model_config",
-           "resolve_checkpoint"]
+from evilm_core.models.pretrained import FORMAT, build_from_directory, checkpoint_model_config
 
 log = logging.getLogger("evilm.models")
 SAFE_MODEL_KEYS = ("dropout",)  # recipe values that may differ from the checkpoint's
@@ -97,16 +88,6 @@ def load_init_weights(net: nn.Module, directory: Path) -> None:
 
 def _prefixes(keys: list[str]) -> str:
     return ", ".join(sorted({".".join(k.split(".")[:2]) for k in keys}))
-
-
-def convert_to_hub(directory: Path, out: Path, repo: str | None = None, license: str | None = None) -> Path:
-    """A model export written before the Hub layout (config.yaml), re-written into `out` in the
-    Hub layout with its card (what `evilm push` uploads for one). A trainer step_* is refused."""
-    raw = ckpt.read_config(directory)
-    if raw.get("format") not in (FORMAT, PRETRAINED_FORMAT):
-        raise EvilmError(f"{directory} is not a model export (config format {raw.get('format')!r}; a trainer "
-                         "step_* holds training state): push the run's final/, written at the end of training")
-    return EViLM.from_pretrained(directory).save_pretrained(out, repo=repo, license=license)
 
 
 def load_text_side(checkpoint: str | Path) -> tuple[EViLM, Path]:

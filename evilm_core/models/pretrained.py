@@ -11,41 +11,17 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.checkpoints.card import card_text, previous_inputs, run_inputs
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.config.loader import from_dict
 from evilm_core.errors import EvilmError, RecipeError
-from evilm_core.hub import is_hub_id, resolve_hub_checkpoint
-from evilm_core.model_card import card_text, previous_inputs, run_inputs
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.heads import CLASS_FILES, HEAD_OUT, attach_head, class_file_text, read_class_file
 
 FORMAT = "evilm-finetune/1"  # a fine-tuned final/ (task head included)
 PRETRAINED_FORMAT = "evilm-model/1"  # a pre-trained final/
 HUB_KEYS = ("format", "task", "model", "model_type", "evilm_version", "vocab_file")  # not an export's extras
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir, or a run dir's final/, else its newest complete step_*; a Hub id
-    `hf-hub:ORG/NAME[@REV]`: its snapshot (downloaded, or from the local cache)."""
-    if is_hub_id(path):
-        snapshot = resolve_hub_checkpoint(str(path))
-        found = ckpt.find_checkpoint(snapshot)
-        if found is None:
-            raise EvilmError(f"{path} is not an E-ViLM checkpoint: its snapshot {snapshot} has no {ckpt.WEIGHTS} "
-                             f"and {ckpt.CONFIG_JSON}")
-        return found
-    found = ckpt.find_checkpoint(path)
-    if found is not None:
-        return found
-    path = Path(path)
-    if not path.exists():
-        raise EvilmError(f"checkpoint {path} does not exist: it is made by the run whose output.dir it is, `evilm "
-                         "pretrain RECIPE` (a pre-trained model: recipes/webvid.yaml writes runs/webvid_pretrain, "
-                         "docs/pretraining.md) or `evilm finetune RECIPE`; or name an existing checkpoint directory")
-    raise EvilmError(f"{path} is not a checkpoint: expected {ckpt.WEIGHTS} and {ckpt.CONFIG_JSON} (or "
-                     f"{ckpt.CONFIG}) in it, in "
-                     f"{path / 'final'}, or in a step_XXXXXXXX directory (a run directory of `evilm pretrain` / "
-                     "`evilm finetune`)")
 
 
 def checkpoint_model_config(directory: Path, raw: dict | None = None) -> EViLMConfig:

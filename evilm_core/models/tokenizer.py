@@ -15,13 +15,13 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.config.loader import from_dict, to_dict
 from evilm_core.errors import EvilmError
 from evilm_core.models.backbones import create_backbone, trunc_normal_init
 from evilm_core.models.config import GRID_STRIDE, CodebookConfig, TokenizerModelConfig
 from evilm_core.models.quantizer import VectorQuantizer
-
 
 EXPORT_FORMAT = "evilm-tokenizer/1"
 
@@ -106,7 +106,7 @@ def export_tokenizer(tok: SemanticTokenizer, vocab: list[str], directory: str | 
 
 def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tuple[SemanticTokenizer, dict]:
     """Load an exported tokenizer (encoder + codebook) for labelling; returns (model, info)."""
-    directory = resolve_tokenizer_dir(path)
+    directory = resolve_checkpoint(path, "tokenizer")
     cfg = ckpt.read_yaml_config(directory)
     if cfg.get("format") != EXPORT_FORMAT:
         raise EvilmError(f"{directory} is not an exported tokenizer (config.yaml format is {cfg.get('format')!r}, "
@@ -126,13 +126,3 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tupl
     info = {"dir": str(directory), "sha256": ckpt.file_sha256(directory / ckpt.WEIGHTS),
             "codebook_size": model_cfg.codebook_size, "image_size": model_cfg.image_size, "grid": model.grid}
     return model.to(device).eval(), info
-
-
-def resolve_tokenizer_dir(path: str | Path) -> Path:
-    """Accept the exported dir itself or a tokenizer run dir (then its `final/`)."""
-    found = ckpt.find_checkpoint(path, steps=False)
-    if found is None:
-        path = Path(path)
-        raise EvilmError(f"no tokenizer checkpoint at {path} (expected model.safetensors + config.yaml there or in "
-                         f"{path / 'final'}); train one with `evilm tokenize-train`")
-    return found

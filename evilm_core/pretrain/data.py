@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evilm_core.data.clips import ClipSource, open_clips
 from evilm_core.data.dataset import ClipDataset, Sample, clip_dataset
-from evilm_core.data.inputs import ClipSource, open_clips
 from evilm_core.data.label_cache import LabelCache
-from evilm_core.data.record import ClipRecord
-from evilm_core.data.text import TextTokens
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.errors import EvilmError
 from evilm_core.pretrain.config import PretrainRecipe
+from evilm_core.text.tokens import TextTokens
 
 
 class PretrainExtras:
@@ -34,26 +34,27 @@ class PretrainExtras:
 
 
 def pretrain_dataset(recipe: PretrainRecipe, source: ClipSource, text: TextTokens, cache: LabelCache | None,
-                     train: bool) -> ClipDataset:
+                     train: bool, decoder: str | None) -> ClipDataset:
     d = recipe.data
     return clip_dataset(source.records, source.root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
                         color_jitter=d.color_jitter, seed=recipe.seed, extras=PretrainExtras(text, cache),
-                        frames=source.frames(d.num_frames, d.image_size, cache, d.decoder))
+                        frames=source.frames(d.num_frames, d.image_size, cache, decoder))
 
 
-def build_datasets(recipe: PretrainRecipe, source: ClipSource, vocab_dir: Path,
-                   cache: LabelCache | None) -> tuple[ClipDataset, ClipDataset | None]:
-    """The training set (data.train's clips) and, with data.val, the validation set."""
+def build_datasets(recipe: PretrainRecipe, source: ClipSource, vocab_dir: Path, cache: LabelCache | None,
+                   decoder: str | None) -> tuple[ClipDataset, ClipDataset | None]:
+    """The training set (data.train's clips) and, with data.val, the validation set; manifests'
+    videos are decoded by the resolved backend `decoder`."""
     d = recipe.data
     text = TextTokens(vocab_dir, recipe.model.max_text_len)
-    train = pretrain_dataset(recipe, source, text, cache, train=True)
+    train = pretrain_dataset(recipe, source, text, cache, train=True, decoder=decoder)
     val = None
     if d.val:
         val_source = open_clips(d.val, d.format, d.root, "data.val")
         # Validation clips are usually not in the training label cache: then they are sampled
         # plainly and their MVM targets come from the tokenizer online (if one is configured).
         val_cache = cache if cache is not None and all(r.video in cache for r in val_source.records) else None
-        val = pretrain_dataset(recipe, val_source, text, val_cache, train=False)
+        val = pretrain_dataset(recipe, val_source, text, val_cache, train=False, decoder=decoder)
     return train, val
 
 

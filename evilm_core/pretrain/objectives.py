@@ -17,15 +17,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evilm_core.data.vocab import SPECIAL_TOKENS
+from evilm_core.engine.distributed import global_contrastive_loss
 from evilm_core.engine.runtime import eval_loader, to_device, unwrap
 from evilm_core.errors import EvilmError
 from evilm_core.models.evilm import EViLM
-from evilm_core.models.loading import export_model
-from evilm_core.engine.distributed import global_contrastive_loss
 from evilm_core.models.losses import masked_ce
+from evilm_core.models.pretrained import export_model
 from evilm_core.pretrain.config import PretrainRecipe
 from evilm_core.pretrain.masking import mask_pixels, mlm_mask, video_mask, vtm_pairs
+from evilm_core.text.vocab import SPECIAL_TOKENS
 
 MASK_ID, SPECIAL_IDS = SPECIAL_TOKENS.index("[MASK]"), list(range(len(SPECIAL_TOKENS)))
 Loss = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (the objective's loss, what to log of it)

@@ -9,23 +9,25 @@ from typing import Callable
 
 import torch
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.data.label_cache import LabelCache
-from evilm_core.data.vocab import build_vocab, read_vocab
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
-from evilm_core.models.tokenizer import load_tokenizer, resolve_tokenizer_dir
+from evilm_core.models.loading import load_init_weights
+from evilm_core.models.tokenizer import load_tokenizer
 from evilm_core.pretrain.config import PretrainRecipe
 from evilm_core.pretrain.data import build_datasets, open_label_cache
 from evilm_core.pretrain.objectives import PretrainTask
+from evilm_core.settings import RunSettings
+from evilm_core.text.vocab import build_vocab, read_vocab
 
 log = logging.getLogger("evilm.pretrain")
 
 
 def tokenizer_dir(recipe: PretrainRecipe) -> Path | None:
     """The tokenizer checkpoint mvm.tokenizer names (resolved once per run), or None."""
-    return resolve_tokenizer_dir(recipe.mvm.tokenizer) if recipe.mvm.tokenizer else None
+    return resolve_checkpoint(recipe.mvm.tokenizer, "tokenizer") if recipe.mvm.tokenizer else None
 
 
 def pretrain_vocab(recipe: PretrainRecipe, captions: list[str], tok_dir: Path | None) -> list[str]:
@@ -77,22 +79,22 @@ def _warn_uncaptioned(records: list, manifest: str) -> None:
                     manifest, len(missing), len(records), missing[0])
 
 
-def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: Callable | None = None) -> dict:
-    """Pre-train per the recipe; returns {checkpoint, step, skipped, metrics}."""
-    run, tok_dir = start_run(recipe), tokenizer_dir(recipe)
+def train_pretrain(recipe: PretrainRecipe, resume: bool = False, progress: Callable | None = None,
+                   settings: RunSettings | None = None) -> dict:
+    """Pre-train per the recipe; returns {checkpoint, step, skipped, metrics}. `settings`: resolved
+    by a caller that runs several stages (the quickstart), else from the recipe."""
+    run, tok_dir = start_run(recipe, settings), tokenizer_dir(recipe)
     _warn_uncaptioned(run.records, recipe.data.train)
     vocab = pretrain_vocab(recipe, [r.caption or "" for r in run.records], tok_dir)
     recipe = resolved(recipe, vocab_size=len(vocab))
     write_run_files(run, vocab)
     cache, tokenizer = mvm_sources(recipe, run.info.device, tok_dir)
-    train, val = build_datasets(recipe, run.source, run.run_dir, cache)
+    train, val = build_datasets(recipe, run.source, run.run_dir, cache, run.settings.decoder)
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     task = PretrainTask(recipe, vocab, val, tokenizer)
-    if recipe.init.checkpoint and not resume:
-        missing, unexpected = task.model.load_state_dict(ckpt.read_weights(recipe.init.checkpoint), strict=False)
-        log.info("initialised from %s (%d missing, %d unexpected keys)", recipe.init.checkpoint, len(missing),
-                 len(unexpected))
+    if recipe.init.checkpoint and not resume:  # a checkpoint or run dir, a Hub-layout dir or an hf-hub: id
+        load_init_weights(task.model, resolve_checkpoint(recipe.init.checkpoint))
     log.info("pretrain: %d clips, %.2fM trunk parameters, losses mlm=%g vtm=%g mvm=%g vtc=%g (%s targets)",
              len(train), task.model.trunk_parameters() / 1e6, recipe.loss.mlm, recipe.loss.vtm, recipe.loss.mvm,
              recipe.loss.vtc, recipe.mvm.targets)
-    return Trainer(recipe, task, train, run.info, progress).fit(resume=resume)
+    return Trainer(recipe, task, train, run.info, run.settings, progress).fit(resume=resume)

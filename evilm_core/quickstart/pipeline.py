@@ -4,7 +4,9 @@
     -> retrieve index -> evaluate -> profile
 
 Every stage after `data shards` reads the shard sets (frames decoded once), the path the
-quickstart shows users for real data (docs/data.md).
+quickstart shows users for real data (docs/data.md). The training stages run the bundled
+`recipes/synthetic/*.yaml` (quickstart/recipes.py). The run settings (device, threads, decoder)
+are resolved once, at the start, and every stage gets them.
 
 Each stage's recipe is written to DIR/recipes/ and its result to DIR/stages/<stage>.json when it
 finishes; a re-run with the same DIR skips finished stages and continues an interrupted training
@@ -14,6 +16,7 @@ pre-training stage also draws its curves, DIR/pretrain/curves.png (`evilm plot`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,12 +25,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from evilm_core.machine import apply_threads
+from evilm_core.config.loader import from_dict, read_yaml
 from evilm_core.engine.runtime import environment
 from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.fs import atomic_write_text
-from evilm_core.quickstart.recipes import SIZES, finetune_recipe, pretrain_recipe, tokenizer_recipe, write_recipe
-from evilm_core.recipes import load_recipe
+from evilm_core.quickstart.recipes import KINDS, SIZES, image_size, stage_recipe
+from evilm_core.settings import RunSettings, resolve_precision, resolve_settings
 
 log = logging.getLogger("evilm.quickstart")
 STAGES = ("data", "shards", "tokenizer", "label", "pretrain", "retrieval", "qa", "index", "evaluate", "profile")
@@ -35,14 +38,17 @@ StageProgress = Callable[[str], ContextManager[Callable]]
 
 
 class Quickstart:
-    def __init__(self, out: str | Path, size: str = "default", seed: int = 0, threads: int = 0,
+    def __init__(self, out: str | Path, size: str = "quickstart", seed: int = 0, threads: int = 0,
                  stage_progress: StageProgress | None = None):
         if size not in SIZES:
-            raise EvilmError(f"--size {size!r} is not a quickstart size; choose one of {', '.join(SIZES)}")
+            raise EvilmError(f"--size {size!r} is not a quickstart size; choose one of {', '.join(SIZES)} (the "
+                             "model registry's sizes, evilm_core/models/config.py)")
         self.out, self.size, self.seed = Path(out).absolute(), SIZES[size], seed
         self.size_name, self.threads = size, threads
+        self.image_size = image_size(size)
         self.stage_progress = stage_progress or (lambda name: nullcontext(None))
         self.results: dict[str, dict] = {}
+        self.settings: RunSettings | None = None  # resolved once, in run()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -60,8 +66,14 @@ class Quickstart:
         else:
             atomic_write_text(path, json.dumps(mine) + "\n", fsync=False)
 
-    def _recipe(self, name: str, raw: dict):
-        return write_recipe(raw, self.out / "recipes" / f"{name}.yaml")
+    def _recipe(self, name: str, **values):
+        """The bundled synthetic recipe `name` with the quickstart's paths and `values` (dotted keys)."""
+        return stage_recipe(name, self.out, self.size_name, self.seed, values)
+
+    def _written(self, name: str):
+        """A recipe as its stage wrote it into DIR/recipes/ (a resumed run reads it back)."""
+        raw = read_yaml(self.out / "recipes" / f"{name}.yaml")
+        return from_dict(KINDS[raw["kind"]], raw)
 
     def run_stage(self, stage: str, fn: Callable[[Callable | None], dict]) -> dict:
         marker = self._marker(stage)
@@ -85,18 +97,20 @@ class Quickstart:
     # ------------------------------------------------------------------ stages
 
     def data(self, update) -> dict:
-        from evilm_core.data.synth import generate
+        from evilm_core.prepare.synth import generate
 
         s = self.size
         summary = generate(self.out / "data", num_videos=s.videos, seed=self.seed, frames=s.frames,
-                           size=s.image_size, workers=os.cpu_count(), progress=update)
+                           size=self.image_size, workers=os.cpu_count(), progress=update)
         return {"splits": summary["splits"], "dir": str(self.out / "data")}
 
     def shards(self, update) -> dict:
-        from evilm_core.data.shards.build import ShardRequest, build_shards
         from evilm_core.data.shards.writer import ShardSettings
+        from evilm_core.prepare.shards import ShardRequest, build_shards
 
-        settings, counts = ShardSettings(candidates=2 * self.size.num_frames, size=self.size.image_size), {}
+        settings = ShardSettings(candidates=2 * self.size.num_frames, size=self.image_size,
+                                 decoder=self.settings.decoder)
+        counts = {}
         for i, split in enumerate(("train", "val", "test")):
             req = ShardRequest(input=str(self.out / "data" / f"{split}.jsonl"), out=str(self.out / "shards" / split),
                                settings=settings, samples_per_shard=100, workers=os.cpu_count() or 1)
@@ -108,8 +122,7 @@ class Quickstart:
     def tokenizer(self, update) -> dict:
         from evilm_core.tokenizer.train import train_tokenizer
 
-        recipe = self._recipe("tokenizer", tokenizer_recipe(self.out, self.size, self.seed))
-        result = train_tokenizer(recipe, resume=True, progress=update)
+        result = train_tokenizer(self._recipe("tokenizer"), resume=True, progress=update, settings=self.settings)
         return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / "tokenizer")}
 
     def label(self, update) -> dict:
@@ -117,24 +130,24 @@ class Quickstart:
 
         summary = run_label(manifest=self.out / "shards" / "train", tokenizer=self.out / "tokenizer",
                             out=self.out / "labels", num_candidates=2 * self.size.num_frames, batch_size=16,
-                            num_workers=0, device="auto", progress=update)
+                            num_workers=0, settings=self.settings, progress=update)
         return {"codebook_usage": summary["codebook_usage"], "labelled": summary["labelled"],
                 "skipped": summary["skipped"], "dir": summary["out"]}
 
     def pretrain(self, update) -> dict:
         from evilm_core.pretrain.train import train_pretrain
 
-        recipe = self._recipe("pretrain", pretrain_recipe(self.out, self.size, self.seed))
-        result = train_pretrain(recipe, resume=True, progress=update)
+        recipe = self._recipe("pretrain", **{"mvm.labels": str(self.out / "labels"),
+                                             "mvm.tokenizer": str(self.out / "tokenizer")})
+        result = train_pretrain(recipe, resume=True, progress=update, settings=self.settings)
         return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / "pretrain"),
                 "curves": curves(self.out / "pretrain")}
 
     def finetune(self, task: str, update) -> dict:
         from evilm_core.finetune.run import train_finetune
 
-        init = str(self.out / "pretrain" / "final")
-        recipe = self._recipe(task, finetune_recipe(self.out, self.size, self.seed, task, init))
-        result = train_finetune(recipe, resume=True, progress=update)
+        recipe = self._recipe(task, **{"init.checkpoint": str(self.out / "pretrain" / "final")})
+        result = train_finetune(recipe, resume=True, progress=update, settings=self.settings)
         return {"checkpoint": result["checkpoint"], "metrics": result["metrics"], "dir": str(self.out / task)}
 
     def index(self, update) -> dict:
@@ -143,7 +156,9 @@ class Quickstart:
         req = IndexRequest(checkpoint=str(self.out / "retrieval" / "final"), out=str(self.out / "index"),
                            manifest=str(self.out / "shards" / "test"), num_frames=self.size.num_frames,
                            batch_size=self.size.batch_size, num_workers=0)
-        summary = build_index(req, progress=update)
+        # `retrieve index`'s own default precision is auto (bf16 where native), the training stages' fp32
+        precision = resolve_precision("auto", self.settings.device)
+        summary = build_index(req, progress=update, settings=dataclasses.replace(self.settings, precision=precision))
         return {"videos": summary["total"], "skipped": summary["skipped_total"], "dir": summary["index"]}
 
     def evaluate(self, update) -> dict:
@@ -151,18 +166,19 @@ class Quickstart:
 
         metrics = {}
         for i, task in enumerate(("retrieval", "qa")):
-            recipe = load_recipe(self.out / "recipes" / f"{task}.yaml")  # as the fine-tuning stage wrote it
-            metrics[task] = evaluate_checkpoint(recipe, self.out / task / "final", "test")["metrics"]
+            recipe = self._written(task)  # as the fine-tuning stage wrote it
+            metrics[task] = evaluate_checkpoint(recipe, self.out / task / "final", "test",
+                                                settings=self.settings)["metrics"]
             if update:
                 update(i + 1, 2)
         return metrics
 
     def profile(self, update) -> dict:
-        from evilm_core.checkpoint import read_checkpoint_vocab
-        from evilm_core.models.profile import profile_recipe
+        from evilm_core.checkpoints.files import read_checkpoint_vocab
+        from evilm_core.profiling import profile_recipe
 
-        recipe = load_recipe(self.out / "recipes" / "pretrain.yaml")
-        result = profile_recipe(recipe, vocab_size=len(read_checkpoint_vocab(self.out / "pretrain" / "final")))
+        vocab = read_checkpoint_vocab(self.out / "pretrain" / "final")
+        result = profile_recipe(self._written("pretrain"), vocab_size=len(vocab), settings=self.settings)
         return {"params": result["params"], "gflops": result["gflops"]}
 
     # ------------------------------------------------------------------ all
@@ -170,8 +186,10 @@ class Quickstart:
     def run(self) -> dict:
         start = time.perf_counter()
         self._check_settings()
-        apply_threads(self.threads)  # decided once: every stage (recipes say threads 0: auto) keeps it
-        self.environment = environment()  # versions and threads the numbers depend on
+        # every stage's recipe says device auto and threads 0 (auto): decided here, once, for all of them;
+        # precision fp32 is the training recipes' and `label`'s own
+        self.settings = resolve_settings("auto", "fp32", self.threads, "auto").apply()
+        self.environment = environment(self.settings.torch_device)  # versions and threads the numbers depend on
         atomic_write_text(self.out / "environment.json", json.dumps(self.environment, indent=2) + "\n", fsync=False)
         for stage in STAGES:
             if stage in ("retrieval", "qa"):

@@ -1,22 +1,34 @@
-"""The quickstart's recipes, sized to finish on a 2-core CPU in minutes.
+"""The quickstart's recipes: the bundled `recipes/synthetic/*.yaml` (one source for each stage's
+settings, the same files the README's step-by-step pipeline runs), with the quickstart's paths,
+seed and, for a smaller size, its sizes set over them.
 
-They are written into the quickstart directory as ordinary YAML recipes (`DIR/recipes/`), so
-every stage can be re-run, changed and continued with the individual commands.
+Each is written into the quickstart directory as an ordinary YAML recipe (`DIR/recipes/`), so
+every stage can be re-run, changed and continued with the individual commands. The typed recipe
+is built here with the stage's own recipe class (the registry, evilm_core/recipes.py, sits on
+the same floor as the quickstart: docs/design.md, "Layers").
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from evilm_core.config.loader import save_yaml
+from evilm_core.bundled import bundled_path
+from evilm_core.config.loader import from_dict, read_yaml, save_yaml, set_key
+from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.models.config import MODEL_SIZES
-from evilm_core.recipes import build_recipe
+from evilm_core.pretrain.config import PretrainRecipe
+from evilm_core.tokenizer.config import TokenizerRecipe
+
+KINDS = {"tokenizer": TokenizerRecipe, "pretrain": PretrainRecipe, "finetune": FinetuneRecipe}
 
 
 @dataclass(frozen=True)
 class QuickstartSize:
-    model: str  # the E-ViLM size (evilm_core/models/config.py, MODEL_SIZES): frames, codebook, widths
+    """How much the quickstart does at one of the model registry's sizes (MODEL_SIZES)."""
+
     videos: int  # synthetic clips in all (70% train, 10% val, 20% test)
     frames: int  # frames rendered per clip
     num_frames: int  # T frames sampled per clip by every stage
@@ -27,81 +39,54 @@ class QuickstartSize:
     retrieval_epochs: int  # fine-tuning passes, text-to-video retrieval
     qa_epochs: int  # fine-tuning passes, open-ended QA
 
-    @property
-    def image_size(self) -> int:  # frame size in pixels, the model's (a multiple of 32: regions are 32 x 32)
-        return MODEL_SIZES[self.model]["image_size"]
-
-    @property
-    def codebook_size(self) -> int:  # tokenizer codes (= MVM classes), the model's
-        return MODEL_SIZES[self.model]["codebook_size"]
-
 
 SIZES = {
-    # The default: the whole run in a few minutes on this project's 2-core CPU reference machine.
-    "default": QuickstartSize(model="quickstart", videos=800, frames=8, num_frames=4, batch_size=16, tokenizer_depth=2,
-                              tokenizer_epochs=4, pretrain_epochs=8, retrieval_epochs=8, qa_epochs=5),
+    # The bundled synthetic recipes' own values: the whole run in a few minutes on this
+    # project's 2-core CPU reference machine.
+    "quickstart": QuickstartSize(videos=800, frames=8, num_frames=4, batch_size=16, tokenizer_depth=2,
+                                 tokenizer_epochs=4, pretrain_epochs=8, retrieval_epochs=8,
+                                 qa_epochs=5),
     # For tests: every stage runs, nothing is expected to learn much.
-    "tiny": QuickstartSize(model="quickstart-tiny", videos=40, frames=8, num_frames=2, batch_size=8, tokenizer_depth=1,
-                           tokenizer_epochs=1, pretrain_epochs=1, retrieval_epochs=1, qa_epochs=1),
+    "quickstart-tiny": QuickstartSize(videos=40, frames=8, num_frames=2, batch_size=8, tokenizer_depth=1,
+                                      tokenizer_epochs=1, pretrain_epochs=1, retrieval_epochs=1,
+                                      qa_epochs=1),
 }
 
 
-def write_recipe(raw: dict, path: Path):
-    """Write a recipe dict as YAML (so the individual commands can re-run it) and return it typed."""
-    save_yaml(raw, path)
-    return build_recipe(raw, path)
+def image_size(size: str) -> int:
+    """The frame size of a registry size, in pixels (a multiple of 32: regions are 32 x 32)."""
+    return MODEL_SIZES[size]["image_size"]
 
 
-def _data(out: Path, s: QuickstartSize, **extra) -> dict:
+def codebook_size(size: str) -> int:
+    """The tokenizer's codes at a registry size (= the model's MVM classes)."""
+    return MODEL_SIZES[size]["codebook_size"]
+
+
+def _sizes(size: str, s: QuickstartSize, kind: str, epochs: int | None) -> dict[str, Any]:
+    """What a size changes in a bundled synthetic recipe (nothing at the bundled size)."""
+    if size == "quickstart":
+        return {}
+    values = {"data.num_frames": s.num_frames, "data.image_size": image_size(size), "data.batch_size": s.batch_size,
+              **({"train.epochs": epochs} if epochs is not None else {})}
+    if kind == "tokenizer":
+        return {**values, "model.encoder_args.depth": s.tokenizer_depth, "model.codebook_size": codebook_size(size)}
+    values["model.size"] = size
+    return {**values, "mvm.candidates": 2 * s.num_frames} if kind == "pretrain" else values
+
+
+def stage_recipe(name: str, out: Path, size: str, seed: int, values: dict[str, Any], written: Path | None = None):
+    """The bundled `synthetic/<name>` recipe with the quickstart's paths under `out` and `values`
+    (dotted keys) set, written to `written` (default out/recipes/<name>.yaml) and returned typed."""
+    raw = copy.deepcopy(read_yaml(bundled_path(f"synthetic/{name}")))
+    kind = raw["kind"]
+    s = SIZES[size]
+    epochs = {"tokenizer": s.tokenizer_epochs, "pretrain": s.pretrain_epochs, "retrieval": s.retrieval_epochs,
+              "qa": s.qa_epochs}.get(name)
     shards = out / "shards"  # every stage reads the frames `evilm data shards` decoded once
-    return {"train": str(shards / "train"), "val": str(shards / "val"), "test": str(shards / "test"),
-            "num_frames": s.num_frames, "image_size": s.image_size, "batch_size": s.batch_size,
-            "num_workers": 0,  # decoding 96 px clips is cheap; worker start-up would cost more than it saves
-            "hflip": False, **extra}  # captions say "left"/"right"
-
-
-def _train(epochs: int) -> dict:
-    return {"epochs": epochs, "precision": "fp32", "log_every": 5, "keep_checkpoints": 1}
-
-
-def _model(s: QuickstartSize) -> dict:
-    return {"size": s.model}
-
-
-def tokenizer_recipe(out: Path, s: QuickstartSize, seed: int) -> dict:
-    return {
-        "kind": "tokenizer", "seed": seed, "data": _data(out, s),
-        "model": {"encoder": "vit_base_patch32_clip_224",
-                  "encoder_args": {"embed_dim": 192, "depth": s.tokenizer_depth, "num_heads": 3},
-                  "pretrained": False, "code_dim": 32, "codebook_size": s.codebook_size, "decoder_depth": 1,
-                  "decoder_dim": 128, "decoder_heads": 4},
-        "codebook": {"kmeans_init": True, "ema": True, "ema_decay": 0.99, "restart_unused": 10},
-        "loss": {"word_loss": "focal", "gamma_pos": 0.0, "gamma_neg": 1.0},
-        "optim": {"lr": 1.0e-3, "weight_decay": 0.01, "warmup_steps": 10, "schedule": "cosine", "grad_clip": 1.0},
-        "train": _train(s.tokenizer_epochs), "output": {"dir": str(out / "tokenizer")},
-    }
-
-
-def pretrain_recipe(out: Path, s: QuickstartSize, seed: int, loss: dict | None = None) -> dict:
-    return {
-        "kind": "pretrain", "seed": seed, "data": _data(out, s, val=None), "model": _model(s),
-        "masking": {"video_ratio": 0.4, "min_block": 2, "text_ratio": 0.15, "vtm_negatives": 0.5},
-        "loss": loss or {"mlm": 1.0, "vtm": 1.0, "mvm": 1.0, "vtc": 1.0},
-        "mvm": {"targets": "cache", "labels": str(out / "labels"), "tokenizer": str(out / "tokenizer"),
-                "candidates": 2 * s.num_frames},
-        "optim": {"lr": 5.0e-4, "weight_decay": 0.01, "warmup_steps": 20, "schedule": "cosine", "grad_clip": 1.0},
-        "train": _train(s.pretrain_epochs), "output": {"dir": str(out / "pretrain")},
-    }
-
-
-def finetune_recipe(out: Path, s: QuickstartSize, seed: int, task: str, init: str | None) -> dict:
-    epochs = s.retrieval_epochs if task == "retrieval" else s.qa_epochs
-    recipe = {
-        "kind": "finetune", "task": task, "seed": seed, "init": {"checkpoint": init},
-        "data": _data(out, s), "model": _model(s),
-        "optim": {"lr": 5.0e-4, "weight_decay": 0.01, "warmup_steps": 10, "schedule": "cosine", "grad_clip": 1.0},
-        "train": {**_train(epochs), "eval_every": 0}, "output": {"dir": str(out / task)},
-    }
-    if task == "retrieval":
-        recipe["retrieval"] = {"temperature_init": 0.07}
-    return recipe
+    paths = {f"data.{split}": str(shards / split) for split in ("train", "val", "test") if raw["data"].get(split)}
+    paths["output.dir"] = str(out / name)
+    for key, value in {"seed": seed, **paths, **_sizes(size, s, kind, epochs), **values}.items():
+        set_key(raw, key.split("."), value)
+    save_yaml(raw, written or out / "recipes" / f"{name}.yaml")
+    return from_dict(KINDS[kind], raw)

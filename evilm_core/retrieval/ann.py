@@ -40,7 +40,7 @@ import numpy as np
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_path, atomic_write_text, read_text
 
-log = logging.getLogger("evilm.retrieve")
+log = logging.getLogger("evilm.retrieval")
 KINDS = ("faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 ANN_INDEX, ANN_META = "ann.faiss", "ann.json"
 FORMAT = "evilm-ann/1"

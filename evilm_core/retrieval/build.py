@@ -12,26 +12,35 @@ from typing import Callable
 
 import torch
 
-from evilm_core.data.collect import parse_shard, shard_of
+from evilm_core.data.clips import Collection, collect, picker
 from evilm_core.data.dataset import clip_dataset, collate_clips
-from evilm_core.data.decoders import resolve_decoder
-from evilm_core.data.inputs import Collection, collect, picker
-from evilm_core.machine import apply_threads, autocast, resolve_precision
-from evilm_core.engine.runtime import choose_device, environment, eval_loader
+from evilm_core.data.work_split import WHOLE, WorkSplit
+from evilm_core.engine.runtime import environment, eval_loader
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps
-from evilm_core.retrieval.index import (ANN_META, FORMAT, META, PARTS, IndexMeta, consolidate, indexed_keys, read_meta,
-                                        record_skipped, skipped_keys, write_meta, write_part)
+from evilm_core.progress import Progress
+from evilm_core.retrieval.index import (
+    ANN_META,
+    FORMAT,
+    META,
+    PARTS,
+    IndexMeta,
+    consolidate,
+    indexed_keys,
+    read_meta,
+    record_skipped,
+    skipped_keys,
+    write_meta,
+    write_part,
+)
 from evilm_core.retrieval.sides import Tower, open_video_side
+from evilm_core.settings import RunSettings, autocast, index_plan, resolve_settings, set_torch_threads
 
-log = logging.getLogger("evilm.retrieve")
-ProgressFn = Callable[..., None]
+log = logging.getLogger("evilm.retrieval")
 # Pixels per forward pass on the CPU: the paper model embeds 16 frames of 256 px (4 clips of 4
 # frames) 1.2x faster per clip than 64 at once, whose activations spill the caches
 # (docs/performance.md, "Indexing on the CPU"); GPUs take the whole batch.
 CPU_FORWARD_PIXELS = 16 * 256 * 256
-MAX_AUTO_WORKERS = 8  # each CPU worker holds a model and a batch of frames (~0.5 GB for the paper model)
-GPU_AUTO_WORKERS = 2  # decode workers feeding a GPU
 
 
 @dataclass
@@ -43,14 +52,14 @@ class IndexRequest:
     root: str | None = None  # where a manifest's relative paths resolve (default: its directory)
     num_frames: int = 4  # frames per video, segment centres
     batch_size: int = 32  # videos per loader batch (on the CPU, forward passes of CPU_FORWARD_PIXELS)
-    num_workers: int | None = None  # loader workers (None: auto, _plan_processes; 0: all in this process)
-    shard: tuple[int, int] = (0, 1)  # (i, n): this run embeds keys i, i+n, i+2n, ...
+    num_workers: int | None = None  # loader workers (None: auto, settings.index_plan; 0: all in this process)
+    shard: WorkSplit = WHOLE  # --shard i/n: this run embeds keys i, i+n, i+2n, ...
     part_size: int = 1024  # videos per part file: at most this much work is lost to an interruption
     device: str = "auto"  # auto | cpu | cuda[:i]
     precision: str = "auto"  # auto | fp32 | bf16 (autocast of the video side; recorded, never mixed in one index)
-    threads: int = 0  # torch CPU threads (0: auto, evilm_core/machine.py)
+    threads: int = 0  # torch CPU threads (0: auto, evilm_core/settings.py)
     ann: str | None = None  # build an approximate index too: faiss-ivf | faiss-ivfpq | faiss-hnsw
-    decoder: str = "auto"  # video decoder (decoders.DECODERS)
+    decoder: str = "auto"  # video decoder (config/sections.py DECODERS)
 
 
 def collection(req: IndexRequest) -> tuple[Collection, str]:
@@ -94,24 +103,6 @@ def _check_frames(side: Tower, num_frames: int) -> None:
         raise EvilmError(f"--frames {num_frames}: the model of {side.directory} takes 1 to {side.max_frames} frames")
 
 
-def _plan_processes(req: IndexRequest, device: torch.device) -> tuple[int, int]:
-    """-> (loader workers, intra-op threads of each process that embeds). On the CPU the workers
-    decode and embed (EmbedInWorker): auto is one worker per core the thread policy gives, at
-    most MAX_AUTO_WORKERS, the cores shared out among them, and this process, which only writes
-    parts, keeps one thread: intra-op threads competing with decoders for the same cores slow
-    both (docs/performance.md, "Indexing on the CPU"). With a GPU the workers decode and this
-    process embeds."""
-    threads = apply_threads(req.threads)
-    workers = req.num_workers
-    if device.type != "cpu":
-        return (GPU_AUTO_WORKERS if workers is None else workers), threads
-    workers = min(threads, MAX_AUTO_WORKERS) if workers is None else workers
-    if workers == 0:
-        return 0, threads
-    torch.set_num_threads(1)
-    return workers, max(1, threads // workers)
-
-
 class EmbedInWorker:
     """The collate_fn of CPU indexing: in each loader worker, stack the clips and embed them with
     that worker's own copy of the video side (opened on first use, `threads` intra-op threads),
@@ -131,7 +122,7 @@ class EmbedInWorker:
             if self._side is None:
                 torch.set_num_threads(self.threads)
                 try:
-                    self._side = open_video_side(self.source).to(torch.device("cpu"))
+                    self._side = open_video_side(self.source, threads=self.threads).to(torch.device("cpu"))
                 except EvilmError as err:  # weights that do not load: the main process says so, in its words
                     return {**batch, "error": str(err)}
             with torch.no_grad(), autocast(self.precision, "cpu"):
@@ -149,66 +140,84 @@ def embed_clips(side: Tower, pixels: torch.Tensor) -> torch.Tensor:
     return torch.cat([side.embed_video(part).float() for part in pixels.split(chunk)])
 
 
-def build_index(req: IndexRequest, progress: ProgressFn | None = None) -> dict:
-    """Embed the videos of this shard that the index lacks; fold parts in once all are there
-    (and build or refresh the ANN index). Returns counts: total, embedded (this run), already
-    (present before), skipped, complete."""
-    i, n = parse_shard(req.shard)
+def build_index(req: IndexRequest, progress: Progress | None = None, settings: RunSettings | None = None) -> dict:
+    """Embed the videos of this part of the collection that the index lacks; fold parts in once all
+    are there (and build or refresh the ANN index). `settings`: resolved by a caller that runs
+    several stages (the quickstart), else here from the request. Returns counts: total, embedded
+    (this run), already (present before), skipped, complete."""
+    split = WorkSplit.parse(req.shard) or WHOLE
     if req.ann:
         from evilm_core.retrieval.ann import check_ann_kind  # faiss only where an ANN index is asked for
 
         check_ann_kind(req.ann)  # a missing faiss or a bad kind fails before hours of embedding
     coll, root = collection(req)
-    decoder = None if coll.shards else resolve_decoder(req.decoder, "--decoder")  # before any file is written
-    keys = coll.keys
-    device = choose_device(req.device)
-    workers, threads = _plan_processes(req, device)
-    in_workers = device.type == "cpu" and workers > 0
-    side, out = open_video_side(req.checkpoint, load=not in_workers), Path(req.out)  # workers load their own
+    settings = settings or resolve_settings(req.device, req.precision, req.threads,
+                                            None if coll.shards else req.decoder)  # before any file is written
+    plan = index_plan(settings, req.num_workers)
+    set_torch_threads(plan.main_threads)
+    in_workers = settings.is_cpu and plan.workers > 0
+    side = open_video_side(req.checkpoint, load=not in_workers, threads=plan.main_threads)  # workers load their own
+    out = Path(req.out)
     _check_frames(side, req.num_frames)
     for debris in (out, out / PARTS):  # what killed runs of this host left behind
         clean_stale_temps(debris)
-    precision = resolve_precision(req.precision, device) if side.kind == "torch" else "fp32"
+    precision = settings.precision if side.kind == "torch" else "fp32"  # an export computes in fp32
     fresh = not (out / META).is_file()
     meta = _open_or_create(out, side, req, root, precision)
     done = indexed_keys(out) | skipped_keys(out)
-    mine = shard_of(keys, req.shard)
+    mine = split.take(coll.keys)
     todo = [k for k in mine if k not in done]
-    log.info("index %s: %d videos, shard %d/%d owns %d, %d to embed (%s, %s)", out, len(keys), i, n, len(mine),
-             len(todo), device, precision)
-    counts = {"total": len(keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0,
-              "precision": precision, "decoder": decoder}
+    log.info("index %s: %d videos, part %s owns %d, %d to embed (%s, %s)", out, len(coll.keys), split, len(mine),
+             len(todo), settings.device, precision)
+    counts = {"total": len(coll.keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0,
+              "precision": precision, "decoder": settings.decoder}
     if todo:
-        collate = EmbedInWorker(str(side.directory), precision, threads) if in_workers else collate_clips
+        collate = EmbedInWorker(str(side.directory), precision, plan.worker_threads) if in_workers else collate_clips
+        job = EmbedJob(coll, todo, root, meta, out, split, settings, plan.workers, collate)
         try:
-            with autocast(precision, device):
-                _embed(side.to(device), coll, todo, root, req, meta, out, device, counts, progress, workers, collate)
+            with autocast(precision, settings.device):
+                _embed(side.to(settings.torch_device), req, job, counts, progress)
         except EvilmError:
             if fresh and not counts["embedded"] and not any((out / PARTS).glob("*")):
                 shutil.rmtree(out, ignore_errors=True)  # this run's, and empty: a fixed model may use the same --out
             raise
     skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
     present = indexed_keys(out) | skipped
-    counts["complete"] = all(k in present for k in keys)
+    counts["complete"] = all(k in present for k in coll.keys)
     if counts["complete"] and consolidate(out, meta) and (req.ann or (out / ANN_META).is_file()):
         from evilm_core.retrieval.ann import refresh_ann
 
         counts["ann"] = refresh_ann(out, req.ann)  # built, or rebuilt when rows were added
     counts["skipped_total"] = len(skipped)
-    counts["environment"] = env = environment(device)
+    counts["environment"] = env = environment(settings.torch_device)
     atomic_write_text(out / "environment.json", json.dumps(env, indent=2) + "\n", fsync=False)
     counts["index"] = str(out)
     return counts
 
 
+@dataclass
+class EmbedJob:
+    """What one run of `build_index` embeds, and how."""
+
+    coll: Collection  # the whole collection
+    todo: list[str]  # the keys this run embeds
+    root: str  # where the keys' videos resolve
+    meta: IndexMeta  # the index's metadata (image size)
+    out: Path  # the index directory
+    split: WorkSplit  # this run's part of the collection (names its part files)
+    settings: RunSettings  # device and decoder
+    workers: int  # loader processes
+    collate: Callable  # collate_clips, or EmbedInWorker (CPU workers embed)
+
+
 @torch.no_grad()
-def _embed(side: Tower, coll: Collection, todo: list[str], root: str, req: IndexRequest, meta: IndexMeta, out: Path,
-           device: torch.device, counts: dict, progress: ProgressFn | None, workers: int, collate: Callable) -> None:
-    frames = picker(coll.shards, str(req.manifest), req.num_frames, meta.image_size, decoder=req.decoder)
-    dataset = clip_dataset(coll.records(todo), root, req.num_frames, meta.image_size, frames=frames)
-    loader = eval_loader(dataset, req.batch_size, workers, collate_fn=collate)
-    keys, embs, seen, start = [], [], 0, time.monotonic()
-    name = f"{time.time_ns():x}-s{req.shard[0]}of{req.shard[1]}"
+def _embed(side: Tower, req: IndexRequest, job: EmbedJob, counts: dict, progress: Progress | None) -> None:
+    frames = picker(job.coll.shards, str(req.manifest), req.num_frames, job.meta.image_size,
+                    decoder=job.settings.decoder)
+    dataset = clip_dataset(job.coll.records(job.todo), job.root, req.num_frames, job.meta.image_size, frames=frames)
+    loader = eval_loader(dataset, req.batch_size, job.workers, collate_fn=job.collate)
+    keys, embs, seen, start, out, device = [], [], 0, time.monotonic(), job.out, job.settings.torch_device
+    name = f"{time.time_ns():x}-s{job.split.index}of{job.split.count}"
     for batch in loader:
         if "error" in batch:
             raise EvilmError(batch["error"])
@@ -227,7 +236,7 @@ def _embed(side: Tower, coll: Collection, todo: list[str], root: str, req: Index
             counts["embedded"] += len(keys)
             keys, embs = [], []
         if progress:
-            progress(seen, len(todo), videos_per_s=seen / max(1e-9, time.monotonic() - start))
+            progress(seen, len(job.todo), videos_per_s=seen / max(1e-9, time.monotonic() - start))
     if keys:
         write_part(out, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs))
         counts["embedded"] += len(keys)

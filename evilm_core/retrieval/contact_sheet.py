@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from evilm_core.data.manifest import resolve_video
+from evilm_core.data.records.manifest import resolve_video
 from evilm_core.data.shards.layout import ShardSet, looks_like_shards
-from evilm_core.data.video import read_frames
+from evilm_core.data.video.read import read_frames
 from evilm_core.errors import VideoDecodeError
 
-log = logging.getLogger("evilm.retrieve")
+log = logging.getLogger("evilm.retrieval")
 TILE, CAPTION_H, QUERY_H, PAD = 160, 30, 22, 6
 
 

@@ -43,11 +43,19 @@ from safetensors.numpy import load_file, save_file
 
 from evilm_core.config.loader import save_yaml
 from evilm_core.errors import EvilmError
-from evilm_core.fs import (atomic_path, atomic_write_text, disk_errors, escape_key, process_lock, read_text,
-                           readable_mode, unescape_key)
+from evilm_core.fs import (
+    atomic_path,
+    atomic_write_text,
+    disk_errors,
+    escape_key,
+    process_lock,
+    read_text,
+    readable_mode,
+    unescape_key,
+)
 from evilm_core.retrieval.keys import KeyList, Keys, read_keys, write_keys
 
-log = logging.getLogger("evilm.retrieve")
+log = logging.getLogger("evilm.retrieval")
 FORMAT = "evilm-index/1"
 META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors", "keys.txt", "parts", "skipped.tsv"
 ANN_META = "ann.json"  # present when an approximate index was built (evilm_core/retrieval/ann.py)

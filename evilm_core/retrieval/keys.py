@@ -3,8 +3,7 @@
 keys.txt holds one escaped key per line (evilm_core/fs.py `escape_key`); keys.offsets beside it
 holds N+1 little-endian int64 byte offsets, line i = bytes [off[i], off[i+1] - 1). `KeyList`
 memory-maps both, so opening a 100M-key index costs two mmaps, and a lookup decodes one line;
-the keys of a 100M index as a Python list would take GBs of RAM and minutes to read. An index
-written before keys.offsets existed gets its offsets by one chunked scan for line breaks.
+the keys of a 100M index as a Python list would take GBs of RAM and minutes to read.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_path, atomic_write_text, escape_key, read_text, unescape_key
 
 OFFSETS_SUFFIX = ".offsets"
-_SCAN_CHUNK = 64 << 20  # bytes per chunk when an old key list is scanned for line breaks
 
 
 def offsets_path(path: Path) -> Path:
@@ -64,25 +62,18 @@ class KeyList(Sequence[str]):
         self._offsets = self._open_offsets(size)
 
     def _open_offsets(self, size: int) -> np.ndarray:
-        table_path = offsets_path(self.path)
-        if table_path.is_file() and table_path.stat().st_size >= 8:
-            table = np.memmap(table_path, dtype="<i8", mode="r")
-            _random_access(getattr(table, "_mmap", None))
-            if int(table[-1]) == size:
-                return table
-            raise EvilmError(f"{table_path} does not match {self.path} ({int(table[-1])} bytes listed, {size} "
-                             "present); the index is damaged, rebuild it with `evilm retrieve index`")
-        return self._scan(size)
-
-    def _scan(self, size: int) -> np.ndarray:
-        """Offsets of an index written before keys.offsets (one pass over the bytes)."""
         if not size:
             return np.zeros(1, dtype=np.int64)
-        ends = [np.zeros(1, dtype=np.int64)]
-        for start in range(0, size, _SCAN_CHUNK):
-            chunk = np.frombuffer(self._map, dtype=np.uint8, count=min(_SCAN_CHUNK, size - start), offset=start)
-            ends.append(np.flatnonzero(chunk == 10).astype(np.int64) + start + 1)
-        return np.concatenate(ends)
+        table_path = offsets_path(self.path)
+        if not (table_path.is_file() and table_path.stat().st_size >= 8):
+            raise EvilmError(f"{table_path} is missing: the index {self.path.parent} is incomplete or damaged; "
+                             "rebuild it with `evilm retrieve index`")
+        table = np.memmap(table_path, dtype="<i8", mode="r")
+        _random_access(getattr(table, "_mmap", None))
+        if int(table[-1]) != size:
+            raise EvilmError(f"{table_path} does not match {self.path} ({int(table[-1])} bytes listed, {size} "
+                             "present); the index is damaged, rebuild it with `evilm retrieve index`")
+        return table
 
     def __len__(self) -> int:
         return len(self._offsets) - 1

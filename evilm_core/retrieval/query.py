@@ -21,13 +21,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from evilm_core.data.text import TextTokens
-from evilm_core.machine import apply_threads, autocast, choose_threads, resolve_precision
 from evilm_core.errors import EvilmError
 from evilm_core.retrieval.index import IndexView
 from evilm_core.retrieval.sides import open_ann, open_text_side
+from evilm_core.settings import RunSettings, autocast, resolve_settings
+from evilm_core.text.tokens import TextTokens
 
-log = logging.getLogger("evilm.retrieve")
+log = logging.getLogger("evilm.retrieval")
 
 
 @dataclass
@@ -44,16 +44,14 @@ class Searcher:
     one was built (`--ann`) unless `exact`."""
 
     def __init__(self, index: str | Path, checkpoint: str | Path | None = None, precision: str = "fp32",
-                 exact: bool = False, threads: int = 0):
+                 exact: bool = False, threads: int = 0, settings: RunSettings | None = None):
+        settings = settings or resolve_settings("cpu", precision, threads, decoder=None)
         self.index = IndexView(index)
         meta = self.index.meta
         self.text = open_text_side(checkpoint if checkpoint is not None else meta.checkpoint,
-                                   given=checkpoint is not None)
+                                   given=checkpoint is not None, threads=settings.threads)
         if self.text.kind == "torch":
-            n = apply_threads(threads)
-        else:
-            n, why = choose_threads(threads)
-            log.info("onnxruntime threads: %d (%s)", n, why)
+            settings.apply()  # an export's query process never imports torch
         if self.text.model_hash != meta.model_hash:
             raise EvilmError(f"index {self.index.directory} was built by another model: its embeddings come from "
                              f"weights with sha256 {meta.model_hash[:12]} ({meta.checkpoint}), but {self.text.directory} "
@@ -62,9 +60,9 @@ class Searcher:
         if self.text.embed_dim != meta.embed_dim:
             raise EvilmError(f"index {self.index.directory} has {meta.embed_dim}-d embeddings but the model gives "
                              f"{self.text.embed_dim}-d")
-        self.precision = resolve_precision(precision, "cpu") if self.text.kind == "torch" else "fp32"
+        self.precision = settings.precision if self.text.kind == "torch" else "fp32"  # an export computes in fp32
         self.tokens = TextTokens(self.text.directory, self.text.max_text_len)
-        self.ann = None if exact else open_ann(self.index, threads=n)
+        self.ann = None if exact else open_ann(self.index, threads=settings.threads)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Queries -> l2-normalised embeddings [Q, E] float32."""

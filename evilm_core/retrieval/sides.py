@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from evilm_core.checkpoints.resolve import EXPORT_META, resolve_checkpoint
 from evilm_core.errors import EvilmError
 
 if TYPE_CHECKING:  # torch is imported by the checkpoint side only: a query over an ONNX export never loads it
     import torch
 
-log = logging.getLogger("evilm.retrieve")
-EXPORT_META = "export.json"  # what marks an `evilm export` directory (evilm_core/export/towers.py)
+log = logging.getLogger("evilm.retrieval")
 
 
 @dataclass
@@ -47,29 +47,35 @@ class Tower:
         return self
 
 
-def _export(source: str | Path, side: str) -> Tower | None:
-    if not (Path(source) / EXPORT_META).is_file():
-        return None
-    from evilm_core.export.runtime import ExportedTowers
-
-    towers = ExportedTowers.open(source)
-    embed = towers.embed_video if side == "video" else towers.embed_text
-    return Tower("export", Path(source), towers.model_hash, towers.embed_dim, towers.image_size, towers.max_text_len,
-                 towers.num_frames, embed, fixed_frames=towers.num_frames)
-
-
-def open_text_side(source: str | Path, given: bool = True) -> Tower:
-    """The text tower of a checkpoint (its text side only) or of an export directory."""
-    exported = _export(source, "text")
-    if exported is not None:
-        return exported
-    from evilm_core.models.loading import load_text_side, resolve_checkpoint
+def _towers(source: str | Path, given: bool = True) -> Path:
+    """The checkpoint or export directory `source` names (checkpoints/resolve.py)."""
     try:
-        directory = resolve_checkpoint(source)
+        return resolve_checkpoint(source, "towers")
     except EvilmError as err:
         hint = "" if given else " (the checkpoint the index records; pass --checkpoint if it moved)"
         raise EvilmError(f"{err}{hint}") from None
-    from evilm_core import checkpoint as ckpt
+
+
+def _export(directory: Path, side: str, threads: int) -> Tower | None:
+    if not (directory / EXPORT_META).is_file():
+        return None
+    from evilm_core.export.runtime import ExportedTowers
+
+    towers = ExportedTowers.open(directory, threads)
+    embed = towers.embed_video if side == "video" else towers.embed_text
+    return Tower("export", directory, towers.model_hash, towers.embed_dim, towers.image_size, towers.max_text_len,
+                 towers.num_frames, embed, fixed_frames=towers.num_frames)
+
+
+def open_text_side(source: str | Path, given: bool = True, threads: int = 1) -> Tower:
+    """The text tower of a checkpoint (its text side only) or of an export directory (run by
+    onnxruntime on `threads` threads). `given`: the user named it (else the index did)."""
+    directory = _towers(source, given)
+    exported = _export(directory, "text", threads)
+    if exported is not None:
+        return exported
+    from evilm_core.checkpoints import files as ckpt
+    from evilm_core.models.loading import load_text_side
 
     model, directory = load_text_side(directory)
     cfg = model.cfg
@@ -77,17 +83,17 @@ def open_text_side(source: str | Path, given: bool = True) -> Tower:
                  cfg.max_text_len, cfg.max_frames, model.embed_text, model=model)
 
 
-def open_video_side(source: str | Path, load: bool = True) -> Tower:
+def open_video_side(source: str | Path, load: bool = True, threads: int = 1) -> Tower:
     """The video tower of a checkpoint (the whole model is loaded) or of an export directory.
     load=False gives a checkpoint's description only (hash and sizes, no model; `embed` raises):
     what a process needs whose loader workers embed (retrieval/build.py, EmbedInWorker)."""
-    exported = _export(source, "video")
+    directory = _towers(source)
+    exported = _export(directory, "video", threads)
     if exported is not None:
         return exported
-    from evilm_core.models.pretrained import checkpoint_model_config, resolve_checkpoint
-    from evilm_core import checkpoint as ckpt
+    from evilm_core.checkpoints import files as ckpt
+    from evilm_core.models.pretrained import checkpoint_model_config
 
-    directory = resolve_checkpoint(source)
     model, embed = None, _not_loaded
     if load:
         from evilm_core.models.loading import load_checkpoint

@@ -10,6 +10,7 @@ from evilm_core.config.loader import path_field
 from evilm_core.config.sections import RunSections, check_model_fits_data
 from evilm_core.models.config import CodebookConfig, TokenizerModelConfig
 
+
 @dataclass
 class TokenizerLossConfig:
     word_loss: Literal["focal", "bce"] = "focal"  # eq. 6, or plain BCE (Table 6 comparison)

@@ -10,16 +10,17 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from evilm_core.data.clips import ClipSource, open_clips
 from evilm_core.data.dataset import ClipDataset, Sample, clip_dataset
-from evilm_core.data.inputs import ClipSource, open_clips
-from evilm_core.data.record import ClipRecord
-from evilm_core.data.vocab import SPECIAL_TOKENS, WordTargets, build_vocab, read_vocab
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.engine.runtime import eval_loader, unwrap
 from evilm_core.engine.startup import resolved, start_run
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
 from evilm_core.models.quantizer import code_usage
 from evilm_core.models.tokenizer import SemanticTokenizer, export_tokenizer
+from evilm_core.settings import RunSettings
+from evilm_core.text.vocab import SPECIAL_TOKENS, WordTargets, build_vocab, read_vocab
 from evilm_core.tokenizer.config import TokenizerRecipe
 from evilm_core.tokenizer.losses import bce_word_loss, focal_word_loss, word_metrics
 
@@ -106,31 +107,33 @@ class WordExtras:
         return {"word_targets": self.targets(record.caption or "")}
 
 
-def build_datasets(recipe: TokenizerRecipe, source: ClipSource, targets: WordTargets):
+def build_datasets(recipe: TokenizerRecipe, source: ClipSource, targets: WordTargets, decoder: str | None):
     """From a shard set the frames are its stored candidates (T of F, as pre-training picks them);
-    from a manifest, segment samples of the decoded video."""
+    from a manifest, segment samples of the video, decoded by the resolved backend `decoder`."""
     d, extras = recipe.data, WordExtras(targets)
     train = clip_dataset(source.records, source.root, d.num_frames, d.image_size, train=True, hflip=d.hflip,
                          color_jitter=d.color_jitter, seed=recipe.seed, extras=extras,
-                         frames=source.frames(d.num_frames, d.image_size, decoder=d.decoder))
+                         frames=source.frames(d.num_frames, d.image_size, decoder=decoder))
     val = None
     if d.val:
         val_source = open_clips(d.val, d.format, d.root, "data.val")
         val = clip_dataset(val_source.records, val_source.root, d.num_frames, d.image_size, seed=recipe.seed,
-                           extras=extras, frames=val_source.frames(d.num_frames, d.image_size, decoder=d.decoder))
+                           extras=extras, frames=val_source.frames(d.num_frames, d.image_size, decoder=decoder))
     return train, val
 
 
-def train_tokenizer(recipe: TokenizerRecipe, resume: bool = False, progress: Callable | None = None) -> dict:
-    """Train stage 1 per the recipe; returns {checkpoint, step, skipped, metrics}."""
-    run = start_run(recipe)
+def train_tokenizer(recipe: TokenizerRecipe, resume: bool = False, progress: Callable | None = None,
+                    settings: RunSettings | None = None) -> dict:
+    """Train stage 1 per the recipe; returns {checkpoint, step, skipped, metrics}. `settings`:
+    resolved by a caller that runs several stages (the quickstart), else from the recipe."""
+    run = start_run(recipe, settings)
     captions = [r.caption or "" for r in run.records]
     vocab = tokenizer_vocab(recipe, captions)
     recipe = resolved(recipe, num_words=len(vocab) - len(SPECIAL_TOKENS))
     targets = WordTargets(vocab)
-    train, val = build_datasets(recipe, run.source, targets)
+    train, val = build_datasets(recipe, run.source, targets, run.settings.decoder)
     log.info("tokenizer: %d training clips, %d val clips, %d caption words, %d codes", len(train),
              len(val) if val else 0, recipe.model.num_words, recipe.model.codebook_size)
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     task = TokenizerTask(recipe, vocab, val, word_frequencies(captions, targets))
-    return Trainer(recipe, task, train, run.info, progress).fit(resume=resume)
+    return Trainer(recipe, task, train, run.info, run.settings, progress).fit(resume=resume)

@@ -18,7 +18,7 @@ def test_help_has_classic_types_and_no_braces():
     assert "Usage: evilm pretrain [OPTIONS] RECIPE" in text
     assert "<bool>" not in text and "{recipe}" not in text and "<list[str]>" not in text
     assert "--set TEXT" in text and "--threads INTEGER" in text
-    assert "[default: the recipe's train.threads;" in text  # brackets print as written (no rich markup)
+    assert "[default: the recipe's train.threads]" in " ".join(text.split())  # brackets print as written (no rich markup)
 
 
 @pytest.mark.parametrize("label, classic", [("<bool>", None), ("<int range>", "INTEGER"), ("<list[str]>", "TEXT"),

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from evilm_core.data.video_io import write_mp4
+from evilm_core.data.video.write import write_mp4
 from tests.helpers.cli import REPO, last_json, run_evilm
 
 

@@ -32,7 +32,8 @@ def sources(synth_dir, tmp_path_factory):
 def tiny_pretrain(synth_dir, sources, out, **extra) -> list[str]:
     tok, labels = sources
     sets = {
-        "data.train": synth_dir / "train.jsonl", "data.val": synth_dir / "val.jsonl", "data.image_size": 64,
+        "data.train": synth_dir / "train.jsonl", "data.val": synth_dir / "val.jsonl",
+        "data.test": "null", "data.image_size": 64,
         "data.batch_size": 4, "data.num_workers": 0, "model.video_encoder": "edgenext_xx_small",
         "model.image_size": 64, "model.text_layers": 1, "model.fusion_layers": 1, "model.fusion_dim": 96,
         "model.fusion_heads": 2, "model.codebook_size": 16, "masking.min_block": 1, "mvm.tokenizer": tok,

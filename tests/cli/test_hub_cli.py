@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.checkpoints.test_hub import _fake_cache
 from tests.helpers.cli import last_json, run_evilm
 from tests.helpers.models import VOCAB, tiny_model
-from tests.models.test_pretrained import _fake_cache
 
 
 def _offline(home: Path) -> dict:
@@ -53,7 +53,7 @@ def test_uncached_hub_id_offline_is_a_clear_error(tmp_path):
 
 def test_cached_hub_id_works_offline(tmp_path):
     """`export hf-hub:...` loads the snapshot from the offline cache: the export is of its weights."""
-    from evilm_core import checkpoint as ckpt
+    from evilm_core.checkpoints import files as ckpt
 
     home = tmp_path / "hf"
     snap = _fake_cache(home, "me/tiny", tiny_model(seed=4))

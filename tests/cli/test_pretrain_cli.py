@@ -79,14 +79,14 @@ def test_pretrain_reports_all_three_tasks(run):
 
 
 def test_final_checkpoint_rebuilds_and_embeds(run, synth_dir):
+    from evilm_core.checkpoints import files as ckpt
     from evilm_core.config.loader import from_dict
     from evilm_core.data.dataset import clip_dataset, collate_clips
-    from evilm_core.data.manifest import read_manifest
-    from evilm_core.data.text import TextTokens
-    from evilm_core import checkpoint as ckpt
+    from evilm_core.data.records.manifest import read_manifest
     from evilm_core.models.config import EViLMConfig
     from evilm_core.models.evilm import EViLM
     from evilm_core.pretrain.data import PretrainExtras
+    from evilm_core.text.tokens import TextTokens
 
     out, result = run
     final = Path(result["checkpoint"])
@@ -130,3 +130,23 @@ def test_online_targets(synth_dir, sources):
     assert result["step"] == 4 and "val_mvm_acc" in result["metrics"]
     train, _ = rows(out)
     assert train and all("mvm_loss" in r for r in train)
+
+
+@pytest.mark.parametrize("layout", ["run dir", "hub dir"])
+def test_init_checkpoint_takes_a_run_dir_and_a_hub_layout_dir(run, synth_dir, sources, tmp_path, layout):
+    """init.checkpoint goes through the one checkpoint resolver (checkpoints/resolve.py): a run
+    directory (its final/) and a plain Hub-layout directory (save_pretrained's) both start the
+    model from the trained weights, whose first-step losses beat a model from scratch."""
+    from evilm_core.models.evilm import EViLM
+
+    trained, _ = run
+    init = trained if layout == "run dir" else EViLM.from_pretrained(trained / "final").save_pretrained(tmp_path / "m")
+    first = {}
+    for name, value in (("init", init), ("scratch", "null")):
+        out = tmp_path / name
+        proc = run_evilm(*pretrain_args(synth_dir, sources, out, **{"init.checkpoint": value, "train.max_steps": 1,
+                                                                     "data.val": "null", "train.epochs": 1}))
+        assert (f"initialised from {trained / 'final' if layout == 'run dir' else init}" in proc.stderr) == (name == "init")
+        first[name] = rows(out)[0][0]
+    assert first["init"]["mlm_loss"] < first["scratch"]["mlm_loss"]
+    assert first["init"]["mvm_loss"] < first["scratch"]["mvm_loss"]

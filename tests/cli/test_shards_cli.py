@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from evilm_core.data.manifest import read_manifest
-from evilm_core.data.shards.build import ShardRequest, build_shards
+from evilm_core.data.records.manifest import read_manifest
 from evilm_core.data.shards.writer import ShardSettings
+from evilm_core.prepare.shards import ShardRequest, build_shards
 from tests.cli.test_distributed_resume import tiny_pretrain
 from tests.cli.test_tokenize_cli import tiny
 from tests.helpers.cli import REPO, last_json, run_evilm

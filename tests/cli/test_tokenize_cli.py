@@ -14,7 +14,8 @@ RECIPE = str(REPO / "recipes/synthetic/tokenizer.yaml")
 
 def tiny(synth_dir, out, epochs=4) -> list[str]:
     sets = {
-        "data.train": synth_dir / "train.jsonl", "data.val": synth_dir / "val.jsonl", "data.image_size": 64,
+        "data.train": synth_dir / "train.jsonl", "data.val": synth_dir / "val.jsonl",
+        "data.test": "null", "data.image_size": 64,
         "data.batch_size": 7, "data.num_workers": 0, "model.encoder_args": "{embed_dim: 32, depth: 1, num_heads: 2}",
         "model.codebook_size": 16, "model.decoder_depth": 1, "model.decoder_dim": 32, "model.decoder_heads": 2,
         "train.epochs": epochs, "train.log_every": 1, "optim.lr": "3e-3", "optim.warmup_steps": 2,

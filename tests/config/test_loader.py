@@ -8,8 +8,7 @@ from typing import Literal
 
 import pytest
 
-from evilm_core.config.loader import (apply_overrides, dump_yaml, from_dict, parse_override, path_field,
-                                      read_yaml)
+from evilm_core.config.loader import apply_overrides, dump_yaml, from_dict, parse_override, path_field, read_yaml
 from evilm_core.errors import RecipeError
 
 

@@ -7,10 +7,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from evilm_core.data.dataset import ClipDataset, SegmentFrames, clip_dataset, collate_clips
-from evilm_core.data.manifest import video_root
-from evilm_core.data.record import ClipRecord
+from evilm_core.data.records.manifest import video_root
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.data.transforms import ClipTransform
-from evilm_core.data.video_io import write_mp4
+from evilm_core.data.video.write import write_mp4
 
 
 def _records(tmp_path):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from evilm_core.data.manifest import read_manifest
-from evilm_core.data.shards.build import ShardRequest, build_shards
+from evilm_core.data.records.manifest import read_manifest
 from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.shards.writer import ShardSettings
-from evilm_core.data.video import read_frames, segment_indices
+from evilm_core.data.video.read import read_frames, segment_indices
 from evilm_core.errors import EvilmError, VideoDecodeError
+from evilm_core.prepare.shards import ShardRequest, build_shards
 from tests.helpers.webdataset import write_video2dataset_tar
 
 SETTINGS = ShardSettings(candidates=4, size=64)
@@ -116,14 +116,14 @@ def test_damaged_and_unfinished_sets_say_what_to_do(reference, synth_dir, tmp_pa
     shards = ShardSet.open(truncated)
     with pytest.raises(VideoDecodeError, match="truncated"):
         shards.read(len(shards) - 1)
-    from evilm_core.data.inputs import open_clips
+    from evilm_core.data.clips import open_clips
 
     with pytest.raises(EvilmError, match="stores 64 px frames but data.image_size is 96"):
         open_clips(reference).frames(2, 96)
 
 
 def test_video2dataset_tars_with_a_corrupt_clip_and_a_truncated_tar(synth_dir, tmp_path):
-    from evilm_core.data.check import check_manifest
+    from evilm_core.prepare.check import check_manifest
 
     records = read_manifest(synth_dir / "test.jsonl")
     clips = [(synth_dir / r.video, r.caption) for r in records]
@@ -144,7 +144,7 @@ def test_video2dataset_tars_with_a_corrupt_clip_and_a_truncated_tar(synth_dir, t
 
 
 def test_record_tables_pickle_small_and_refuse_truncation(reference, tmp_path):
-    from evilm_core.data.records import RecordTable
+    from evilm_core.data.records.table import RecordTable
 
     table = ShardSet.open(reference).records
     blob = pickle.dumps(table)
@@ -180,8 +180,8 @@ def test_label_codes_over_shards_equal_the_online_codes(reference, tmp_path):
 
 
 def test_missing_inputs_name_the_key_and_what_makes_them(tmp_path):
-    from evilm_core.data.inputs import open_clips
-    from evilm_core.models.loading import resolve_checkpoint
+    from evilm_core.checkpoints.resolve import resolve_checkpoint
+    from evilm_core.data.clips import open_clips
 
     with pytest.raises(EvilmError, match=r"data.val: .*nope.jsonl does not exist.*docs/data.md.*evilm data shards"):
         open_clips(tmp_path / "nope.jsonl", key="data.val")

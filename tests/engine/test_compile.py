@@ -68,5 +68,5 @@ def test_compiled_pretraining_matches_eager(synth_dir, tmp_path, monkeypatch):
     assert len(a) == len(b) == 3 and all(math.isfinite(x) for x in b)
     assert b == pytest.approx(a, rel=1e-3)
     # the checkpoint holds the plain model's keys (no `_orig_mod.` prefix): it loads anywhere
-    from evilm_core import checkpoint as ckpt
+    from evilm_core.checkpoints import files as ckpt
     assert not any(k.startswith("_orig_mod") for k in ckpt.read_weights(tmp_path / "compiled" / "final"))

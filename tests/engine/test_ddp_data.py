@@ -16,9 +16,10 @@ import json, sys
 import torch.distributed as dist
 from evilm_core.config.sections import DataConfig, OptimConfig, OutputConfig, RunSections, TrainConfig
 from evilm_core.data.dataset import clip_dataset
-from evilm_core.data.inputs import open_clips
+from evilm_core.data.clips import open_clips
 from evilm_core.engine.distributed import init_distributed
 from evilm_core.engine.trainer import Trainer
+from evilm_core.settings import RunSettings
 from tests.engine.test_trainer import ToyTask
 
 def main():
@@ -29,7 +30,7 @@ def main():
     recipe = RunSections(kind="toy", seed=5, data=DataConfig(batch_size=3, num_workers=2, image_size=64),
                          optim=OptimConfig(lr=0.1), train=TrainConfig(epochs=2, device="cpu"),
                          output=OutputConfig(dir=out))
-    trainer = Trainer(recipe, ToyTask(), dataset, info)
+    trainer = Trainer(recipe, ToyTask(), dataset, info, RunSettings())
     seen = {}
     for epoch in range(2):
         trainer.pos.epoch, trainer.pos.batch = epoch, 0
@@ -47,8 +48,8 @@ if __name__ == "__main__":  # spawned loader workers import this file again
 
 
 def test_two_ranks_read_disjoint_samples_once_per_epoch(synth_dir, tmp_path):
-    from evilm_core.data.shards.build import ShardRequest, build_shards
     from evilm_core.data.shards.writer import ShardSettings
+    from evilm_core.prepare.shards import ShardRequest, build_shards
 
     shards = tmp_path / "shards"
     build_shards(ShardRequest(input=str(synth_dir / "train.jsonl"), out=str(shards),

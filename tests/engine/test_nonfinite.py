@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
 from evilm_core.config.sections import DataConfig, OptimConfig, TrainConfig
 from evilm_core.engine.runtime import MetricsLog
 from evilm_core.errors import EvilmError
-from evilm_core.fs import temp_sibling
 from evilm_core.evaluation.metrics import require_finite_metrics, retrieval_metrics
+from evilm_core.fs import temp_sibling
 from tests.engine.test_trainer import ToyTask, fit, rows
 
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
 from evilm_core.engine.resume import recipe_hash, replanned_batch
 from evilm_core.errors import EvilmError
 from evilm_core.fs import clean_stale_temps, temp_sibling

@@ -1,53 +1,16 @@
-"""What every run needs from the machine (engine/runtime.py): the device, autocast, unwrapping
-DDP, in-order evaluation batches that count skips, and metrics.jsonl."""
+"""What every run needs besides its settings (engine/runtime.py): unwrapping DDP, in-order
+evaluation batches that count skips, and metrics.jsonl."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 import torch.nn as nn
 
 from evilm_core.engine import runtime
-from evilm_core.machine import autocast
-from evilm_core.engine.runtime import MetricsLog, choose_device, eval_batches, to_device, unwrap
-from evilm_core.errors import EvilmError
+from evilm_core.engine.runtime import MetricsLog, eval_batches, to_device, unwrap
 from tests.helpers.finetune import ListDataset
-
-
-def test_choose_device_cpu_and_auto_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert choose_device("cpu") == torch.device("cpu")
-    assert choose_device("auto", local_rank=3) == torch.device("cpu")
-
-
-@pytest.mark.parametrize("name", ["foo", "gpu", "cuda:x", ""])
-def test_choose_device_rejects_unknown_names(name):
-    with pytest.raises(EvilmError, match=f"device must be auto, cpu, cuda or cuda:N, got {name!r}"):
-        choose_device(name)
-
-
-@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:1"])
-def test_choose_device_cuda_without_a_gpu_is_a_user_error(monkeypatch, name):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(EvilmError, match=f"device {name!r}: CUDA is not available on this machine; use cpu"):
-        choose_device(name)
-
-
-def test_choose_device_gives_each_rank_its_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only names are built, nothing runs on it
-    assert choose_device("auto", local_rank=2) == torch.device("cuda:2")
-    assert choose_device("cuda", local_rank=1) == torch.device("cuda:1")
-    assert choose_device("cuda:3", local_rank=1) == torch.device("cuda:3")  # an explicit index is kept
-
-
-def test_autocast_is_bf16_only_when_asked():
-    cpu = torch.device("cpu")
-    with autocast("bf16", cpu):
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    with autocast("fp32", cpu):
-        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_unwrap_and_to_device():

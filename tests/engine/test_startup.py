@@ -9,12 +9,12 @@ import json
 import pytest
 
 from evilm_core.config.sections import DataConfig, OutputConfig, TrainConfig
-from evilm_core.data.vocab import read_vocab
-from evilm_core.data.records import RecordTable
+from evilm_core.data.records.table import RecordTable
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.pretrain.config import PretrainRecipe
+from evilm_core.text.vocab import read_vocab
 from tests.helpers.models import VOCAB, tiny_config
 
 

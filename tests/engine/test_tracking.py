@@ -18,6 +18,7 @@ from evilm_core.engine import tracking
 from evilm_core.engine.distributed import DistInfo
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError, RecipeError
+from evilm_core.settings import RunSettings
 from tests.engine.test_trainer import ToyData, ToyTask, recipe, rows
 
 
@@ -36,7 +37,7 @@ class CrashingTask(ToyTask):
 
 def fit(run_dir: Path, logging: LoggingConfig, task=None, resume: bool = False, **train) -> dict:
     r = dataclasses.replace(recipe(run_dir, **train), logging=logging)
-    return Trainer(r, task or ToyTask(), ToyData(), DistInfo()).fit(resume=resume)
+    return Trainer(r, task or ToyTask(), ToyData(), DistInfo(), RunSettings()).fit(resume=resume)
 
 
 def crash_then_resume(run_dir: Path, logging: LoggingConfig) -> None:

@@ -14,11 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
 from evilm_core.config.sections import DataConfig, OptimConfig, OutputConfig, RunSections, TrainConfig
 from evilm_core.engine.distributed import DistInfo
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError, TrainingInterrupted
+from evilm_core.settings import RunSettings
 
 
 class ToyData(torch.utils.data.Dataset):
@@ -90,7 +91,7 @@ def rows(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def fit(run_dir: Path, task: ToyTask | None = None, data: ToyData | None = None, resume: bool = False,
         batch_size: int = 4, **train):
     task = task or ToyTask()
-    trainer = Trainer(recipe(run_dir, batch_size, **train), task, data or ToyData(), DistInfo())
+    trainer = Trainer(recipe(run_dir, batch_size, **train), task, data or ToyData(), DistInfo(), RunSettings())
     return trainer, task, trainer.fit(resume=resume)
 
 

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
 from evilm_core.errors import EvilmError
 from evilm_core.export import towers as towers_mod
 from evilm_core.export.runtime import ExportedTowers, is_export_dir
 from evilm_core.export.towers import example_inputs, export_towers
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
-from evilm_core.models.loading import export_model, load_checkpoint
+from evilm_core.models.loading import load_checkpoint
+from evilm_core.models.pretrained import export_model
 from evilm_core.models.tokenizer import EXPORT_FORMAT as TOKENIZER_FORMAT
 from tests.helpers.cli import last_json
 from tests.helpers.models import VOCAB

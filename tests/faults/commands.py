@@ -86,7 +86,7 @@ def build(synth: Path, tok: Path, labels: Path, model: Path) -> dict[str, Comman
         Command("pretrain shards", pretrain_shards, _first_checkpoint, True, 18),
         Command("retrieve index", lambda out: [*index, "--out", out], lambda out: (out / "index.yaml").is_file(),
                 False, 15),
-        Command("quickstart", lambda out: ["quickstart", "--out", out, "--size", "tiny", "--json"],
+        Command("quickstart", lambda out: ["quickstart", "--out", out, "--size", "quickstart-tiny", "--json"],
                 lambda out: (out / "stages" / "data.json").is_file(), False, 16),
     ]
     return {c.name: c for c in commands}

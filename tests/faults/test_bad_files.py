@@ -9,7 +9,7 @@
   `config.yaml`) of a checkpoint, a truncated or
   garbage `embeddings.safetensors` of an index for `retrieve query`;
 - a recipe with a `!!python/object/apply:os.system` tag for `validate` and `pretrain`;
-- a malformed manifest in every format the readers know (evilm_core/data/formats.py), a file
+- a malformed manifest in every format the readers know (evilm_core/data/records/formats.py), a file
   that is not UTF-8 and a binary file, through `data check`, and a malformed JSONL through
   `label` and `pretrain`: the file named, with the line where the format has lines (JSON
   documents: the line of a syntax error, else the item).

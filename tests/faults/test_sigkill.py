@@ -1,6 +1,6 @@
 """SIGKILL at a random point, then the same command again, ends where an uninterrupted run ends
 (docs/reliability.md): for `tokenize-train`, `label`, `pretrain` (from videos and from shards),
-`finetune` (retrieval), `data shards`, `retrieve index` and `quickstart --size tiny`.
+`finetune` (retrieval), `data shards`, `retrieve index` and `quickstart --size quickstart-tiny`.
 
 Each command runs once uninterrupted (the baseline, shared with test_bad_files.py), then again in
 a fresh directory, killed with SIGKILL (no handler runs: what a lost node or the OOM killer
@@ -25,8 +25,7 @@ import re
 
 import pytest
 
-from tests.faults.commands import (INDEX_FILES, LABEL_FILES, SHARD_FILES, file_bytes, run, run_killed,
-                                   train_losses)
+from tests.faults.commands import INDEX_FILES, LABEL_FILES, SHARD_FILES, file_bytes, run, run_killed, train_losses
 from tests.helpers.cli import last_json
 
 LONG = pytest.mark.skipif(not os.environ.get("EVILM_LONG_FAULTS"), reason="more kill points: EVILM_LONG_FAULTS=1")

@@ -8,8 +8,8 @@ import torch
 
 from evilm_core.config.sections import DataConfig
 from evilm_core.finetune.config import ProbeConfig
-from evilm_core.models.heads import attach_head
 from evilm_core.finetune.probe import cached_features, evaluate_probe, extract_features, feature_dim, fit_linear
+from evilm_core.models.heads import attach_head
 from tests.helpers.finetune import ListDataset, clips, tiny_model
 
 DATA = DataConfig(image_size=64, batch_size=3, num_workers=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evilm_core.config.sections import DataConfig
-from evilm_core.data.record import ClipRecord
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.data import answer_vocab, caption_options, check_mc_records, normalize_answer
 from evilm_core.finetune.tasks import evaluate_qa, qa_metrics

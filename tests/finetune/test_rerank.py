@@ -12,14 +12,14 @@ import torch
 import torch.nn as nn
 import yaml
 
-from evilm_core import checkpoint as ckpt
-from evilm_core.data.manifest import read_manifest
-from evilm_core.data.vocab import build_vocab
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.data.records.manifest import read_manifest
 from evilm_core.errors import EvilmError
-from evilm_core.evaluation.rerank import require_matching_head, rerank_metrics, rerank_scores
+from evilm_core.finetune.rerank import require_matching_head, rerank_metrics, rerank_scores
 from evilm_core.finetune.run import evaluate_checkpoint
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
+from evilm_core.text.vocab import build_vocab
 from tests.helpers.cli import REPO, last_json, run_evilm
 from tests.helpers.finetune import tiny_recipe
 

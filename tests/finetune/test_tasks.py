@@ -11,6 +11,7 @@ import torch
 from evilm_core.config.sections import DataConfig
 from evilm_core.finetune.tasks import MCTask, QATask, RetrievalTask, evaluate_mc, option_scores
 from evilm_core.models.heads import attach_head
+from evilm_core.settings import RunSettings
 from tests.helpers.finetune import ListDataset, clips, texts, tiny_model, tiny_recipe
 
 GEN = torch.Generator().manual_seed(0)
@@ -39,7 +40,7 @@ def assert_trainable_all_have_grads(net) -> None:
 def test_qa_loss_trains_trunk_and_qa_head_only():
     net = tiny_model()
     attach_head(net, "qa", 7)
-    task = QATask(tiny_recipe("qa"), net, vocab=[], classes=[f"a{i}" for i in range(7)])
+    task = QATask(tiny_recipe("qa"), net, vocab=[], settings=RunSettings(), classes=[f"a{i}" for i in range(7)])
     ids, mask = texts(3)
     batch = {"pixels": clips(3), "input_ids": ids, "attention_mask": mask, "answer": torch.tensor([0, 6, 3])}
     loss, parts = task.loss(net, batch, GEN)
@@ -53,7 +54,7 @@ def test_qa_loss_trains_trunk_and_qa_head_only():
 
 def test_mc_loss_trains_trunk_and_vtm_head_only():
     net = tiny_model()
-    task = MCTask(tiny_recipe("mc"), net, vocab=[])
+    task = MCTask(tiny_recipe("mc"), net, vocab=[], settings=RunSettings())
     ids, mask = texts(2, 5)
     batch = {"pixels": clips(2), "option_ids": ids, "option_mask": mask, "answer": torch.tensor([4, 1])}
     loss, _ = task.loss(net, batch, GEN)
@@ -66,7 +67,7 @@ def test_mc_loss_trains_trunk_and_vtm_head_only():
 
 def test_retrieval_loss_trains_projections_and_temperature_not_heads():
     net = tiny_model()
-    task = RetrievalTask(tiny_recipe("retrieval"), net, vocab=[])
+    task = RetrievalTask(tiny_recipe("retrieval"), net, vocab=[], settings=RunSettings())
     assert net.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     ids, mask = texts(4)
     batch = {"pixels": clips(4), "input_ids": ids, "attention_mask": mask, "video": ["a", "b", "c", "d"]}

@@ -30,7 +30,7 @@ def make_tokenizer(directory: Path, seed: int = 0, image_size: int = 64, codeboo
 def write_broken(root: Path) -> list[str]:
     """A 0-byte file, a non-video file and a 3-frame clip (fewer frames than candidates);
     returns their manifest paths plus one that does not exist."""
-    from evilm_core.data.video_io import write_mp4
+    from evilm_core.data.video.write import write_mp4
 
     (root / "videos" / "empty.mp4").write_bytes(b"")
     (root / "videos" / "garbage.mp4").write_bytes(b"this is not a video" * 64)
@@ -50,7 +50,7 @@ def assets(tmp_path_factory) -> dict:
     manifests `clean.jsonl` (the 12) and `mixed.jsonl` (12 + broken, one duplicate line)."""
     if _ASSETS:
         return _ASSETS
-    from evilm_core.data.synth import generate
+    from evilm_core.prepare.synth import generate
 
     base = tmp_path_factory.mktemp("label_assets")
     data = base / "synth"

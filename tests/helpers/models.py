@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from evilm_core.data.vocab import SPECIAL_TOKENS
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
+from evilm_core.text.vocab import SPECIAL_TOKENS
 
 VOCAB = list(SPECIAL_TOKENS) + [f"w{i}" for i in range(15)]  # the tiny model's 20 tokens
 

@@ -40,7 +40,7 @@ def truncate_in_member(tar_path: Path, out: Path, member: int) -> Path:
 def video2dataset_inputs(synth: Path, directory: Path) -> Path:
     """DIR/00000.tar: 4 synth clips, clip 1 corrupt; DIR/00001.tar: 4 more clips cut in the
     middle of clip 2's mp4 (clips 0 and 1 whole, the tail lost). Returns DIR."""
-    from evilm_core.data.manifest import read_manifest
+    from evilm_core.data.records.manifest import read_manifest
 
     clips = [(synth / r.video, r.caption) for r in read_manifest(synth / "train.jsonl")[:8]]
     write_video2dataset_tar(directory / "00000.tar", clips[:4], corrupt=(1,))

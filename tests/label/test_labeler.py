@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from evilm_core.data.synth import generate
-from evilm_core.data.transforms import normalize
-from evilm_core.data.video import read_clip
-from evilm_core.errors import EvilmError
 from evilm_core.data.label_cache import LabelCache, choose_candidates
+from evilm_core.data.transforms import normalize
+from evilm_core.data.video.read import read_clip
+from evilm_core.errors import EvilmError
 from evilm_core.label.labeler import run_label
 from evilm_core.label.writer import merge_shards
 from evilm_core.models.tokenizer import load_tokenizer
+from evilm_core.prepare.synth import generate
 from tests.helpers.label import assets, read_bytes
 
 RUN = dict(num_candidates=8, num_workers=0, device="cpu")
@@ -89,7 +89,7 @@ def test_undecodable_clips_are_recorded_and_counted(a, mixed_ref):
 def test_shards_merge_to_the_unsharded_cache(a, mixed_ref, tmp_path):
     out = tmp_path / "labels"
     for i in (0, 1):
-        s = run_label(manifest=a["mixed"], tokenizer=a["tok"], out=out, flips=True, batch_size=2, shard=f"{i}/2", **RUN)
+        s = run_label(manifest=a["mixed"], tokenizer=a["tok"], out=out, flips=True, batch_size=2, split=f"{i}/2", **RUN)
         assert s["out"] == str(out / f"shard-{i}-of-2") and s["videos"] == 8 and s["shard"] == f"{i}/2"
     with pytest.raises(EvilmError, match="evilm label --merge --out"):
         LabelCache.open(out)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.errors import EvilmError
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.heads import attach_head
-from evilm_core.models.loading import (FORMAT, PRETRAINED_FORMAT, export_model, load_checkpoint, load_init_weights,
-                                       load_text_side, merge_model_config, resolve_checkpoint)
+from evilm_core.models.loading import load_checkpoint, load_init_weights, load_text_side, merge_model_config
+from evilm_core.models.pretrained import FORMAT, PRETRAINED_FORMAT, export_model
 from tests.helpers.models import VOCAB, clips, texts, tiny_config, tiny_model
 
 

@@ -256,12 +256,12 @@ def test_label_cache_code_tij_is_the_code_of_patch_ij_of_frame_t(tmp_path):
     """Codes cached for (t, i, j) are the tokenizer's code of the 32x32 patch (i, j) of candidate
     frame t (and of the mirrored frame for the flip variant), computed with every other patch
     of the frame replaced by noise."""
-    from evilm_core.data.synth import generate
-    from evilm_core.data.transforms import normalize
-    from evilm_core.data.video import read_frames
     from evilm_core.data.label_cache import LabelCache
+    from evilm_core.data.transforms import normalize
+    from evilm_core.data.video.read import read_frames
     from evilm_core.label.labeler import run_label
     from evilm_core.models.tokenizer import export_tokenizer
+    from evilm_core.prepare.synth import generate
     from tests.helpers.label import VOCAB as TOK_VOCAB
 
     size, g = 96, 3

@@ -11,7 +11,7 @@ import torch
 from evilm_core.pretrain.masking import block_mask, mask_pixels, mlm_mask, video_mask, vtm_pairs
 
 RATIOS = [0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6]
-PAD, UNK, CLS, SEP, MASK = range(5)  # SPECIAL_TOKENS order of evilm_core.data.vocab
+PAD, UNK, CLS, SEP, MASK = range(5)  # SPECIAL_TOKENS order of evilm_core.text.vocab
 
 
 def gen(seed: int) -> torch.Generator:

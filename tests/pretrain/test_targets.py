@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from evilm_core.config.loader import from_dict
-from evilm_core.data.manifest import read_manifest
+from evilm_core.data.dataset import CachedCandidates, ClipDataset
+from evilm_core.data.records.manifest import read_manifest
 from evilm_core.data.transforms import ClipTransform, flip_codes
 from evilm_core.errors import EvilmError
 from evilm_core.label.labeler import run_label
-from evilm_core.pretrain.config import PretrainRecipe
-from evilm_core.data.dataset import CachedCandidates, ClipDataset
-from evilm_core.data.text import TextTokens
-from evilm_core.pretrain.data import PretrainExtras, open_label_cache
 from evilm_core.models.tokenizer import load_tokenizer
+from evilm_core.pretrain.config import PretrainRecipe
+from evilm_core.pretrain.data import PretrainExtras, open_label_cache
+from evilm_core.text.tokens import TextTokens
 from tests.helpers.label import make_tokenizer
 
 NUM_FRAMES, CANDIDATES = 4, 8
@@ -26,7 +26,7 @@ NUM_FRAMES, CANDIDATES = 4, 8
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from evilm_core.data.synth import generate
+    from evilm_core.prepare.synth import generate
 
     base = tmp_path_factory.mktemp("pt_targets")
     data = base / "synth"

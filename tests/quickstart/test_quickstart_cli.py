@@ -1,4 +1,4 @@
-"""A reduced quickstart (`--size tiny`) through the console script: every stage runs, the JSON
+"""A reduced quickstart (`--size quickstart-tiny`) through the console script: every stage runs, the JSON
 has the documented keys, every artefact is on disk, and a re-run resumes instead of redoing."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ STAGES = ("data", "shards", "tokenizer", "label", "pretrain", "retrieval", "qa",
 
 def test_tiny_quickstart_end_to_end_and_resume(tmp_path):
     out = tmp_path / "qs"
-    first = last_json(run_evilm("quickstart", "--out", out, "--size", "tiny", "--json").stdout)
+    first = last_json(run_evilm("quickstart", "--out", out, "--size", "quickstart-tiny", "--json").stdout)
     assert {"retrieval", "qa", "codebook_usage", "params", "gflops", "seconds"} <= set(first)
     assert {"t2v_R@1", "t2v_R@5", "t2v_R@10", "chance_R@1"} <= set(first["retrieval"])
     assert {"accuracy", "majority_baseline"} <= set(first["qa"])
@@ -32,32 +32,39 @@ def test_tiny_quickstart_end_to_end_and_resume(tmp_path):
     assert (out / "recipes" / "pretrain.yaml").read_text().count(str(out / "shards" / "train")) == 1
 
     markers = {s: (out / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
-    again = run_evilm("quickstart", "--out", out, "--size", "tiny", "--json")
+    again = run_evilm("quickstart", "--out", out, "--size", "quickstart-tiny", "--json")
     second = last_json(again.stdout)
     assert "already done" in again.stderr
     assert {s: (out / "stages" / f"{s}.json").stat().st_mtime_ns for s in STAGES} == markers  # nothing redone
     assert second["retrieval"] == first["retrieval"] and second["qa"] == first["qa"]
     assert second["stage_seconds"] == first["stage_seconds"]
 
-    other = run_evilm("quickstart", "--out", out, "--size", "tiny", "--seed", "1", check=False)
+    other = run_evilm("quickstart", "--out", out, "--size", "quickstart-tiny", "--seed", "1", check=False)
     assert other.returncode == 2 and "another --out" in other.stderr
-    assert json.loads((out / "quickstart.json").read_text()) == {"size": "tiny", "seed": 0}
+    assert json.loads((out / "quickstart.json").read_text()) == {"size": "quickstart-tiny", "seed": 0}
 
 
-def test_synthetic_recipes_describe_the_quickstart_model():
-    """recipes/synthetic/* are the quickstart's settings written out: they must not drift apart."""
-    from pathlib import Path
-
-    from evilm_core.models.config import EViLMConfig
-    from evilm_core.quickstart.recipes import SIZES, tokenizer_recipe
+def test_the_quickstart_runs_the_bundled_synthetic_recipes(tmp_path):
+    """One source per recipe: the quickstart's stages are recipes/synthetic/*.yaml with only its
+    paths set over them (and, for a smaller size, that size's values)."""
+    from evilm_core.config.loader import to_dict
+    from evilm_core.quickstart.recipes import stage_recipe
     from evilm_core.recipes import load_recipe
-    from tests.helpers.cli import REPO
 
-    model = EViLMConfig.sized(SIZES["default"].model)
-    for name in ("pretrain", "qa", "mc", "retrieval", "probe"):
-        recipe = load_recipe(REPO / "recipes" / "synthetic" / f"{name}.yaml")
-        assert recipe.model == model, name
-        assert recipe.data.image_size == SIZES["default"].image_size, name
-    tok = load_recipe(REPO / "recipes" / "synthetic" / "tokenizer.yaml")
-    expected = tokenizer_recipe(Path("."), SIZES["default"], 0)["model"]
-    assert tok.model.codebook_size == expected["codebook_size"] and tok.model.encoder_args == expected["encoder_args"]
+    paths = {"data": ("train", "val", "test"), "output": ("dir",), "mvm": ("labels", "tokenizer"), "init": ("checkpoint",)}
+
+    def without_paths(recipe) -> dict:
+        raw = to_dict(recipe)
+        for section, keys in paths.items():
+            for key in keys:
+                raw.get(section, {}).pop(key, None)
+        return raw
+
+    for name in ("tokenizer", "pretrain", "retrieval", "qa"):
+        mine = stage_recipe(name, tmp_path, "quickstart", 0, {})
+        assert without_paths(mine) == without_paths(load_recipe(f"synthetic/{name}")), name
+        assert mine.output.dir == str(tmp_path / name) and mine.data.train == str(tmp_path / "shards" / "train")
+    tiny = stage_recipe("pretrain", tmp_path, "quickstart-tiny", 0, {})
+    assert tiny.model.video_encoder == "edgenext_xx_small" and tiny.data.image_size == tiny.model.image_size == 64
+    assert tiny.mvm.candidates == 2 * tiny.data.num_frames and tiny.data.val is None  # as the bundled recipe
+    assert (tmp_path / "recipes" / "pretrain.yaml").is_file()  # written for the individual commands

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from evilm_core.errors import EvilmError
@@ -20,11 +21,11 @@ def test_lookup_decodes_one_line_and_round_trips_odd_names(tmp_path):
         keys[len(ODD)]
 
 
-def test_an_index_without_offsets_is_scanned(tmp_path):
+def test_an_index_without_offsets_is_refused(tmp_path):
     path = tmp_path / "keys.txt"
-    write_keys(path, ODD)  # as indexes written before keys.offsets
-    assert not offsets_path(path).exists()
-    assert list(KeyList(path)) == ODD
+    write_keys(path, ODD)
+    with pytest.raises(EvilmError, match="keys.offsets is missing.*rebuild it"):
+        KeyList(path)
 
 
 def test_offsets_that_do_not_match_name_the_file(tmp_path):
@@ -47,7 +48,8 @@ def test_empty_and_pending_keys(tmp_path):
 
 def test_a_line_that_is_not_utf8_names_the_file_and_line(tmp_path):
     path = tmp_path / "keys.txt"
-    path.write_bytes(b"ok\n\xff\xfe\n")  # no offsets: scanned
+    path.write_bytes(b"ok\n\xff\xfe\n")
+    np.asarray([0, 3, 6], dtype="<i8").tofile(offsets_path(path))
     keys = KeyList(path)
     assert keys[0] == "ok"
     with pytest.raises(EvilmError, match=r"keys.txt: line 2 is not UTF-8 text \(byte 3\)"):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evilm_core.data.manifest import read_manifest
-from evilm_core.data.vocab import build_vocab
-from evilm_core import checkpoint as ckpt
+from evilm_core.checkpoints import files as ckpt
+from evilm_core.data.records.manifest import read_manifest
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
+from evilm_core.text.vocab import build_vocab
 from tests.helpers.cli import run_evilm
 
 TINY = dict(video_encoder="edgenext_xx_small", image_size=64, text_layers=1, fusion_layers=1, fusion_dim=96,
@@ -67,20 +67,23 @@ def test_index_layout_and_contents(index, synth_dir):
 def test_query_ranks_equal_evaluate(index, model, synth_dir):
     """R@K from `retrieve query` output == evaluate's retrieval metrics on the same clips."""
     from evilm_core.config.sections import DataConfig
+    from evilm_core.data.clips import open_clips
     from evilm_core.finetune.tasks import evaluate_retrieval
     from evilm_core.models.loading import load_checkpoint
-    from evilm_core.pretrain.data import TextTokens
+    from evilm_core.settings import RunSettings
+    from evilm_core.text.tokens import TextTokens
 
-    records = read_manifest(synth_dir / "test.jsonl")
+    source = open_clips(synth_dir / "test.jsonl")
+    records = source.records
     lines = query_lines(index, "-k", len(records), "--json", stdin="".join(r.caption + "\n" for r in records))
     hits = [json.loads(line) for line in lines]
     assert all(set(h) == {"query", "rank", "key", "score"} for h in hits)
     assert len(hits) == len(records) ** 2
     rank = {h["query"]: h["rank"] for h in hits if h["key"] == next(r.video for r in records if r.caption == h["query"])}
     loaded = load_checkpoint(model)
-    metrics = evaluate_retrieval(loaded.model.eval(), records, str(synth_dir),
+    metrics = evaluate_retrieval(loaded.model.eval(), records, source,
                                  DataConfig(image_size=64, batch_size=4, num_workers=0), TextTokens(model, 24),
-                                 torch.device("cpu"))
+                                 RunSettings())
     for k in (1, 5, 10):
         mine = 100.0 * np.mean([rank[r.caption] <= k for r in records])
         assert mine == pytest.approx(metrics[f"t2v_R@{k}"]), k

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evilm_core.data.manifest import read_manifest
+from evilm_core.data.records.manifest import read_manifest
 from tests.helpers.cli import last_json, run_evilm
 from tests.retrieval.test_retrieve_cli import write_model
 

@@ -10,7 +10,7 @@ Layout of a shard directory:
                       KEY.json (video, frame indices, fps, frames in the video, the records),
                       KEY.txt (the first caption), KEY = the clip's position in the input
     samples.i64       int64 [N, 3]: shard, byte offset, byte length of each sample's members
-    records.jsonl/.i64  the records (evilm_core/data/records.py); column 3 = their sample
+    records.jsonl/.i64  the records (evilm_core/data/records/table.py); column 3 = their sample
     skipped.tsv       KEY, video, reason, detail of every clip that could not be decoded
     parts/            one JSON per finished shard (its samples and skips): what the merge reads
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evilm_core.data.records import RecordTable
+from evilm_core.data.records.table import RecordTable
 from evilm_core.errors import EvilmError, VideoDecodeError
 
 FORMAT, VERSION = "evilm-shards", 1

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from evilm_core.data.formats import VIDEO_EXTS
-from evilm_core.data.manifest import read_manifest, resolve_video, video_root
-from evilm_core.data.video import VideoBytes
+from evilm_core.data.records.formats import VIDEO_EXTS
+from evilm_core.data.records.manifest import read_manifest, resolve_video, video_root
+from evilm_core.data.video.read import VideoBytes
 from evilm_core.errors import EvilmError
 
 _VIDEO_MEMBERS = tuple(e.lstrip(".") for e in VIDEO_EXTS)

@@ -22,7 +22,7 @@ import numpy as np
 
 from evilm_core.data.shards.layout import PARTS, frame_member, shard_name
 from evilm_core.data.shards.sources import ShardJob, SourceClip, job_clips
-from evilm_core.data.video import read_frames, segment_indices
+from evilm_core.data.video.read import read_frames, segment_indices
 from evilm_core.errors import VideoDecodeError
 from evilm_core.fs import atomic_path, atomic_write_text, disk_errors
 
