@@ -69,7 +69,8 @@ def collection(req: IndexRequest) -> tuple[Collection, str]:
     return coll, str(Path(source.get("videos") or source.get("root") or source["shards"]).absolute())
 
 
-def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precision: str) -> IndexMeta:
+def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precision: str,
+                    source: dict | None = None) -> IndexMeta:
     if (out / META).is_file():
         meta = read_meta(out)
         if meta.model_hash != side.model_hash:
@@ -89,7 +90,7 @@ def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precis
         raise EvilmError(f"--out {out} exists and is not an index (no {META}); choose a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
     meta = IndexMeta(FORMAT, side.model_hash, str(side.directory.absolute()), side.embed_dim, req.num_frames,
-                     side.image_size, root, precision=precision)
+                     side.image_size, root, precision=precision, source=source)
     write_meta(out, meta)
     return meta
 
@@ -163,7 +164,7 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
         clean_stale_temps(debris)
     precision = settings.precision if side.kind == "torch" else "fp32"  # an export computes in fp32
     fresh = not (out / META).is_file()
-    meta = _open_or_create(out, side, req, root, precision)
+    meta = _open_or_create(out, side, req, root, precision, coll.source)
     done = indexed_keys(out) | skipped_keys(out)
     mine = split.take(coll.keys)
     todo = [k for k in mine if k not in done]

@@ -81,7 +81,10 @@ class Searcher:
                 log.warning("query %r: %s not in the model's vocabulary (%d words); searched without %s",
                             text, ", ".join(repr(w) for w in unknown), self.tokens.vocab_size,
                             "it" if len(unknown) == 1 else "them")
-        queries = self.embed(texts)
+        return self.rank(self.embed(texts), texts, k)
+
+    def rank(self, queries: np.ndarray, texts: list[str], k: int) -> list[list[Hit]]:
+        """The top-k clips of each embedded query [Q, E] (ANN index when there is one, else exact)."""
         if self.ann is not None:
             scores, rows = self.ann.search(queries, min(k, len(self.index)))
         else:
