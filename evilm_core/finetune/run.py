@@ -29,6 +29,7 @@ from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import texts_for_vocab
+from evilm_core.finetune.moments import MomentsTask
 from evilm_core.finetune.probe import ProbeTask
 from evilm_core.finetune.rerank import require_matching_head
 from evilm_core.finetune.tasks import FinetuneTask, MCTask, QATask, RetrievalTask
@@ -41,7 +42,8 @@ from evilm_core.text.tokens import TextTokens
 from evilm_core.text.vocab import build_vocab
 
 log = logging.getLogger("evilm.finetune")
-TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask}
+TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask,
+                                        "moments": MomentsTask}
 
 
 def model_and_vocab(recipe: FinetuneRecipe, init_dir: Path | None,
