@@ -67,7 +67,8 @@ def synth(
 def check(
     manifest: Path = typer.Argument(..., help="Manifest file (or class-folder directory)."),
     format: str = typer.Option("auto", "--format", help="auto, jsonl, webvid, msrvtt_train, msrvtt_test, "
-                               "msrvtt_qa, msvd_qa, tgif_qa, didemo, class_folders."),
+                               "msrvtt_qa, msvd_qa, tgif_qa, didemo, class_folders; moments: charades_sta, "
+                               "activitynet_captions, qvhighlights, didemo_moments."),
     root: Path = typer.Option(None, "--root", help="Where relative video paths resolve (default: the manifest's directory)."),
     frames: int = typer.Option(4, "--frames", min=1, help="Frames sampled per clip, as in training."),
     image_size: int = typer.Option(256, "--image-size", min=16, help="Decoder resize, as in training."),

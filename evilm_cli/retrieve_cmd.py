@@ -66,9 +66,10 @@ def index(
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
-    rows = "" if window is None else f" windows ({summary['short']} videos no longer than a window: one row each)"
-    results_console(json_out).print(f"index {summary['index']}: {summary['embedded']}{rows} embedded now, "
-                                    f"{summary['already']} already there, {summary['skipped']} skipped, "
+    done = f"{summary['embedded']} embedded now, {summary['already']} already there" if window is None else \
+        (f"{summary['embedded']} windows embedded now ({summary['short']} videos no longer than a window: one row "
+         f"each), {summary['already']} videos already there")
+    results_console(json_out).print(f"index {summary['index']}: {done}, {summary['skipped']} skipped, "
                                     f"{summary['total']} videos in the collection; {state}", highlight=False)
     if json_out:
         emit_json(summary)

@@ -46,7 +46,7 @@ class MomentsTask(FinetuneTask):
     name, needs = "moments", ("caption", "start", "end")
 
     @classmethod
-    def fit(cls, recipe, net, vocab, classes, records, run, init_dir, progress, resume):
+    def check_trainable(cls):
         raise EvilmError("task 'moments' is evaluated, not trained: fine-tune a `task: retrieval` recipe, then "
                          "`evilm evaluate` this recipe with that checkpoint (docs/retrieval.md, \"Moments\")")
 

@@ -71,6 +71,7 @@ def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Calla
     """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped, ...}. `settings`:
     resolved by a caller that runs several stages (the quickstart), else from the recipe."""
     task = TASKS[recipe.task]
+    task.check_trainable()
     run = start_run(recipe, settings)
     init_dir = resolve_checkpoint(recipe.init.checkpoint) if recipe.init.checkpoint else None
     recipe, vocab = model_and_vocab(recipe, init_dir, run.records)

@@ -74,6 +74,10 @@ class FinetuneTask:
 
     # ------------------------------------------------------------------ before the model
     @classmethod
+    def check_trainable(cls) -> None:
+        """Raise for a task that is only evaluated (before `evilm finetune` does any work)."""
+
+    @classmethod
     def check_records(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, train: bool) -> None:
         require_fields(records, cls.needs, manifest, cls.name)
 

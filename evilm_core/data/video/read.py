@@ -147,6 +147,19 @@ def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = No
     return Clip(frames=frames, indices=indices, num_video_frames=total, fps=fps)
 
 
+def read_times(path: str | Path | VideoBytes, seconds: list[float], size: int | None = None,
+               decoder: str = "pyav") -> Clip:
+    """The frames on screen at the given times (seconds from the start; frame_at)."""
+    reader = open_reader(path, size, decoder)
+    try:
+        total, fps = int(reader.num_frames), float(reader.fps or 0.0)
+        indices = [frame_at(t, fps, total) if fps > 0 else 0 for t in seconds]
+        frames = decode(reader, path, indices)
+    finally:
+        reader.close()
+    return Clip(frames=frames, indices=indices, num_video_frames=total, fps=fps)
+
+
 def frame_at(seconds, fps: float, num_video_frames: int):
     """The frame on screen at `seconds` (a number or an array of them): frame i shows from i / fps
     (a constant frame rate, the container's average)."""
