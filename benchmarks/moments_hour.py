@@ -98,7 +98,7 @@ def paper_model(work: Path) -> Path:
 
 
 def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def index_once(model: Path, video: Path, seconds: int, out: Path, threads: int) -> dict:
@@ -109,7 +109,7 @@ def index_once(model: Path, video: Path, seconds: int, out: Path, threads: int) 
     began = time.perf_counter()
     proc = subprocess.run([EXE, "retrieve", "index", "--checkpoint", str(model), "--videos", str(video.parent),
                            "--out", str(out), "--window", str(WINDOW), "--stride", str(STRIDE), "--precision", "bf16",
-                           "--threads", str(threads), "--json"], capture_output=True, text=True)
+                           "--threads", str(threads), "--json"], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - began
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])

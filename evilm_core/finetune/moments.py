@@ -30,7 +30,14 @@ from evilm_core.engine.runtime import eval_loader
 from evilm_core.engine.windows import embed_span, split_model
 from evilm_core.errors import EvilmError, VideoDecodeError
 from evilm_core.evaluation.metrics import require_finite
-from evilm_core.evaluation.moments import RANKS, fixed_windows, mean_scores, propose_moments, query_scores, random_scores
+from evilm_core.evaluation.moments import (
+    RANKS,
+    fixed_windows,
+    mean_scores,
+    propose_moments,
+    query_scores,
+    random_scores,
+)
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.tasks import FinetuneTask
 from evilm_core.models.evilm import EViLM
@@ -43,7 +50,7 @@ log = logging.getLogger("evilm.finetune")
 class MomentsTask(FinetuneTask):
     """Moment retrieval inside long videos: evaluation only."""
 
-    name, needs = "moments", ("caption", "start", "end")
+    name, needs, evaluates = "moments", ("caption", "start", "end"), ("retrieval",)
 
     @classmethod
     def check_trainable(cls):

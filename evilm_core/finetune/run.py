@@ -113,7 +113,7 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
     loaded = load_checkpoint(checkpoint)
     if rerank:
         require_matching_head(loaded.model, loaded.directory, loaded.config)
-    if loaded.task not in (None, task.name):
+    if loaded.task not in (None, task.name, *task.evaluates):
         log.warning("%s was fine-tuned for %s; evaluating it on %s", loaded.directory, loaded.task, task.name)
     net, device = loaded.model, settings.torch_device
     try:

@@ -64,6 +64,7 @@ class FinetuneTask:
     name = ""
     needs: tuple[str, ...] = ()  # record fields every record of the task must carry
     keep: tuple[str, ...] = ()  # heads (or 'retrieval', 'logit_scale') trained besides the trunk
+    evaluates: tuple[str, ...] = ()  # other tasks whose fine-tuned checkpoints it evaluates as they are
 
     def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str], settings: RunSettings,
                  val: tuple[list[ClipRecord], str] | None = None, classes: list[str] | None = None,

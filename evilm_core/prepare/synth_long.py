@@ -17,6 +17,7 @@ its video. Video v is planned from SeedSequence([seed, LONG_STREAM, v]) (apart f
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -45,7 +46,7 @@ class LongPlan:
     def bounds(self) -> list[tuple[float, float]]:
         """(start, end) of each scene in seconds."""
         edges = np.concatenate([[0], np.cumsum([s.frames for s in self.scenes])]) / self.fps
-        return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
+        return [(float(a), float(b)) for a, b in itertools.pairwise(edges)]
 
 
 def plan_long(index: int, seed: int, size: int, fps: int, scenes: tuple[int, int],
