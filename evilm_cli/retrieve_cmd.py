@@ -30,7 +30,8 @@ def index(
     workers: int = typer.Option(None, "--workers", min=0, show_default="auto", help="Loader processes. On the CPU "
                                 "each decodes and embeds its clips (auto: one per core, at most 8); with a GPU they "
                                 "decode (auto: 2). 0: everything in this process."),
-    part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption loses)."),
+    part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption "
+                                  "loses); with --window, windows, written at the end of a span of 32."),
     shard: str = typer.Option(None, "--shard", help="i/n: embed only videos i, i+n, ... (one run per node, same --out)."),
     device: str = options.device("retrieve index"),
     precision: str = options.precision("retrieve index"),

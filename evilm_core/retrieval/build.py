@@ -55,7 +55,7 @@ class IndexRequest:
     batch_size: int = 32  # videos per loader batch (on the CPU, forward passes of CPU_FORWARD_PIXELS)
     num_workers: int | None = None  # loader workers (None: auto, settings.index_plan; 0: all in this process)
     shard: WorkSplit = WHOLE  # --shard i/n: this run embeds keys i, i+n, i+2n, ...
-    part_size: int = 1024  # videos per part file: at most this much work is lost to an interruption
+    part_size: int = 1024  # videos per part (windows: rows, at a span end): the most an interruption loses
     device: str = "auto"  # auto | cpu | cuda[:i]
     precision: str = "auto"  # auto | fp32 | bf16 (autocast of the video side; recorded, never mixed in one index)
     threads: int = 0  # torch CPU threads (0: auto, evilm_core/settings.py)

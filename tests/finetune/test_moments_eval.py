@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from evilm_core.evaluation.moments import IOUS, RANKS, temporal_iou
+from evilm_core.retrieval.build import IndexRequest, build_index
 from tests.helpers.cli import REPO, last_json, run_evilm
 from tests.retrieval.test_retrieve_cli import query_lines, write_model
 
@@ -38,9 +39,9 @@ def test_metrics_baselines_and_the_query_agree(model, long_dir, tmp_path):
         assert 0 <= metrics[f"{prefix}mIoU"] <= 100
     # the same videos through `retrieve index --window` and `retrieve query --per-video 5`: each
     # caption's moments in its own video are the ones the evaluation ranked
-    index = tmp_path / "index"
-    run_evilm("retrieve", "index", "--checkpoint", model, "--manifest", long_dir / "moments.jsonl", "--out", index,
-              "--window", "2", "--stride", "1", "--workers", "0", "--precision", "fp32")
+    index = tmp_path / "index"  # built here: the command is tested in tests/retrieval/test_moments_cli.py
+    build_index(IndexRequest(str(model), str(index), manifest=str(long_dir / "moments.jsonl"), window=2.0, stride=1.0,
+                             num_workers=0, precision="fp32", device="cpu", threads=1))
     hits = [json.loads(line) for line in query_lines(index, "-k", 15, "--per-video", 5, "--json", stdin="".join(
         r["caption"] + "\n" for r in records))]
     mine = {k: [] for k in (*(f"R@{k}_IoU{t}" for k in RANKS for t in IOUS), "mIoU")}

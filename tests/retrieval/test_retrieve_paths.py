@@ -146,8 +146,10 @@ def test_window_index_from_an_export_and_its_query_without_torch(setup, onnx_ind
     export, _ = onnx_index
     windows = ["--manifest", long_dir / "moments.jsonl", "--window", "2", "--stride", "1", "--workers", "0"]
     run_evilm("retrieve", "index", "--checkpoint", export, "--out", base / "onnx-windows", *windows)
-    run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "torch-windows", "--precision", "fp32",
-              *windows)
+    from evilm_core.retrieval.build import IndexRequest, build_index
+
+    build_index(IndexRequest(str(model), str(base / "torch-windows"), manifest=str(long_dir / "moments.jsonl"),
+                             window=2.0, stride=1.0, num_workers=0, precision="fp32", device="cpu", threads=1))
     got, want = (load_file(str(base / d / "embeddings.safetensors")) for d in ("onnx-windows", "torch-windows"))
     assert (got["windows"] == want["windows"]).all()
     assert abs(got["embeddings"] - want["embeddings"]).max() <= 1e-4
