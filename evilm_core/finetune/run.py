@@ -29,6 +29,7 @@ from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import texts_for_vocab
+from evilm_core.finetune.moments import MomentsTask
 from evilm_core.finetune.probe import ProbeTask
 from evilm_core.finetune.rerank import require_matching_head
 from evilm_core.finetune.tasks import FinetuneTask, MCTask, QATask, RetrievalTask
@@ -41,7 +42,8 @@ from evilm_core.text.tokens import TextTokens
 from evilm_core.text.vocab import build_vocab
 
 log = logging.getLogger("evilm.finetune")
-TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask}
+TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask,
+                                        "moments": MomentsTask}
 
 
 def model_and_vocab(recipe: FinetuneRecipe, init_dir: Path | None,
@@ -69,6 +71,7 @@ def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Calla
     """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped, ...}. `settings`:
     resolved by a caller that runs several stages (the quickstart), else from the recipe."""
     task = TASKS[recipe.task]
+    task.check_trainable()
     run = start_run(recipe, settings)
     init_dir = resolve_checkpoint(recipe.init.checkpoint) if recipe.init.checkpoint else None
     recipe, vocab = model_and_vocab(recipe, init_dir, run.records)
@@ -110,7 +113,7 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
     loaded = load_checkpoint(checkpoint)
     if rerank:
         require_matching_head(loaded.model, loaded.directory, loaded.config)
-    if loaded.task not in (None, task.name):
+    if loaded.task not in (None, task.name, *task.evaluates):
         log.warning("%s was fine-tuned for %s; evaluating it on %s", loaded.directory, loaded.task, task.name)
     net, device = loaded.model, settings.torch_device
     try:

@@ -64,6 +64,7 @@ class FinetuneTask:
     name = ""
     needs: tuple[str, ...] = ()  # record fields every record of the task must carry
     keep: tuple[str, ...] = ()  # heads (or 'retrieval', 'logit_scale') trained besides the trunk
+    evaluates: tuple[str, ...] = ()  # other tasks whose fine-tuned checkpoints it evaluates as they are
 
     def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str], settings: RunSettings,
                  val: tuple[list[ClipRecord], str] | None = None, classes: list[str] | None = None,
@@ -73,6 +74,10 @@ class FinetuneTask:
         freeze_except(net, self.keep)
 
     # ------------------------------------------------------------------ before the model
+    @classmethod
+    def check_trainable(cls) -> None:
+        """Raise for a task that is only evaluated (before `evilm finetune` does any work)."""
+
     @classmethod
     def check_records(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, train: bool) -> None:
         require_fields(records, cls.needs, manifest, cls.name)

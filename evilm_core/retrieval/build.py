@@ -14,19 +14,23 @@ import torch
 
 from evilm_core.data.clips import Collection, collect, picker
 from evilm_core.data.dataset import clip_dataset, collate_clips
+from evilm_core.data.windows import WindowSpec, collate_span
 from evilm_core.data.work_split import WHOLE, WorkSplit
 from evilm_core.engine.runtime import environment, eval_loader
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps
 from evilm_core.progress import Progress
+from evilm_core.engine.windows import CPU_FORWARD_PIXELS, embed_span
 from evilm_core.retrieval.index import (
     ANN_META,
     FORMAT,
+    FORMAT_WINDOWS,
     META,
     PARTS,
     IndexMeta,
     consolidate,
     indexed_keys,
+    indexed_rows,
     read_meta,
     record_skipped,
     skipped_keys,
@@ -34,13 +38,10 @@ from evilm_core.retrieval.index import (
     write_part,
 )
 from evilm_core.retrieval.sides import Tower, open_video_side
+from evilm_core.retrieval.windows import check_windows, complete_videos, embed_windows, plan_spans, window_model
 from evilm_core.settings import RunSettings, autocast, index_plan, resolve_settings, set_torch_threads
 
 log = logging.getLogger("evilm.retrieval")
-# Pixels per forward pass on the CPU: the paper model embeds 16 frames of 256 px (4 clips of 4
-# frames) 1.2x faster per clip than 64 at once, whose activations spill the caches
-# (docs/performance.md, "Indexing on the CPU"); GPUs take the whole batch.
-CPU_FORWARD_PIXELS = 16 * 256 * 256
 
 
 @dataclass
@@ -54,12 +55,23 @@ class IndexRequest:
     batch_size: int = 32  # videos per loader batch (on the CPU, forward passes of CPU_FORWARD_PIXELS)
     num_workers: int | None = None  # loader workers (None: auto, settings.index_plan; 0: all in this process)
     shard: WorkSplit = WHOLE  # --shard i/n: this run embeds keys i, i+n, i+2n, ...
-    part_size: int = 1024  # videos per part file: at most this much work is lost to an interruption
+    part_size: int = 1024  # videos per part (windows: rows, at a span end): the most an interruption loses
     device: str = "auto"  # auto | cpu | cuda[:i]
     precision: str = "auto"  # auto | fp32 | bf16 (autocast of the video side; recorded, never mixed in one index)
     threads: int = 0  # torch CPU threads (0: auto, evilm_core/settings.py)
     ann: str | None = None  # build an approximate index too: faiss-ivf | faiss-ivfpq | faiss-hnsw
     decoder: str = "auto"  # video decoder (config/sections.py DECODERS)
+    window: float | None = None  # seconds per window: one row per window of each video (None: one per video)
+    stride: float | None = None  # seconds between window starts (None: half the window)
+
+    def window_spec(self) -> WindowSpec | None:
+        """The windows asked for, checked (data/windows.py), or None."""
+        if self.window is None:
+            if self.stride is not None:
+                raise EvilmError("--stride applies to a window index: give --window SEC too")
+            return None
+        return WindowSpec(float(self.window), float(self.window / 2 if self.stride is None else self.stride),
+                          self.num_frames)
 
 
 def collection(req: IndexRequest) -> tuple[Collection, str]:
@@ -71,8 +83,10 @@ def collection(req: IndexRequest) -> tuple[Collection, str]:
 
 def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precision: str,
                     source: dict | None = None) -> IndexMeta:
+    spec = req.window_spec()
     if (out / META).is_file():
         meta = read_meta(out)
+        check_windows(meta, spec, out)
         if meta.model_hash != side.model_hash:
             raise EvilmError(f"index {out} was built with another model ({meta.checkpoint}, sha256 "
                              f"{meta.model_hash[:12]}) than {side.directory} (sha256 {side.model_hash[:12]}); "
@@ -89,8 +103,9 @@ def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precis
     if out.exists() and any(out.iterdir()):
         raise EvilmError(f"--out {out} exists and is not an index (no {META}); choose a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
-    meta = IndexMeta(FORMAT, side.model_hash, str(side.directory.absolute()), side.embed_dim, req.num_frames,
-                     side.image_size, root, precision=precision, source=source)
+    meta = IndexMeta(FORMAT if spec is None else FORMAT_WINDOWS, side.model_hash, str(side.directory.absolute()),
+                     side.embed_dim, req.num_frames, side.image_size, root, precision=precision,
+                     window=spec and spec.window, stride=spec and spec.stride, source=source)
     write_meta(out, meta)
     return meta
 
@@ -110,15 +125,16 @@ class EmbedInWorker:
     so decoding and embedding of different batches overlap on separate cores without any
     process oversubscribing them; the batch carries embeddings [B, E] back, not pixels."""
 
-    def __init__(self, source: str, precision: str, threads: int):
+    def __init__(self, source: str, precision: str, threads: int, meta: IndexMeta | None = None):
         self.source, self.precision, self.threads = source, precision, threads
+        self.meta = meta  # a window index's metadata: the batch is a span (data/windows.py), else clips
         self._side: Tower | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_side": None}  # each worker opens its own
 
     def __call__(self, items: list[dict]) -> dict:
-        batch = collate_clips(items)
+        batch = collate_clips(items) if self.meta is None else collate_span(items)
         if batch["size"]:
             if self._side is None:
                 torch.set_num_threads(self.threads)
@@ -126,8 +142,14 @@ class EmbedInWorker:
                     self._side = open_video_side(self.source, threads=self.threads).to(torch.device("cpu"))
                 except EvilmError as err:  # weights that do not load: the main process says so, in its words
                     return {**batch, "error": str(err)}
+            began = time.perf_counter()
             with torch.no_grad(), autocast(self.precision, "cpu"):
-                batch["embedding"] = embed_clips(self._side, batch.pop("pixels"))
+                if self.meta is None:
+                    batch["embedding"] = embed_clips(self._side, batch.pop("pixels"))
+                else:
+                    model = window_model(self._side, torch.device("cpu"), self.meta.image_size, self.meta.num_frames)
+                    batch["embedding"] = embed_span(model, batch.pop("frames"), batch["frame_of"])
+            batch["embed_s"] = time.perf_counter() - began
         return batch
 
 
@@ -151,7 +173,11 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
         from evilm_core.retrieval.ann import check_ann_kind  # faiss only where an ANN index is asked for
 
         check_ann_kind(req.ann)  # a missing faiss or a bad kind fails before hours of embedding
+    spec = req.window_spec()  # a bad --window or --stride fails before anything is opened
     coll, root = collection(req)
+    if spec is not None and coll.shards is not None:
+        raise EvilmError(f"--window needs the videos themselves; {req.manifest} is a shard set, which stores a few "
+                         "frames per clip; index the manifest the shards were made from")
     settings = settings or resolve_settings(req.device, req.precision, req.threads,
                                             None if coll.shards else req.decoder)  # before any file is written
     plan = index_plan(settings, req.num_workers)
@@ -165,15 +191,22 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
     precision = settings.precision if side.kind == "torch" else "fp32"  # an export computes in fp32
     fresh = not (out / META).is_file()
     meta = _open_or_create(out, side, req, root, precision, coll.source)
-    done = indexed_keys(out) | skipped_keys(out)
     mine = split.take(coll.keys)
-    todo = [k for k in mine if k not in done]
-    log.info("index %s: %d videos, part %s owns %d, %d to embed (%s, %s)", out, len(coll.keys), split, len(mine),
-             len(todo), settings.device, precision)
-    counts = {"total": len(coll.keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0,
-              "precision": precision, "decoder": settings.decoder}
+    counts = {"total": len(coll.keys), "embedded": 0, "already": 0, "skipped": 0, "precision": precision,
+              "decoder": settings.decoder}
+    if spec is None:
+        done = indexed_keys(out) | skipped_keys(out)
+        todo = [k for k in mine if k not in done]
+        counts["already"] = len(mine) - len(todo)
+    else:
+        counts.update(windows=0, short=0, skipped_spans=0, decode_s=0.0, embed_s=0.0)
+        todo = plan_spans(coll, mine, root, out, spec, settings.decoder, counts)
+    log.info("index %s: %d videos, part %s owns %d, %d %s to embed (%s, %s)", out, len(coll.keys), split, len(mine),
+             len(todo), "videos" if spec is None else f"spans ({counts['windows']} windows)", settings.device,
+             precision)
     if todo:
-        collate = EmbedInWorker(str(side.directory), precision, plan.worker_threads) if in_workers else collate_clips
+        collate = EmbedInWorker(str(side.directory), precision, plan.worker_threads, spec and meta) if in_workers \
+            else collate_clips if spec is None else collate_span
         job = EmbedJob(coll, todo, root, meta, out, split, settings, plan.workers, collate)
         try:
             with autocast(precision, settings.device):
@@ -183,7 +216,7 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
                 shutil.rmtree(out, ignore_errors=True)  # this run's, and empty: a fixed model may use the same --out
             raise
     skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
-    present = indexed_keys(out) | skipped
+    present = (indexed_keys(out) if spec is None else complete_videos(*indexed_rows(out))) | skipped
     counts["complete"] = all(k in present for k in coll.keys)
     if counts["complete"] and consolidate(out, meta) and (req.ann or (out / ANN_META).is_file()):
         from evilm_core.retrieval.ann import refresh_ann
@@ -201,7 +234,7 @@ class EmbedJob:
     """What one run of `build_index` embeds, and how."""
 
     coll: Collection  # the whole collection
-    todo: list[str]  # the keys this run embeds
+    todo: list  # the keys this run embeds (a window index: the spans, data/windows.py)
     root: str  # where the keys' videos resolve
     meta: IndexMeta  # the index's metadata (image size)
     out: Path  # the index directory
@@ -213,12 +246,16 @@ class EmbedJob:
 
 @torch.no_grad()
 def _embed(side: Tower, req: IndexRequest, job: EmbedJob, counts: dict, progress: Progress | None) -> None:
+    name = f"{time.time_ns():x}-s{job.split.index}of{job.split.count}"
+    if job.meta.window is not None:
+        embed_windows(job.todo, side, job.meta, job.out, name, job.workers, job.collate, req.part_size, counts,
+                      progress, job.settings.torch_device, job.settings.decoder)
+        return
     frames = picker(job.coll.shards, str(req.manifest), req.num_frames, job.meta.image_size,
                     decoder=job.settings.decoder)
     dataset = clip_dataset(job.coll.records(job.todo), job.root, req.num_frames, job.meta.image_size, frames=frames)
     loader = eval_loader(dataset, req.batch_size, job.workers, collate_fn=job.collate)
     keys, embs, seen, start, out, device = [], [], 0, time.monotonic(), job.out, job.settings.torch_device
-    name = f"{time.time_ns():x}-s{job.split.index}of{job.split.count}"
     for batch in loader:
         if "error" in batch:
             raise EvilmError(batch["error"])

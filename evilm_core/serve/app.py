@@ -243,5 +243,6 @@ def _results(served: ServedIndex, query: str, hits, offset: int) -> dict:
     results = []
     for rank, hit in enumerate(hits, offset + 1):
         score = hit.score if math.isfinite(hit.score) else None  # JSON has no NaN
-        results.append({"rank": rank, "score": score, **served.catalog.describe(hit.key)})
+        moment = {"start": hit.start, "end": hit.end} if hit.start is not None else {}  # a window index's moment
+        results.append({"rank": rank, "score": score, **served.catalog.describe(hit.key), **moment})
     return {"query": query, "index": served.name, "offset": offset, "results": results}

@@ -48,14 +48,17 @@ def _first_checkpoint(out: Path) -> bool:
     return out.is_dir() and any(out.glob("step_*"))  # complete ones only: temporaries start with "."
 
 
-def build(synth: Path, tok: Path, labels: Path, model: Path) -> dict[str, Command]:
+def build(synth: Path, tok: Path, labels: Path, model: Path, long: Path) -> dict[str, Command]:
     """Every command under test. `labels` is the label command's baseline cache (pretraining's
-    MVM targets), `tok` an exported tiny tokenizer, `model` a tiny retrieval checkpoint."""
+    MVM targets), `tok` an exported tiny tokenizer, `model` a tiny retrieval checkpoint, `long`
+    synthetic long videos (`data synth --long`) for the window index."""
     recipes = REPO / "recipes/synthetic"
     label = ["label", "--manifest", synth / "train.jsonl", "--tokenizer", tok, "--workers", "0", "--batch-size", "1",
              "--flips", "--device", "cpu"]
     index = ["retrieve", "index", "--checkpoint", model, "--manifest", synth / "train.jsonl", "--workers", "0",
              "--batch-size", "1", "--part-size", "2", "--device", "cpu"]
+    windows = ["retrieve", "index", "--checkpoint", model, "--manifest", long / "moments.jsonl", "--window", "2",
+               "--stride", "1", "--workers", "0", "--part-size", "1", "--device", "cpu"]  # a part per span
 
     def tokenize_train(out: Path) -> list:  # 12 steps
         return ["tokenize-train", recipes / "tokenizer.yaml", *tiny_tokenizer(synth, out, epochs=3), *sets(OFTEN)]
@@ -86,6 +89,8 @@ def build(synth: Path, tok: Path, labels: Path, model: Path) -> dict[str, Comman
         Command("pretrain shards", pretrain_shards, _first_checkpoint, True, 18),
         Command("retrieve index", lambda out: [*index, "--out", out], lambda out: (out / "index.yaml").is_file(),
                 False, 15),
+        Command("retrieve index --window", lambda out: [*windows, "--out", out],  # from its first span on
+                lambda out: any((out / "parts").glob("*.safetensors")), False, 19),
         Command("quickstart", lambda out: ["quickstart", "--out", out, "--size", "quickstart-tiny", "--json"],
                 lambda out: (out / "stages" / "data.json").is_file(), False, 16),
     ]

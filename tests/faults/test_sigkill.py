@@ -1,6 +1,7 @@
 """SIGKILL at a random point, then the same command again, ends where an uninterrupted run ends
 (docs/reliability.md): for `tokenize-train`, `label`, `pretrain` (from videos and from shards),
-`finetune` (retrieval), `data shards`, `retrieve index` and `quickstart --size quickstart-tiny`.
+`finetune` (retrieval), `data shards`, `retrieve index` (per video and `--window`) and `quickstart --size
+quickstart-tiny`.
 
 Each command runs once uninterrupted (the baseline, shared with test_bad_files.py), then again in
 a fresh directory, killed with SIGKILL (no handler runs: what a lost node or the OOM killer
@@ -42,8 +43,10 @@ def kill_and_rerun(commands, baseline, evilm_server, tmp_path):
         command, out = commands[name], tmp_path / "run"
         killed = run_killed(evilm_server, command, out, first.remaining, attempt)
         steps = sorted(p.name for p in out.glob("step_*"))
+        parts = len(list(out.glob("parts/*.safetensors")))
         print(f"{name} #{attempt}: worked {first.remaining:.2f} s after starting; killed mid-run: {killed.killed}"
-              + (f"; complete checkpoints at the kill: {steps}" if steps else ""))
+              + (f"; complete checkpoints at the kill: {steps}" if steps else "")
+              + (f"; parts at the kill: {parts}" if parts else ""))
         rerun = run(evilm_server, *command.args(out), *(["--resume"] if command.resume else []), cwd=tmp_path)
         assert rerun.returncode == 0, f"the re-run of {name} exited {rerun.returncode}\n{rerun.stderr[-3000:]}"
         return ref, out, killed, rerun
@@ -87,6 +90,17 @@ def test_index_killed_then_rerun_is_byte_identical(attempt, kill_and_rerun):
     assert not list(out.glob("parts/*")), "parts left after the index was complete"
     if not killed.killed:
         assert re.search(r"\b0 embedded now", rerun.stdout + rerun.stderr)  # it had finished: a no-op re-run
+
+
+@pytest.mark.parametrize("attempt", ATTEMPTS)
+def test_window_index_killed_mid_video_then_rerun_is_byte_identical(attempt, kill_and_rerun):
+    """Parts hold whole spans (32 windows), a video has 2-3: the kill lands between the spans of
+    one video or inside one, and the re-run embeds the spans no part holds."""
+    ref, out, killed, rerun = kill_and_rerun("retrieve index --window", attempt)
+    assert file_bytes(out, INDEX_FILES) == file_bytes(ref, INDEX_FILES), f"killed mid-run: {killed.killed}"
+    assert not list(out.glob("parts/*")), "parts left after the index was complete"
+    if not killed.killed:
+        assert re.search(r"\b0 windows embedded now", rerun.stdout + rerun.stderr)
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS)

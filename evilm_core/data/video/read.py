@@ -105,9 +105,10 @@ def _short(err: Exception) -> str:
     return (text[0] if text else type(err).__name__)[:200]
 
 
-def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = None, decoder: str = "pyav") -> Clip:
-    """Open `path` (a file, or a video in memory) with the resolved backend `decoder`, pick indices
-    with `indices_fn(num_video_frames)` (the same whatever decodes), decode them."""
+def open_reader(path: str | Path | VideoBytes, size: int | None = None, decoder: str = "pyav"):
+    """An opened reader of the resolved backend `decoder` (`num_frames`, `fps`, `get`, `close`)
+    holding at least one frame; VideoDecodeError for anything that cannot be used. The caller
+    closes it."""
     path = path if isinstance(path, VideoBytes) else Path(path)
     opener = _opener(decoder)
     source = _source(path)
@@ -115,21 +116,55 @@ def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = No
         reader = opener(source, size)
     except Exception as err:  # each backend raises its own errors for a file it cannot open
         raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+    if int(reader.num_frames) < 1:
+        reader.close()
+        raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
+    return reader
+
+
+def decode(reader, path, indices: list[int]) -> np.ndarray:
+    """Frames `indices` of an open reader -> [len(indices), H, W, 3] uint8; VideoDecodeError naming `path`."""
+    try:
+        frames = np.asarray(reader.get(indices))
+    except Exception as err:
+        raise VideoDecodeError(str(path), "corrupt", f"decoding frames {indices}: {_short(err)}") from None
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.dtype != np.uint8:
+        raise VideoDecodeError(str(path), "corrupt", f"decoder returned {frames.dtype} of shape {frames.shape}")
+    return np.ascontiguousarray(frames)
+
+
+def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = None, decoder: str = "pyav") -> Clip:
+    """Open `path` (a file, or a video in memory) with the resolved backend `decoder`, pick indices
+    with `indices_fn(num_video_frames)` (the same whatever decodes), decode them."""
+    reader = open_reader(path, size, decoder)
     try:
         total = int(reader.num_frames)
-        if total < 1:
-            raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
         indices = [int(i) for i in indices_fn(total)]
-        try:
-            frames = np.asarray(reader.get(indices))
-        except Exception as err:
-            raise VideoDecodeError(str(path), "corrupt", f"decoding frames {indices}: {_short(err)}") from None
+        frames = decode(reader, path, indices)
         fps = float(reader.fps or 0.0)
     finally:
         reader.close()
-    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.dtype != np.uint8:
-        raise VideoDecodeError(str(path), "corrupt", f"decoder returned {frames.dtype} of shape {frames.shape}")
-    return Clip(frames=np.ascontiguousarray(frames), indices=indices, num_video_frames=total, fps=fps)
+    return Clip(frames=frames, indices=indices, num_video_frames=total, fps=fps)
+
+
+def read_times(path: str | Path | VideoBytes, seconds: list[float], size: int | None = None,
+               decoder: str = "pyav") -> Clip:
+    """The frames on screen at the given times (seconds from the start; frame_at)."""
+    reader = open_reader(path, size, decoder)
+    try:
+        total, fps = int(reader.num_frames), float(reader.fps or 0.0)
+        indices = [frame_at(t, fps, total) if fps > 0 else 0 for t in seconds]
+        frames = decode(reader, path, indices)
+    finally:
+        reader.close()
+    return Clip(frames=frames, indices=indices, num_video_frames=total, fps=fps)
+
+
+def frame_at(seconds, fps: float, num_video_frames: int):
+    """The frame on screen at `seconds` (a number or an array of them): frame i shows from i / fps
+    (a constant frame rate, the container's average)."""
+    index = np.clip(np.floor(np.asarray(seconds, dtype=np.float64) * fps + 1e-9), 0, num_video_frames - 1)
+    return index.astype(np.int64) if index.ndim else int(index)
 
 
 def read_clip(path: str | Path, num_frames: int, size: int | None = None, mode: str = "eval", rng=None,
