@@ -155,3 +155,21 @@ def test_metrics_count_requests_by_route_and_batch_sizes(api):
     assert 'evilm_requests_total{method="GET",route="/api/search",status="200"}' in text
     assert "evilm_batch_queries_bucket" in text and "evilm_request_seconds_bucket" in text
     assert 'route="/api/clips/{key:path}/video"' in text  # templates, not raw keys
+
+
+def test_a_window_index_answers_moments_that_play_from_their_start(long_dir, synth_dir, tmp_path):
+    """On a window index (issue 31) results are moments: start and end beside the key, the same
+    moments `retrieve query` prints; the video file is the long video itself."""
+    from tests.retrieval.test_moments_cli import WINDOW, build
+    from tests.retrieval.test_retrieve_cli import write_model
+
+    model = write_model(tmp_path / "model", synth_dir, seed=0)
+    build(model, long_dir / "moments.jsonl", tmp_path / "index", *WINDOW)
+    query = json.loads((long_dir / "moments.jsonl").read_text().splitlines()[0])["caption"]
+    cli = [line.split("\t") for line in query_lines(tmp_path / "index", "-k", "3", query)]
+    with client_for(tmp_path / "index") as client:
+        ready(client)
+        results = client.get("/api/search", params={"q": query, "k": 3}).json()["results"]
+        assert [(r["key"], r["start"], r["end"]) for r in results] == [(c[2], float(c[4]), float(c[5])) for c in cli]
+        assert all(r["end"] > r["start"] >= 0 for r in results)
+        assert client.get(f"/api/clips/{results[0]['key']}/video").status_code == 200
