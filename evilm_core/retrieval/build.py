@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +17,10 @@ from evilm_core.data.clips import Collection, collect, picker
 from evilm_core.data.dataset import clip_dataset, collate_clips
 from evilm_core.data.work_split import WHOLE, WorkSplit
 from evilm_core.engine.runtime import environment, eval_loader
+from evilm_core.engine.workers import ComputeInWorker
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps
+from evilm_core.models.scoring import in_chunks
 from evilm_core.progress import Progress
 from evilm_core.retrieval.index import (
     ANN_META,
@@ -37,10 +40,6 @@ from evilm_core.retrieval.sides import Tower, open_video_side
 from evilm_core.settings import RunSettings, autocast, index_plan, resolve_settings, set_torch_threads
 
 log = logging.getLogger("evilm.retrieval")
-# Pixels per forward pass on the CPU: the paper model embeds 16 frames of 256 px (4 clips of 4
-# frames) 1.2x faster per clip than 64 at once, whose activations spill the caches
-# (docs/performance.md, "Indexing on the CPU"); GPUs take the whole batch.
-CPU_FORWARD_PIXELS = 16 * 256 * 256
 
 
 @dataclass
@@ -103,41 +102,17 @@ def _check_frames(side: Tower, num_frames: int) -> None:
         raise EvilmError(f"--frames {num_frames}: the model of {side.directory} takes 1 to {side.max_frames} frames")
 
 
-class EmbedInWorker:
-    """The collate_fn of CPU indexing: in each loader worker, stack the clips and embed them with
-    that worker's own copy of the video side (opened on first use, `threads` intra-op threads),
-    so decoding and embedding of different batches overlap on separate cores without any
-    process oversubscribing them; the batch carries embeddings [B, E] back, not pixels."""
-
-    def __init__(self, source: str, precision: str, threads: int):
-        self.source, self.precision, self.threads = source, precision, threads
-        self._side: Tower | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_side": None}  # each worker opens its own
-
-    def __call__(self, items: list[dict]) -> dict:
-        batch = collate_clips(items)
-        if batch["size"]:
-            if self._side is None:
-                torch.set_num_threads(self.threads)
-                try:
-                    self._side = open_video_side(self.source, threads=self.threads).to(torch.device("cpu"))
-                except EvilmError as err:  # weights that do not load: the main process says so, in its words
-                    return {**batch, "error": str(err)}
-            with torch.no_grad(), autocast(self.precision, "cpu"):
-                batch["embedding"] = embed_clips(self._side, batch.pop("pixels"))
-        return batch
+def open_embedder(source: str, threads: int):
+    """In a CPU loader worker (engine/workers.py): the video side of `source`, as a batch ->
+    {"embedding" [B, E]} function that takes the pixels off the batch."""
+    side = open_video_side(source, threads=threads).to(torch.device("cpu"))
+    return lambda batch: {"embedding": embed_clips(side, batch.pop("pixels"))}
 
 
 def embed_clips(side: Tower, pixels: torch.Tensor) -> torch.Tensor:
     """pixels [B, T, 3, H, W] -> float32 embeddings [B, E], returned on the CPU. CPU pixels go
     through in chunks of CPU_FORWARD_PIXELS (clips are independent: chunking changes no result)."""
-    if pixels.device.type != "cpu":
-        return side.embed_video(pixels).float().cpu()
-    per_clip = pixels[0].numel() // 3  # T * H * W
-    chunk = max(1, CPU_FORWARD_PIXELS // per_clip)
-    return torch.cat([side.embed_video(part).float() for part in pixels.split(chunk)])
+    return in_chunks(lambda part: side.embed_video(part).float(), pixels).cpu()
 
 
 def build_index(req: IndexRequest, progress: Progress | None = None, settings: RunSettings | None = None) -> dict:
@@ -172,7 +147,8 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
     counts = {"total": len(coll.keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0,
               "precision": precision, "decoder": settings.decoder}
     if todo:
-        collate = EmbedInWorker(str(side.directory), precision, plan.worker_threads) if in_workers else collate_clips
+        collate = ComputeInWorker(partial(open_embedder, str(side.directory)), precision, plan.worker_threads) \
+            if in_workers else collate_clips
         job = EmbedJob(coll, todo, root, meta, out, split, settings, plan.workers, collate)
         try:
             with autocast(precision, settings.device):
@@ -207,7 +183,7 @@ class EmbedJob:
     split: WorkSplit  # this run's part of the collection (names its part files)
     settings: RunSettings  # device and decoder
     workers: int  # loader processes
-    collate: Callable  # collate_clips, or EmbedInWorker (CPU workers embed)
+    collate: Callable  # collate_clips, or ComputeInWorker (CPU workers embed)
 
 
 @torch.no_grad()
