@@ -55,10 +55,13 @@ def register(app: typer.Typer) -> None:
         unreadable clip: key, question, error, reason, detail); --json prints one object per line.
         The summary (answered, skipped, seconds) goes to stderr. See docs/predict.md.
 
-        Example: evilm predict --checkpoint runs/synthetic/qa --videos clips/ --question "how does the red star move?"
-        Multiple choice: evilm predict --checkpoint runs/synthetic/pretrain clip.mp4 --options "a red star grows|a red star shrinks"
-        Labels: evilm predict --checkpoint runs/synthetic/retrieval --videos clips/ --labels "grows|shrinks" --template "a shape {}"
-        Resumable: evilm predict --checkpoint runs/synthetic/qa --manifest data/synth/test.jsonl --out answers.jsonl
+        \b
+        Examples:
+          evilm predict --checkpoint runs/synthetic/qa --videos clips/ --question "how does the red star move?"
+          evilm predict --checkpoint runs/synthetic/qa --manifest data/synth/test.jsonl --out answers.jsonl
+          evilm predict --checkpoint runs/synthetic/pretrain clip.mp4 --options "a red star grows|a red star shrinks"
+          evilm predict --checkpoint runs/synthetic/probe --videos clips/ -k 3
+          evilm predict --checkpoint runs/synthetic/retrieval --videos clips/ --labels "black|navy" --template "a {} background"
         """
         from evilm_core.predict.inputs import PredictRequest
         from evilm_core.predict.output import json_line, tsv_lines

@@ -42,14 +42,15 @@ class ResultFile:
                 if not raw.endswith(b"\n"):
                     break  # torn by a kill mid-write
                 try:
-                    row_key = unescape_key(json.loads(raw)["key"])
+                    row = json.loads(raw)
+                    row_key = unescape_key(row["key"])
                 except (ValueError, KeyError, TypeError):
                     raise EvilmError(f"{self.path}:{n}: not a line of `evilm predict` (JSON with a 'key'); give "
                                      "--out a new file, or the file an earlier run of this command wrote") from None
                 if row_key != key:
                     key, count = row_key, 0
                 count += 1
-                if count >= expected.get(key, count):
+                if count >= expected.get(key, count) or "error" in row:  # an unreadable clip has one line
                     done.add(key)
                     end = fh.tell()
         if end < self.path.stat().st_size:

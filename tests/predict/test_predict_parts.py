@@ -39,11 +39,12 @@ def _line(key: str, n: int) -> str:
 
 def test_out_recovery_keeps_complete_clips_and_cuts_the_rest(tmp_path):
     path = tmp_path / "out.jsonl"
-    complete = _line("a.mp4", 0) + _line("a.mp4", 1) + _line("b.mp4", 0) + _line("b.mp4", 1)
+    error = json.dumps({"key": "e.mp4", "error": "corrupt", "detail": "x"}) + "\n"  # one line for all its items
+    complete = _line("a.mp4", 0) + _line("a.mp4", 1) + error + _line("b.mp4", 0) + _line("b.mp4", 1)
     path.write_text(complete + _line("c.mp4", 0) + _line("c.mp4", 1)[:15])  # c: one line of 2, then a torn one
-    result = ResultFile(path, {"a.mp4": 2, "b.mp4": 2, "c.mp4": 2})
+    result = ResultFile(path, {"a.mp4": 2, "e.mp4": 2, "b.mp4": 2, "c.mp4": 2})
     result.close()
-    assert result.done == {"a.mp4", "b.mp4"} and path.read_text() == complete
+    assert result.done == {"a.mp4", "e.mp4", "b.mp4"} and path.read_text() == complete
 
 
 def test_batches_stay_aligned_to_the_input():
