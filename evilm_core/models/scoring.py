@@ -49,15 +49,23 @@ def joint_cls(net: nn.Module, tokens: torch.Tensor, counts: list[int], ids: torc
     return net._joint(video, ids, mask)["cls"]
 
 
+def head_fp32(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """A task head on features, in float32 even under bf16 autocast: bf16 scores keep about 3
+    significant digits, which ties near answers and options (as EViLM._project does for the
+    embeddings). The heads are small: no cost."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
+
+
 def match_log_odds(net: nn.Module, cls: torch.Tensor) -> torch.Tensor:
     """joint [CLS] [..., D] -> the VTM head's log-odds of "match" [...] (float32; class 1 = match)."""
-    logits = net.heads["vtm"](cls).float()
+    logits = head_fp32(net.heads["vtm"], cls)
     return logits[..., 1] - logits[..., 0]
 
 
 def answer_logits(net: nn.Module, cls: torch.Tensor) -> torch.Tensor:
     """joint [CLS] [Q, D] -> the QA head's scores [Q, A] over the answer vocabulary (float32)."""
-    return net.heads["qa"](cls).float()
+    return head_fp32(net.heads["qa"], cls)
 
 
 def features_of_tokens(net: nn.Module, tokens: torch.Tensor, feature: str) -> torch.Tensor:
@@ -72,7 +80,7 @@ def feature_dim(net: nn.Module, feature: str) -> int:
 def label_logits(net: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """Probe features [B, F] -> the probe head's scores [B, C] (float32)."""
     head = net.heads["probe"]
-    return head(features.to(head.weight.device)).float()
+    return head_fp32(head, features.to(head.weight.device))
 
 
 def similarities(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
