@@ -19,12 +19,8 @@ import torch
 
 from evilm_core.data.transforms import normalize
 from evilm_core.models.evilm import EViLM
+from evilm_core.models.scoring import CPU_FORWARD_PIXELS  # clips and windows alike
 
-# Pixels per forward pass on the CPU: the paper model embeds 16 frames of 256 px (4 clips of 4
-# frames) 1.2x faster per clip than 64 at once, whose activations spill the caches
-# (docs/performance.md, "Indexing on the CPU"); GPUs take the whole batch. Clips (retrieval/build.py)
-# and windows both use it.
-CPU_FORWARD_PIXELS = 16 * 256 * 256
 
 
 @dataclass

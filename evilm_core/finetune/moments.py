@@ -37,7 +37,9 @@ from evilm_core.evaluation.moments import (
     propose_moments,
     query_scores,
     random_scores,
+    temporal_iou,
 )
+from evilm_core.evaluation.predictions import DIGITS, PredictionRows
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.tasks import FinetuneTask
 from evilm_core.models.evilm import EViLM
@@ -58,8 +60,8 @@ class MomentsTask(FinetuneTask):
                          "`evilm evaluate` this recipe with that checkpoint (docs/retrieval.md, \"Moments\")")
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None):
-        return evaluate_moments(net, records, source, recipe, tokens, settings)
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None, out=None):
+        return evaluate_moments(net, records, source, recipe, tokens, settings, out)
 
 
 @torch.no_grad()
@@ -112,7 +114,9 @@ def ground_truths(records: list[ClipRecord], embedded: dict, counts: dict) -> di
 
 @torch.no_grad()
 def evaluate_moments(net: EViLM, records: list[ClipRecord], source: ClipSource, recipe: FinetuneRecipe,
-                     tokens: TextTokens, settings: RunSettings) -> dict[str, float]:
+                     tokens: TextTokens, settings: RunSettings, out: PredictionRows | None = None) -> dict[str, float]:
+    """R@k at temporal IoU and mIoU of the merged moments, beside the two baselines; `out` (evaluate
+    --predictions) gets one row per query: its video, the true windows and the top moments."""
     if source.shards is not None:
         raise EvilmError(f"task moments needs the videos themselves; {source.path} is a shard set (a few frames "
                          "per clip); use the moment manifest")
@@ -136,6 +140,8 @@ def evaluate_moments(net: EViLM, records: list[ClipRecord], source: ClipSource, 
         scores, truth = emb.numpy() @ query, truths[video, caption]  # scores [K] of the video's windows
         moments = propose_moments(scores, windows.times, max(RANKS), m.merge)
         ours.append(query_scores(moments, truth))
+        if out is not None:
+            out.rows.append(moment_row(video, caption, truth, moments[:out.k]))
         fixed.append(query_scores(fixed_windows(scores, windows.times, max(RANKS)), truth))
         chance.append(random_scores([x.end - x.start for x in moments], windows.duration, truth))
     metrics = mean_scores(ours)
@@ -143,3 +149,11 @@ def evaluate_moments(net: EViLM, records: list[ClipRecord], source: ClipSource, 
     metrics.update({f"random_{k}": v for k, v in mean_scores(chance).items()})
     return {**metrics, "num_queries": len(queries), "num_videos": len(embedded),
             "num_windows": sum(len(w) for _, w in embedded.values()), "skipped": skipped, **counts}
+
+
+def moment_row(video: str, caption: str, truth, moments: list) -> dict:
+    """One query's line of `evaluate --predictions`: the true windows and the top moments, each with
+    its best temporal IoU against them."""
+    return {"video": video, "caption": caption, "gold": [[round(float(s), 3), round(float(e), 3)] for s, e in truth],
+            "moments": [{"start": round(x.start, 3), "end": round(x.end, 3), "score": round(x.score, DIGITS),
+                         "iou": round(float(temporal_iou(x.start, x.end, truth).max()), 4)} for x in moments]}

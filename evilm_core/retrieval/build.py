@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +18,12 @@ from evilm_core.data.dataset import clip_dataset, collate_clips
 from evilm_core.data.windows import WindowSpec, collate_span
 from evilm_core.data.work_split import WHOLE, WorkSplit
 from evilm_core.engine.runtime import environment, eval_loader
+from evilm_core.engine.workers import ComputeInWorker
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps
+from evilm_core.models.scoring import in_chunks
 from evilm_core.progress import Progress
-from evilm_core.engine.windows import CPU_FORWARD_PIXELS, embed_span
+from evilm_core.engine.windows import embed_span
 from evilm_core.retrieval.index import (
     ANN_META,
     FORMAT,
@@ -119,48 +122,28 @@ def _check_frames(side: Tower, num_frames: int) -> None:
         raise EvilmError(f"--frames {num_frames}: the model of {side.directory} takes 1 to {side.max_frames} frames")
 
 
-class EmbedInWorker:
-    """The collate_fn of CPU indexing: in each loader worker, stack the clips and embed them with
-    that worker's own copy of the video side (opened on first use, `threads` intra-op threads),
-    so decoding and embedding of different batches overlap on separate cores without any
-    process oversubscribing them; the batch carries embeddings [B, E] back, not pixels."""
+def open_embedder(source: str, threads: int, meta: IndexMeta | None = None):
+    """In a CPU loader worker (engine/workers.py): the video side of `source`, as a batch ->
+    {"embedding" [B, E], "embed_s"} function that takes the pixels off the batch (a window
+    index's span: its frames, embedded window by window: engine/windows.py)."""
+    side = open_video_side(source, threads=threads).to(torch.device("cpu"))
+    model = window_model(side, torch.device("cpu"), meta.image_size, meta.num_frames) if meta is not None else None
 
-    def __init__(self, source: str, precision: str, threads: int, meta: IndexMeta | None = None):
-        self.source, self.precision, self.threads = source, precision, threads
-        self.meta = meta  # a window index's metadata: the batch is a span (data/windows.py), else clips
-        self._side: Tower | None = None
+    def embed(batch: dict) -> dict:
+        began = time.perf_counter()
+        if model is None:
+            embedding = embed_clips(side, batch.pop("pixels"))
+        else:
+            embedding = embed_span(model, batch.pop("frames"), batch["frame_of"])
+        return {"embedding": embedding, "embed_s": time.perf_counter() - began}
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_side": None}  # each worker opens its own
-
-    def __call__(self, items: list[dict]) -> dict:
-        batch = collate_clips(items) if self.meta is None else collate_span(items)
-        if batch["size"]:
-            if self._side is None:
-                torch.set_num_threads(self.threads)
-                try:
-                    self._side = open_video_side(self.source, threads=self.threads).to(torch.device("cpu"))
-                except EvilmError as err:  # weights that do not load: the main process says so, in its words
-                    return {**batch, "error": str(err)}
-            began = time.perf_counter()
-            with torch.no_grad(), autocast(self.precision, "cpu"):
-                if self.meta is None:
-                    batch["embedding"] = embed_clips(self._side, batch.pop("pixels"))
-                else:
-                    model = window_model(self._side, torch.device("cpu"), self.meta.image_size, self.meta.num_frames)
-                    batch["embedding"] = embed_span(model, batch.pop("frames"), batch["frame_of"])
-            batch["embed_s"] = time.perf_counter() - began
-        return batch
+    return embed
 
 
 def embed_clips(side: Tower, pixels: torch.Tensor) -> torch.Tensor:
     """pixels [B, T, 3, H, W] -> float32 embeddings [B, E], returned on the CPU. CPU pixels go
     through in chunks of CPU_FORWARD_PIXELS (clips are independent: chunking changes no result)."""
-    if pixels.device.type != "cpu":
-        return side.embed_video(pixels).float().cpu()
-    per_clip = pixels[0].numel() // 3  # T * H * W
-    chunk = max(1, CPU_FORWARD_PIXELS // per_clip)
-    return torch.cat([side.embed_video(part).float() for part in pixels.split(chunk)])
+    return in_chunks(lambda part: side.embed_video(part).float(), pixels).cpu()
 
 
 def build_index(req: IndexRequest, progress: Progress | None = None, settings: RunSettings | None = None) -> dict:
@@ -205,8 +188,9 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
              len(todo), "videos" if spec is None else f"spans ({counts['windows']} windows)", settings.device,
              precision)
     if todo:
-        collate = EmbedInWorker(str(side.directory), precision, plan.worker_threads, spec and meta) if in_workers \
-            else collate_clips if spec is None else collate_span
+        collate_items = collate_clips if spec is None else collate_span
+        collate = ComputeInWorker(partial(open_embedder, str(side.directory), meta=spec and meta), precision,
+                                  plan.worker_threads, collate_items) if in_workers else collate_items
         job = EmbedJob(coll, todo, root, meta, out, split, settings, plan.workers, collate)
         try:
             with autocast(precision, settings.device):
@@ -241,7 +225,7 @@ class EmbedJob:
     split: WorkSplit  # this run's part of the collection (names its part files)
     settings: RunSettings  # device and decoder
     workers: int  # loader processes
-    collate: Callable  # collate_clips, or EmbedInWorker (CPU workers embed)
+    collate: Callable  # collate_clips / collate_span, or ComputeInWorker (CPU workers embed)
 
 
 @torch.no_grad()

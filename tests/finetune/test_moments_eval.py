@@ -70,3 +70,23 @@ def test_moments_outside_their_video_are_skipped_or_clipped(model, long_dir, tmp
 def test_finetuning_the_moments_task_says_what_to_do(long_dir):
     proc = run_evilm("finetune", RECIPE, "--set", f"data.train={long_dir / 'moments.jsonl'}", check=False)
     assert proc.returncode == 2 and "is evaluated, not trained" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predictions_list_each_query_with_its_moments(tmp_path, long_dir, synth_dir):
+    """`evaluate --predictions` of a moments recipe: one line per (video, caption) with the true
+    windows and the top moments, whose best IoU agrees with the R@1 the metrics report."""
+    import json
+
+    from tests.helpers.cli import last_json, run_evilm
+    from tests.retrieval.test_retrieve_cli import write_model
+
+    model = write_model(tmp_path / "model", synth_dir, seed=0)
+    out = tmp_path / "moments.jsonl"
+    result = last_json(run_evilm("evaluate", "synthetic/moments", "--checkpoint", model, "--set",
+                                 f"data.test={long_dir / 'moments.jsonl'}", "--set", "data.image_size=64",
+                                 "--predictions", out, "--json").stdout)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == result["metrics"]["num_queries"]
+    assert all(r["moments"] and r["gold"] and r["moments"][0]["end"] > r["moments"][0]["start"] for r in rows)
+    hit = 100 * sum(r["moments"][0]["iou"] >= 0.5 for r in rows) / len(rows)
+    assert hit == pytest.approx(result["metrics"]["R@1_IoU0.5"], rel=1e-6)  # --json keeps 7 digits
