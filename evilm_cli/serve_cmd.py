@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="How long the first query of a batch "
                                           "waits for others."),
         max_k: int = typer.Option(100, "--max-k", min=1, help="Results per query at most."),
+        qa: str = typer.Option(None, "--qa", help="A qa, mc or pre-trained checkpoint (dir, run dir or hf-hub:ID): "
+                               "POST /api/clips/{key}/answer answers questions about a clip with it."),
         device: str = options.device("serve"),
         precision: str = options.precision("serve"),
         threads: int = options.threads("serve"),
@@ -38,10 +40,11 @@ def register(app: typer.Typer) -> None:
 
         Example: evilm serve --index runs/synthetic/index
         Then:    curl 'http://127.0.0.1:8000/api/search?q=a+red+star+shrinks&k=5'
+        Answers:  evilm serve --index runs/synthetic/index --qa runs/synthetic/qa
         On a lab network: EVILM_SERVE_TOKEN=... evilm serve --index /data/index --host 0.0.0.0 --port 8080
         """
         from evilm_core.serve.server import serve as run
 
         run(index, host=host, port=port, token=token, insecure=insecure, exact=exact, max_batch=max_batch,
-            max_wait_ms=max_wait_ms, max_k=max_k, device=device, precision=precision, threads=threads,
+            max_wait_ms=max_wait_ms, max_k=max_k, qa=qa, device=device, precision=precision, threads=threads,
             announce=lambda url: console.print(f"evilm serve: {url} (API docs: {url}docs)", highlight=False))

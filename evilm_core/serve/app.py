@@ -8,6 +8,7 @@ offset, queries per request and body size; read-only (GET, POST of queries only)
     GET  /api/clips/{key}                   the clip's metadata
     GET  /api/clips/{key}/frames.jpg        its frame strip
     GET  /api/clips/{key}/video             its video file, with HTTP range requests
+    POST /api/clips/{key}/answer {"question", "options", "k"}   with --qa: an answer about the clip
     GET  /api/indexes                       the indexes served
     GET  /healthz, /readyz, /metrics        liveness, readiness, Prometheus text
     GET  /                                  the search page (static files shipped in the wheel)
@@ -16,6 +17,7 @@ offset, queries per request and body size; read-only (GET, POST of queries only)
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -94,7 +96,9 @@ def create_app(service: Service) -> FastAPI:
     async def indexes():
         _ready(service)
         return {"indexes": [{"name": s.name, "clips": len(s.searcher.index), "directory": str(s.searcher.index.directory),
-                             "text_side": s.searcher.text.kind} for s in service.indexes.values()]}
+                             "text_side": s.searcher.text.kind} for s in service.indexes.values()],
+                "qa": None if service.answerer is None else {"checkpoint": service.answerer.info.describe(),
+                                                             "takes": service.answerer.takes}}
 
     @app.get("/api/search")
     async def search_get(q: str = "", k: int = 10, offset: int = 0, index: str | None = None):
@@ -140,6 +144,26 @@ def create_app(service: Service) -> FastAPI:
         if path is None:
             raise HTTPException(404, f"no video file of {key!r} under the collection's root")
         return FileResponse(path)  # Starlette answers Range requests (206) itself
+
+    @app.post("/api/clips/{key:path}/answer")
+    async def answer(key: str, request: Request):
+        body = await _json_body(request, config)
+        served = _clip(service, body.get("index"), key)
+        if service.answerer is None:
+            raise HTTPException(404, "this server answers no questions (start it with --qa CHECKPOINT)")
+        question, options, k = body.get("question"), body.get("options"), body.get("k", 5)
+        if question is not None and not isinstance(question, str) or options is not None and not isinstance(options, list):
+            raise HTTPException(422, 'expected {"question": "...", "options": ["...", ...], "k": 5}')
+        if question is not None:
+            _checked_query(question, config)
+        _check_page(config, k, 0)
+        run = functools.partial(service.answerer.answer, served.catalog.source, key, served.catalog.sample(key),
+                                question, options, k)
+        try:
+            row = await asyncio.get_running_loop().run_in_executor(None, run)
+        except EvilmError as err:
+            raise HTTPException(422, str(err)) from None
+        return _json({"index": served.name, **row})
 
     @app.get("/api/clips/{key:path}")
     async def clip(key: str, index: str | None = None):

@@ -22,9 +22,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from evilm_core.data.clips import open_clips, open_shards
+from evilm_core.data.clips import ClipSource, open_clips, open_shards
 from evilm_core.data.label_cache import KeyRows
 from evilm_core.data.records.record import ClipRecord
+from evilm_core.data.shards.layout import ShardSet
 from evilm_core.errors import EvilmError
 from evilm_core.retrieval.contact_sheet import FrameSource
 from evilm_core.retrieval.index import IndexView
@@ -37,14 +38,21 @@ class Catalog:
     def __init__(self, index: IndexView, decoder: str = "pyav"):
         self.index = index
         self.rows = KeyRows(list(index.keys))
-        self.video_root, self.records = _sources(index)  # records: a RecordTable (memory-mapped) or a list
+        self.video_root, self.records, shards = _sources(index)  # records: a RecordTable (memory-mapped) or a list
         self.record_rows = KeyRows([r.video for r in self.records])
         self.frames = FrameSource(index.meta.root, decoder)
+        # what a model reads the clips from (--qa answers): the shard set's frames, else the videos
+        self.source = ClipSource(index.meta.root, self.records, index.meta.root, shards)
 
     def row(self, key: str) -> int | None:
         """The index row of `key`, or None when the index has no such key."""
         row = self.rows.row(key)
         return row if row is not None and self.index.keys[row] == key else None  # a hash collision is no match
+
+    def sample(self, key: str) -> int | None:
+        """The clip's sample in the shard set (None: the index was built from video files)."""
+        records = [self.records[i] for i in self.record_rows.all_rows(key)]
+        return next((r.sample for r in records if r.video == key), None)
 
     def describe(self, key: str) -> dict:
         """What a result shows of a clip: captions and the source's metadata fields (cached: the
@@ -80,22 +88,22 @@ class Catalog:
         return buf.getvalue()
 
 
-def _sources(index: IndexView) -> tuple[str | None, Sequence[ClipRecord]]:
-    """(the root video files are served from, the records of the collection)."""
+def _sources(index: IndexView) -> tuple[str | None, Sequence[ClipRecord], ShardSet | None]:
+    """(the root video files are served from, the records of the collection, its shard set)."""
     source = index.meta.source or {}
     root = index.meta.root
     shards = open_shards(root)
     if shards is not None:
         built_from = _shard_input(root)
         video_root = built_from.get("root") if built_from.get("kind") == "manifest" else None
-        return video_root, shards.records
+        return video_root, shards.records, shards
     if "manifest" in source and Path(source["manifest"]).is_file():
         try:
-            return root, open_clips(source["manifest"], source.get("format", "auto"), root).records
+            return root, open_clips(source["manifest"], source.get("format", "auto"), root).records, None
         except EvilmError as err:
             log.warning("index %s: its manifest %s cannot be read (%s); serving keys without captions",
                         index.directory, source["manifest"], err)
-    return root, []
+    return root, [], None
 
 
 def _shard_input(root: str) -> dict:

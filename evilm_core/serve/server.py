@@ -30,6 +30,10 @@ def check_config(config: ServeConfig, insecure: bool = False) -> None:
         raise EvilmError("give at least one --index DIR (or NAME=DIR)")
     for name, directory in config.indexes.items():
         read_meta(directory)  # the error names the directory and how to build an index there
+    if config.qa:
+        from evilm_core.predict.answer import answering_checkpoint
+
+        answering_checkpoint(config.qa)  # a wrong checkpoint is refused now, not after the indexes load
     if not _loopback(config.host) and not config.token and not insecure:
         raise EvilmError(f"--host {config.host} would serve the collection beyond this machine without a password: "
                          "give --token (or the EVILM_SERVE_TOKEN environment variable), or --insecure to serve it "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from evilm_core.retrieval.query import Hit, Searcher
 from evilm_core.serve.batching import QueryBatcher
 from evilm_core.serve.catalog import Catalog
 from evilm_core.settings import RunSettings
+
+if TYPE_CHECKING:
+    from evilm_core.predict.answer import ClipAnswerer
 
 log = logging.getLogger("evilm.serve")
 
@@ -37,6 +41,7 @@ class ServeConfig:
     max_wait_ms: float = 2.0  # how long the first query of a batch waits for others
     graceful_s: float = 10.0  # on SIGTERM, in-flight requests get this long to finish
     exact: bool = False  # scan every embedding even where an index has an ANN index
+    qa: str | None = None  # a qa, mc or pre-trained checkpoint that answers questions about clips
 
 
 @dataclass
@@ -70,6 +75,7 @@ class ServedIndex:
 class Service:
     config: ServeConfig
     indexes: dict[str, ServedIndex] = field(default_factory=dict)
+    answerer: "ClipAnswerer | None" = None  # config.qa's model, loaded once
     error: str | None = None  # why loading failed (the server then answers 503 with it)
     loaded: threading.Event = field(default_factory=threading.Event)  # load() ended (well or not)
     started: threading.Event = field(default_factory=threading.Event)  # the batchers run: queries are served
@@ -86,6 +92,11 @@ class Service:
                 self.indexes[name] = ServedIndex(name, searcher, Catalog(searcher.index, self.config.settings.decoder))
                 log.info("serve: index %r (%s): %d clips, %s text side", name, directory, len(searcher.index),
                          searcher.text.kind)
+            if self.config.qa:
+                from evilm_core.predict.answer import ClipAnswerer  # torch: only a server that answers needs it
+
+                self.answerer = ClipAnswerer(self.config.qa, self.config.settings)
+                log.info("serve: answering questions with %s", self.answerer.info.describe())
         except EvilmError as err:
             self.error = str(err)
             log.error("serve: %s", err)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers.cli import run_evilm
+from tests.helpers.predict import write_checkpoints
 from tests.retrieval.test_retrieve_cli import write_model
 
 
@@ -61,7 +62,13 @@ class Server:
 
 
 @pytest.fixture(scope="package")
-def server(served_index):
-    srv = Server("--index", served_index).wait_ready()
+def qa_checkpoint(synth_dir, tmp_path_factory) -> Path:
+    """A tiny random-weight qa checkpoint (what `--qa` answers questions with)."""
+    return write_checkpoints(tmp_path_factory.mktemp("serve_qa"), synth_dir)["qa"]
+
+
+@pytest.fixture(scope="package")
+def server(served_index, qa_checkpoint):
+    srv = Server("--index", served_index, "--qa", qa_checkpoint).wait_ready()
     yield srv
     srv.stop()

@@ -16,6 +16,8 @@ from evilm_core.data.records.manifest import read_manifest
 from evilm_core.serve.app import create_app
 from evilm_core.serve.service import ServeConfig, Service
 from evilm_core.settings import RunSettings
+from tests.helpers.cli import in_process
+from tests.helpers.predict import write_checkpoints
 from tests.retrieval.test_retrieve_cli import query_lines
 
 
@@ -173,3 +175,48 @@ def test_a_window_index_answers_moments_that_play_from_their_start(long_dir, syn
         assert [(r["key"], r["start"], r["end"]) for r in results] == [(c[2], float(c[4]), float(c[5])) for c in cli]
         assert all(r["end"] > r["start"] >= 0 for r in results)
         assert client.get(f"/api/clips/{results[0]['key']}/video").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def answering(served_index, synth_dir, tmp_path_factory):
+    models = write_checkpoints(tmp_path_factory.mktemp("serve_qa"), synth_dir)
+    yield models
+
+
+def predict_line(models, kind: str, synth_dir, key: str, *args) -> dict:
+    with in_process() as evilm:
+        result = evilm("predict", "--checkpoint", models[kind], synth_dir / key, "--precision", "fp32",
+                       "--workers", "0", "--threads", "1", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.splitlines()[0])
+
+
+def test_answers_about_a_clip_are_predicts(answering, served_index, synth_dir):
+    """POST /api/clips/{key}/answer gives `evilm predict`'s line for the same clip and question
+    (qa: top-k answers and probabilities; a pre-trained checkpoint: zero-shot options)."""
+    key = read_manifest(synth_dir / "test.jsonl")[0].video
+    with client_for(served_index, qa=str(answering["qa"])) as client:
+        ready(client)
+        assert client.get("/api/indexes").json()["qa"]["takes"] == "a question"
+        body = client.post(f"/api/clips/{key}/answer", json={"question": "what color is the shape", "k": 3}).json()
+        assert client.post(f"/api/clips/{key}/answer", json={"question": " "}).status_code == 422
+        assert client.post("/api/clips/nope.mp4/answer", json={"question": "what"}).status_code == 404
+    line = predict_line(answering, "qa", synth_dir, key, "--question", "what color is the shape", "-k", "3")
+    assert [a["answer"] for a in body["answers"]] == [a["answer"] for a in line["answers"]]
+    assert [a["prob"] for a in body["answers"]] == pytest.approx([a["prob"] for a in line["answers"]], abs=1e-5)
+    options = ["a red circle", "a blue square", "a green star"]
+    with client_for(served_index, qa=str(answering["pretrained"])) as client:
+        body = ready(client).post(f"/api/clips/{key}/answer", json={"options": options}).json()
+    line = predict_line(answering, "pretrained", synth_dir, key, "--options", "|".join(options))
+    assert body["chosen"] == line["chosen"] and body["scores"] == pytest.approx(line["scores"], abs=1e-5)
+
+
+def test_no_answers_without_qa_and_a_retrieval_checkpoint_is_refused(api, answering, served_index, synth_dir):
+    key = read_manifest(synth_dir / "test.jsonl")[0].video
+    assert api.post(f"/api/clips/{key}/answer", json={"question": "what"}).status_code == 404
+    assert api.get("/api/indexes").json()["qa"] is None
+    with client_for(served_index, qa=str(answering["retrieval"])) as client:
+        deadline = time.monotonic() + 120
+        while "retrieval checkpoint" not in client.get("/readyz").text:
+            assert time.monotonic() < deadline and client.get("/readyz").status_code == 503
+            time.sleep(0.1)

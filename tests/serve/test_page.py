@@ -1,6 +1,6 @@
 """The page at / in a real headless Chromium (Debian's chromium and chromium-driver, which .ci/run
 installs), driven by Selenium: the query the CLI answers shows the CLI's first clip first, a click
-plays it, "more like this" returns the clip first, the query lives in the URL, errors show."""
+plays it, a question about it is answered (--qa), "more like this" returns the clip first, the query lives in the URL, errors show."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ def test_search_play_and_more_like_this(browser, server, served_index, tmp_path)
     wait(lambda: browser.execute_script(video_time) > 0.2)  # it plays: the time advances
     browser.save_screenshot(str(tmp_path / "serve_page.png"))  # the artefact the note shows
     assert browser.find_element(By.ID, "video").get_attribute("data-key") == expected
+    browser.find_element(By.ID, "question").send_keys("what color is the shape\n")  # --qa: ask about it
+    assert "%" in wait(lambda: "%" in browser.find_element(By.ID, "answer").text and
+                       browser.find_element(By.ID, "answer").text)
     browser.find_elements(By.CSS_SELECTOR, "#results li button.more")[0].click()
     wait(lambda: "similar=" in browser.current_url and result_keys(browser) and result_keys(browser)[0] == expected)
     shared = server.url + f"?q={quote(QUERY)}"  # a shared link runs the search on load

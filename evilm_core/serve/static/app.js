@@ -5,7 +5,7 @@
 
 const PAGE = 12;
 const $ = (id) => document.getElementById(id);
-const state = { q: "", similar: "", offset: 0, index: "" };
+const state = { q: "", similar: "", offset: 0, index: "", qa: null };
 
 function setStatus(text, error = false) {
   $("status").textContent = text;
@@ -29,8 +29,10 @@ function writeUrl() {
   history.pushState(null, "", "?" + p.toString());
 }
 
-async function api(path) {
-  const response = await fetch(path, { credentials: "same-origin" });
+async function api(path, request) {
+  const init = request === undefined ? { credentials: "same-origin" } : { credentials: "same-origin", method: "POST",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(request) };
+  const response = await fetch(path, init);
   let body = {};
   try { body = await response.json(); } catch (_) { /* not JSON: say the status */ }
   if (!response.ok) {
@@ -58,6 +60,7 @@ function play(result) {
   $("playing").textContent = `#${result.rank}  ${result.key}` + (result.end != null ?
     `  ${seconds(start)}-${seconds(result.end)}` : "") + (result.caption ? `  ${result.caption}` : "");
   video.dataset.key = result.key;
+  $("answer").textContent = "";
   video.src = clipUrl(result.key, "video");
   video.addEventListener("loadedmetadata", () => { video.currentTime = start; video.play().catch(() => {}); },
                          { once: true });
@@ -131,9 +134,30 @@ async function run() {
   }
 }
 
+// With `evilm serve --qa CKPT`: a question (qa) or options "a|b|c" (mc) about the clip playing.
+async function ask(text) {
+  const key = $("video").dataset.key;
+  const request = state.qa.takes === "a question" ? { question: text, k: 3 } :
+    { options: text.split("|").map((o) => o.trim()).filter(Boolean) };
+  if (state.index) request.index = state.index;
+  $("answer").textContent = "Thinking...";
+  try {
+    const body = await api(clipUrl(key, "answer").split("?")[0], request);
+    $("answer").textContent = body.answers ?
+      body.answers.map((a) => `${a.answer} (${(100 * a.prob).toFixed(1)}%)`).join(", ") :
+      `${body.chosen}  (` + body.options.map((o, i) => `${o}: ${body.scores[i].toFixed(2)}`).join(", ") + ")";
+  } catch (err) {
+    $("answer").textContent = `Error: ${err.message}`;
+  }
+}
+
 async function loadIndexes() {
   try {
     const body = await api("/api/indexes");
+    state.qa = body.qa;
+    $("ask").hidden = !body.qa;
+    $("question").placeholder = body.qa && body.qa.takes === "a question" ? "Ask about this clip" :
+      "Options to choose from: a dog runs|a cat sleeps";
     const select = $("index");
     select.replaceChildren(...body.indexes.map((i) => new Option(`${i.name} (${i.clips} clips)`, i.name)));
     select.hidden = body.indexes.length < 2;
@@ -158,6 +182,10 @@ $("login").addEventListener("submit", (event) => {
   $("login").hidden = true;
   loadIndexes();
   run();
+});
+$("ask").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if ($("question").value.trim()) ask($("question").value.trim());
 });
 $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); writeUrl(); run(); });
 $("next").addEventListener("click", () => { state.offset += PAGE; writeUrl(); run(); });
