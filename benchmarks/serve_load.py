@@ -3,8 +3,9 @@
     python benchmarks/serve_load.py --index onnx=INDEX_FROM_EXPORT --index checkpoint=INDEX \
         --queries data/synth/test.jsonl --clients 32 --seconds 60 --out docs/serve_load.json
 
-For every index and two batching settings (`--max-batch 64`, dynamic batching, and `--max-batch
-1`, one query per forward pass), a fresh server answers `wrk` (Debian's wrk: `apt-get install
+For every index and the batching settings of `--variants` (default: `16x2`, dynamic batching with
+two batches in flight, the server's default; `1x1`, one query per forward pass, one at a time;
+MAXxIN = `--max-batch MAX --batches-in-flight IN`), a fresh server answers `wrk` (Debian's wrk: `apt-get install
 wrk`) with `--clients` connections for `--seconds`, cycling through the manifest's captions as
 GET /api/search?q=...&k=10. Variants run interleaved (A, B, A, B, ... over `--rounds`).
 Reported per variant: queries/s, p50 and p99 latency, errors (non-2xx and socket errors), the
@@ -33,10 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evilm_core.data.records.manifest import read_manifest  # noqa: E402
 
 
-def start_server(index: str, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(index: str, variant: str, threads: int) -> tuple[subprocess.Popen, str]:
     exe = Path(sys.executable).with_name("evilm")
+    max_batch, in_flight = variant.split("x")
     proc = subprocess.Popen([str(exe), "serve", "--index", index, "--port", "0", "--threads", str(threads),
-                             "--max-batch", str(max_batch)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             "--max-batch", max_batch, "--batches-in-flight", in_flight], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     url = None
     while url is None:
@@ -88,8 +90,8 @@ def batch_sizes(url: str) -> float:
     return total / count if count else 0.0
 
 
-def measure(index: str, max_batch: int, script: Path, args) -> dict:
-    proc, url = start_server(index, max_batch, args.threads)
+def measure(index: str, variant: str, script: Path, args) -> dict:
+    proc, url = start_server(index, variant, args.threads)
     try:
         run_wrk(url, script, args.clients, 3)  # warm-up: first batches, page cache
         start_rss = rss_mib(proc.pid)
@@ -109,18 +111,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="the server's --threads")
+    ap.add_argument("--variants", default="16x2,1x1", help="MAX_BATCHxIN_FLIGHT, comma-separated")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     queries = list(dict.fromkeys(r.caption for r in read_manifest(args.queries) if r.caption))
     script = lua_script(queries, Path(tempfile.mkdtemp()) / "queries.lua")
-    variants = [(label, index, batch) for label, _, index in (s.partition("=") for s in args.index)
-                for batch in (64, 1)]
-    rows: dict[str, list[dict]] = {f"{label}, max-batch {batch}": [] for label, _, batch in variants}
+    variants = [(label, index, v) for label, _, index in (s.partition("=") for s in args.index)
+                for v in args.variants.split(",")]
+    rows: dict[str, list[dict]] = {f"{label}, {v}": [] for label, _, v in variants}
     for _ in range(args.rounds):
-        for label, index, batch in variants:
-            row = measure(index, batch, script, args)
-            rows[f"{label}, max-batch {batch}"].append(row)
-            print(f"{label}, max-batch {batch}: {row}", flush=True)
+        for label, index, v in variants:
+            row = measure(index, v, script, args)
+            rows[f"{label}, {v}"].append(row)
+            print(f"{label}, {v}: {row}", flush=True)
     summary = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rows.items()}
     report = {"clients": args.clients, "seconds": args.seconds, "rounds": args.rounds, "server_threads": args.threads,
               "cpus": os.cpu_count(), "load_before": os.getloadavg(), "queries": len(queries), "runs": rows,

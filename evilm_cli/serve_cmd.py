@@ -20,10 +20,12 @@ def register(app: typer.Typer) -> None:
                                   help="Bearer token every /api request must carry."),
         insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
         exact: bool = typer.Option(False, "--exact", help="Scan every embedding even where an index has an ANN index."),
-        max_batch: int = typer.Option(64, "--max-batch", min=1, help="Queries embedded in one forward pass at most "
+        max_batch: int = typer.Option(16, "--max-batch", min=1, help="Queries embedded in one forward pass at most "
                                       "(1: one at a time)."),
         max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="How long the first query of a batch "
                                           "waits for others."),
+        in_flight: int = typer.Option(2, "--batches-in-flight", min=1, help="Batches computing at once (while one "
+                                      "computes, the next gathers)."),
         max_k: int = typer.Option(100, "--max-k", min=1, help="Results per query at most."),
         qa: str = typer.Option(None, "--qa", help="A qa, mc or pre-trained checkpoint (dir, run dir or hf-hub:ID): "
                                "POST /api/clips/{key}/answer answers questions about a clip with it."),
@@ -46,5 +48,5 @@ def register(app: typer.Typer) -> None:
         from evilm_core.serve.server import serve as run
 
         run(index, host=host, port=port, token=token, insecure=insecure, exact=exact, max_batch=max_batch,
-            max_wait_ms=max_wait_ms, max_k=max_k, qa=qa, device=device, precision=precision, threads=threads,
+            max_wait_ms=max_wait_ms, batches_in_flight=in_flight, max_k=max_k, qa=qa, device=device, precision=precision, threads=threads,
             announce=lambda url: console.print(f"evilm serve: {url} (API docs: {url}docs)", highlight=False))

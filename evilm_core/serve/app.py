@@ -47,7 +47,8 @@ def create_app(service: Service) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(None, service.load)
         for served in service.indexes.values():
             served.batcher = QueryBatcher(served.run_batch, size=lambda p: len(p[0]), max_batch=config.max_batch,
-                                          max_wait_s=config.max_wait_ms / 1000, on_batch=metrics.batch)
+                                          max_wait_s=config.max_wait_ms / 1000, on_batch=metrics.batch,
+                                          in_flight=config.batches_in_flight)
             await served.batcher.start()
         service.started.set()
 
@@ -62,17 +63,7 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="evilm", summary="Text-to-video search over evilm indexes", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            refusal = _refuse(request, config)
-            response = refusal or await call_next(request)
-        except Exception:  # a bug: logged with its traceback, a clean 500 for the client
-            log.exception("serve: %s %s failed", request.method, request.url.path)
-            response = _error(500, "internal error (see the server's log)")
-        metrics.request(_route(request), request.method, response.status_code, time.perf_counter() - start)
-        return response
+    app.add_middleware(Guard, config=config, metrics=metrics)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
@@ -172,6 +163,37 @@ def create_app(service: Service) -> FastAPI:
     static = resources.files("evilm_core.serve") / "static"
     app.mount("/", StaticFiles(directory=str(static), html=True), name="page")
     return app
+
+
+class Guard:
+    """The token and the body size, checked before any route runs; each request's metrics; a bug
+    answered with a clean 500. Pure ASGI: Starlette's BaseHTTPMiddleware (`@app.middleware`) took
+    about a third of the event loop's time per search under load (docs/serving.md, "Batching")."""
+
+    def __init__(self, app, config, metrics: Metrics):
+        self.app, self.config, self.metrics = app, config, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status, started = time.perf_counter(), 500, False
+
+        async def watched(message):
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        request = Request(scope)
+        try:
+            refusal = _refuse(request, self.config)
+            await (refusal or self.app)(scope, receive, watched)
+        except Exception:  # a bug: logged with its traceback, a clean 500 for the client
+            log.exception("serve: %s %s failed", request.method, request.url.path)
+            if started:
+                raise
+            await _error(500, "internal error (see the server's log)")(scope, receive, send)
+        self.metrics.request(_route(request), request.method, status, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -37,8 +37,9 @@ class ServeConfig:
     max_query_chars: int = 1_000  # a longer query is refused (413)
     max_queries: int = 64  # queries in one POST /api/search at most
     max_body_bytes: int = 64 * 1024  # a larger request body is refused (413) before it is read
-    max_batch: int = 64  # queries embedded in one forward pass at most
+    max_batch: int = 16  # queries embedded in one forward pass at most
     max_wait_ms: float = 2.0  # how long the first query of a batch waits for others
+    batches_in_flight: int = 2  # batches computing at once (one computes while the next gathers)
     graceful_s: float = 10.0  # on SIGTERM, in-flight requests get this long to finish
     exact: bool = False  # scan every embedding even where an index has an ANN index
     qa: str | None = None  # a qa, mc or pre-trained checkpoint that answers questions about clips
