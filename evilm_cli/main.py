@@ -24,6 +24,7 @@ from evilm_cli import (
     quickstart_cmd,
     recipes_cmd,
     retrieve_cmd,
+    serve_cmd,
     tokenize_cmd,
     validate_cmd,
 )
@@ -43,7 +44,7 @@ app = typer.Typer(
 _classic_help()
 # one module per command (or command group), each adding itself with register(app), in help order
 COMMANDS = (quickstart_cmd, data_cmd, tokenize_cmd, label_cmd, pretrain_cmd, finetune_cmd, evaluate_cmd,
-            predict_cmd, retrieve_cmd, export_cmd, push_cmd, profile_cmd, plot_cmd, recipes_cmd, validate_cmd)
+            predict_cmd, retrieve_cmd, serve_cmd, export_cmd, push_cmd, profile_cmd, plot_cmd, recipes_cmd, validate_cmd)
 for command in COMMANDS:
     command.register(app)
 

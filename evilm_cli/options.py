@@ -22,6 +22,7 @@ DEFAULTS: dict[str, dict[str, str | int | None]] = {
     "finetune": {"threads": None},
     "profile": {"threads": None},
     "quickstart": {"threads": 0},
+    "serve": {"device": "auto", "precision": "fp32", "threads": 0},
 }
 
 _HELP = {

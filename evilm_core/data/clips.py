@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from evilm_core.data.dataset import CachedCandidates, FramePicker, SegmentFrames, ShardCandidates
-from evilm_core.data.label_cache import LabelCache
 from evilm_core.data.records.collect import collect_videos
 from evilm_core.data.records.manifest import read_manifest, video_root
 from evilm_core.data.records.record import ClipRecord
 from evilm_core.data.shards.layout import ShardSet, looks_like_shards
 from evilm_core.errors import EvilmError
+
+if TYPE_CHECKING:  # the frame pickers need torch; reading records and keys does not (an ONNX query process)
+    from evilm_core.data.dataset import FramePicker
+    from evilm_core.data.label_cache import LabelCache
 
 
 @dataclass
@@ -50,6 +52,8 @@ def picker(shards: ShardSet | None, path: str, num_frames: int, image_size: int,
            cache: LabelCache | None = None, decoder: str | None = "pyav") -> FramePicker:
     """Shard sets give their stored candidates; manifests decode with `decoder` (label-cache
     candidates with a cache)."""
+    from evilm_core.data.dataset import CachedCandidates, SegmentFrames, ShardCandidates
+
     if shards is None:
         if cache is not None:
             return CachedCandidates(cache, num_frames, image_size, decoder)

@@ -25,12 +25,15 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from evilm_core.errors import EvilmError
 from evilm_core.fs import read_text, unescape_key
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("evilm.data")
 
@@ -152,6 +155,12 @@ class KeyRows:
         i = int(np.searchsorted(self.hashes, h))
         return int(self.order[i]) if i < len(self.hashes) and self.hashes[i] == h else None
 
+    def all_rows(self, key: str) -> list[int]:
+        """Every row whose key hashes as `key` does, in row order (for key lists that repeat a key)."""
+        h = key_hashes([key])[0]
+        lo, hi = np.searchsorted(self.hashes, h, "left"), np.searchsorted(self.hashes, h, "right")
+        return sorted(int(r) for r in self.order[lo:hi])
+
 
 class LabelCache:
     """Read-only access to a label cache. Picklable: memory maps are reopened lazily in each
@@ -237,6 +246,8 @@ class LabelCache:
     def targets(self, key: str, candidate_ids: list[int], flipped: bool = False) -> torch.Tensor:
         """MVM targets [T, g, g] long: the codes of the chosen candidates, of the flipped frames
         (the tokenizer's codes of the mirrored pixels) when `flipped`."""
+        import torch  # the cache itself is NumPy: a process that only looks keys up never loads torch
+
         if flipped and "hflip" not in self.meta["variants"]:
             raise EvilmError(f"label cache {self.dir} has no codes of flipped frames (made without --flips), "
                              "but flipped targets were asked for; re-run `evilm label --flips` or turn off hflip")

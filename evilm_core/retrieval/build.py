@@ -84,7 +84,8 @@ def collection(req: IndexRequest) -> tuple[Collection, str]:
     return coll, str(Path(source.get("videos") or source.get("root") or source["shards"]).absolute())
 
 
-def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precision: str) -> IndexMeta:
+def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precision: str,
+                    source: dict | None = None) -> IndexMeta:
     spec = req.window_spec()
     if (out / META).is_file():
         meta = read_meta(out)
@@ -107,7 +108,7 @@ def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precis
     out.mkdir(parents=True, exist_ok=True)
     meta = IndexMeta(FORMAT if spec is None else FORMAT_WINDOWS, side.model_hash, str(side.directory.absolute()),
                      side.embed_dim, req.num_frames, side.image_size, root, precision=precision,
-                     window=spec and spec.window, stride=spec and spec.stride)
+                     window=spec and spec.window, stride=spec and spec.stride, source=source)
     write_meta(out, meta)
     return meta
 
@@ -172,7 +173,7 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
         clean_stale_temps(debris)
     precision = settings.precision if side.kind == "torch" else "fp32"  # an export computes in fp32
     fresh = not (out / META).is_file()
-    meta = _open_or_create(out, side, req, root, precision)
+    meta = _open_or_create(out, side, req, root, precision, coll.source)
     mine = split.take(coll.keys)
     counts = {"total": len(coll.keys), "embedded": 0, "already": 0, "skipped": 0, "precision": precision,
               "decoder": settings.decoder}

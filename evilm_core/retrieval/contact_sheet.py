@@ -21,21 +21,18 @@ TILE, CAPTION_H, QUERY_H, PAD = 160, 30, 22, 6
 MOMENT_FRAMES, TIME_H = 3, 14  # frames shown per moment; the line under each with its time
 
 
-def middle_frame(path: Path, size: int = TILE) -> np.ndarray | None:
-    try:
-        return read_frames(path, lambda n: [n // 2], size).frames[0]
-    except VideoDecodeError as err:
-        log.warning("contact sheet: %s unreadable (%s)", path, err.reason)
-        return None
+def evenly(count: int, n: int) -> list[int]:
+    """n positions spread over `count` items (segment centres), for a strip of frames."""
+    return [min(count - 1, int((i + 0.5) * count / n)) for i in range(n)]
 
 
 class FrameSource:
-    """A clip's middle frame by key: from the video file under `root`, or, when the index was
-    built from a shard set (`root` is one), from the frames the shards store (the video files
-    may not be on this machine at all)."""
+    """A clip's frames by key: from the video file under `root`, or, when the index was built from
+    a shard set (`root` is one), from the frames the shards store (the video files may not be on
+    this machine at all)."""
 
-    def __init__(self, root: str):
-        self.root, self.shards, self.sample_of = root, None, {}
+    def __init__(self, root: str, decoder: str = "pyav"):
+        self.root, self.decoder, self.shards, self.sample_of = root, decoder, None, {}
         if looks_like_shards(root):
             self.shards = ShardSet.open(root)
             self.sample_of = {r.video: r.sample for r in self.shards.records}
@@ -49,17 +46,24 @@ class FrameSource:
             log.warning("contact sheet: %s unreadable (%s)", key, err.reason)
             return None
 
-    def middle(self, key: str) -> np.ndarray | None:
-        if self.shards is None:
-            return middle_frame(resolve_video(key, self.root))
+    def frames(self, key: str, n: int = 1, size: int = TILE) -> list[np.ndarray]:
+        """`n` frames spread over the clip, size x size RGB; [] when it cannot be read."""
         try:
+            if self.shards is None:
+                return list(read_frames(resolve_video(key, self.root), lambda count: evenly(count, n), size,
+                                        self.decoder).frames)
             if key not in self.sample_of:
                 raise VideoDecodeError(key, "missing", f"not in the shard set {self.root}")
             stored = self.shards.read(self.sample_of[key]).frames  # [F, H, W, 3]
         except VideoDecodeError as err:
-            log.warning("contact sheet: %s unreadable (%s)", key, err.reason)
-            return None
-        return np.asarray(Image.fromarray(stored[len(stored) // 2]).resize((TILE, TILE), Image.BILINEAR))
+            log.warning("%s unreadable (%s)", key, err.reason)
+            return []
+        return [np.asarray(Image.fromarray(stored[i]).resize((size, size), Image.BILINEAR))
+                for i in evenly(len(stored), n)]
+
+    def middle(self, key: str) -> np.ndarray | None:
+        frames = self.frames(key)
+        return frames[0] if frames else None
 
 
 def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:

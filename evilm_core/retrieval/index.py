@@ -83,6 +83,7 @@ class IndexMeta:
     root: str  # where relative keys resolve (for contact sheets)
     count: int = 0  # consolidated rows
     precision: str = "fp32"  # fp32 | bf16: the arithmetic of the video side (an index never mixes them)
+    source: dict | None = None  # what was collected: {"manifest", "format", "root"} | {"videos"} | {"shards"}
     window: float | None = None  # seconds per window (a window index); None: one row per video
     stride: float | None = None  # seconds between a video's window starts (a window index)
 
@@ -333,6 +334,14 @@ class IndexView:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def embedding(self, row: int) -> np.ndarray:
+        """Row `row`'s embedding [E] float32 (from the memory map, or a part not folded in yet)."""
+        for block in self.blocks:
+            if 0 <= row < block.shape[0]:
+                return np.asarray(block[row], dtype=np.float32)
+            row -= block.shape[0]
+        raise IndexError(f"row out of range of the index {self.directory}")
 
     def search(self, queries: np.ndarray, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by dot product for l2-normalised queries [Q, E] float32 -> (scores [Q, k],

@@ -88,7 +88,11 @@ class Searcher:
                 log.warning("query %r: %s not in the model's vocabulary (%d words); searched without %s",
                             text, ", ".join(repr(w) for w in unknown), self.tokens.vocab_size,
                             "it" if len(unknown) == 1 else "them")
-        queries = self.embed(texts)
+        return self.rank(self.embed(texts), texts, k)
+
+    def rank(self, queries: np.ndarray, texts: list[str], k: int) -> list[list[Hit]]:
+        """The top-k clips (moments, on a window index) of each embedded query [Q, E]: through the
+        ANN index when there is one, else exactly."""
         search = self.index.search if self.ann is None else self.ann.search
         if self.runs is not None:
             return [[Hit(q, r + 1, m.key, m.score, m.start, m.end) for r, m in enumerate(

@@ -162,3 +162,20 @@ def test_window_index_from_an_export_and_its_query_without_torch(setup, onnx_ind
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[-1] == "LOADED []" and len(lines[0].split("\t")) == 6  # query, rank, key, score, start, end
+
+
+def test_serve_over_an_onnx_export_never_imports_torch(onnx_index):
+    """`evilm serve` over an index built from an export: the server answers searches without
+    torch, timm or transformers in the process (docs/serving.md)."""
+    pytest.importorskip("fastapi")
+    _, index = onnx_index
+    code = ("import sys, time\nfrom fastapi.testclient import TestClient\n"
+            "from evilm_core.serve.app import create_app\nfrom evilm_core.serve.service import ServeConfig, Service\n"
+            "from evilm_core.settings import RunSettings\n"
+            "with TestClient(create_app(Service(ServeConfig({'x': sys.argv[1]}, RunSettings(threads=1))))) as c:\n"
+            "    while c.get('/readyz').status_code != 200:\n        time.sleep(0.1)\n"
+            "    print(len(c.get('/api/search', params={'q': 'a red circle', 'k': 3}).json()['results']))\n"
+            "print('LOADED', sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(index)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["3", "LOADED []"]
