@@ -133,13 +133,14 @@ def disk_message(path: str | os.PathLike, code: int, needed: int | None = None) 
     path = Path(path)
     probe = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free
-    want = f"; about {_size(needed)} is needed" if needed else ""
-    return (f"cannot write {path}: {os.strerror(code)} ({_size(free)} free on its "
+    want = f"; about {human_size(needed)} is needed" if needed else ""
+    return (f"cannot write {path}: {os.strerror(code)} ({human_size(free)} free on its "
             f"file system{want}). The previous complete files are intact; free space (or fix the disk) and run "
             "the same command again")
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """Bytes for people: '512 B', '3.5 GiB'."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

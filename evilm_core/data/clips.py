@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from evilm_core.data.dataset import CachedCandidates, FramePicker, SegmentFrames, ShardCandidates
-from evilm_core.data.label_cache import LabelCache
 from evilm_core.data.records.collect import collect_videos
 from evilm_core.data.records.manifest import read_manifest, video_root
 from evilm_core.data.records.record import ClipRecord
 from evilm_core.data.shards.layout import ShardSet, looks_like_shards
+from evilm_core.data.video.read import MAX_VIDEO_BYTES
 from evilm_core.errors import EvilmError
+
+if TYPE_CHECKING:  # torch comes with them: `evilm data check` and the tar listing need none
+    from evilm_core.data.dataset import FramePicker
+    from evilm_core.data.label_cache import LabelCache
 
 
 @dataclass
@@ -30,10 +33,10 @@ class ClipSource:
     shards: ShardSet | None = None  # the frames, when `path` is a shard set
 
     def frames(self, num_frames: int, image_size: int, cache: LabelCache | None = None,
-               decoder: str | None = "pyav") -> FramePicker:
+               decoder: str | None = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> FramePicker:
         """How a dataset over these clips gets its T frames (`decoder`: the resolved backend that
-        decodes a manifest's videos)."""
-        return picker(self.shards, self.path, num_frames, image_size, cache, decoder)
+        decodes a manifest's videos; `max_bytes`: data.max_video_bytes)."""
+        return picker(self.shards, self.path, num_frames, image_size, cache, decoder, max_bytes)
 
     def sample_videos(self) -> list[str]:
         """The video of each sample, in sample order (shard sets hold one sample per distinct video)."""
@@ -47,13 +50,16 @@ class ClipSource:
 
 
 def picker(shards: ShardSet | None, path: str, num_frames: int, image_size: int,
-           cache: LabelCache | None = None, decoder: str | None = "pyav") -> FramePicker:
+           cache: LabelCache | None = None, decoder: str | None = "pyav",
+           max_bytes: int = MAX_VIDEO_BYTES) -> FramePicker:
     """Shard sets give their stored candidates; manifests decode with `decoder` (label-cache
-    candidates with a cache)."""
+    candidates with a cache), skipping videos over `max_bytes` unread."""
+    from evilm_core.data.dataset import CachedCandidates, SegmentFrames, ShardCandidates
+
     if shards is None:
         if cache is not None:
-            return CachedCandidates(cache, num_frames, image_size, decoder)
-        return SegmentFrames(num_frames, image_size, decoder)
+            return CachedCandidates(cache, num_frames, image_size, decoder, max_bytes)
+        return SegmentFrames(num_frames, image_size, decoder, max_bytes)
     stored = shards.settings
     if stored["size"] != image_size:
         raise EvilmError(f"the shard set {path} stores {stored['size']} px frames but data.image_size is "

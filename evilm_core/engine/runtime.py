@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from evilm_core.data.dataset import collate_clips
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
+from evilm_core.workers import WorkerInit
 
 log = logging.getLogger("evilm.engine")
 METRICS_FILE = "metrics.jsonl"
@@ -78,7 +79,8 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn:
     """In-order batches for evaluation, labelling and indexing. Workers are spawned, never forked
     (decord readers and CUDA state do not survive a fork), and persist: evaluating the same
     dataset again (validation every epoch) reuses the loader and its workers instead of
-    spawning fresh ones with a fresh copy of the dataset. They end when the dataset is freed."""
+    spawning fresh ones with a fresh copy of the dataset. They end when the dataset is freed, and
+    with this process however it ends (evilm_core/workers.py)."""
     if not num_workers:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
                           pin_memory=pin_memory)
@@ -89,7 +91,8 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn:
         cached = {}
     if key not in cached:
         cached[key] = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                                 num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init_fn,
+                                 num_workers=num_workers, pin_memory=pin_memory,
+                                 worker_init_fn=WorkerInit(worker_init_fn),
                                  multiprocessing_context="spawn", persistent_workers=True)
     return cached[key]
 

@@ -47,6 +47,7 @@ from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.evaluation.metrics import require_finite_metrics
 from evilm_core.fs import atomic_write_text
 from evilm_core.settings import RunSettings
+from evilm_core.workers import WorkerInit
 
 log = logging.getLogger("evilm.engine")
 # SIGUSR1: what SLURM sends before a time limit or preemption (`--signal=USR1@120`)
@@ -176,7 +177,8 @@ class Trainer:
                 self.dataset, batch_size=d.batch_size, sampler=self.sampler, collate_fn=collate_clips,
                 generator=torch.Generator().manual_seed(self.recipe.seed), num_workers=d.num_workers,
                 pin_memory=self.info.device.type == "cuda", persistent_workers=self.persistent and d.num_workers > 0,
-                multiprocessing_context="spawn" if d.num_workers else None)
+                multiprocessing_context="spawn" if d.num_workers else None,
+                worker_init_fn=WorkerInit() if d.num_workers else None)  # workers die with this process
         return self._train_loader
 
     def fit(self, resume: bool | str = False) -> dict[str, Any]:

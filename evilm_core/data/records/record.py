@@ -49,6 +49,8 @@ class ClipRecord:
     options: list[str] | None = None  # multiple choice candidates
     label: str | None = None          # recognition class name
     split: str | None = None          # "train" | "val" | "test" when the source says
+    meta: dict | None = None          # provenance as the source gives it (video2dataset's url, status, key,
+                                      # ...): carried into shards and `retrieve query --json`, never interpreted
     # the shard-set sample holding this clip's frames (set by the record table of a shard set,
     # evilm_core/data/records/table.py); never read from or written to a manifest
     sample: int | None = field(default=None, repr=False, compare=False)
@@ -87,5 +89,9 @@ def _check_types(obj: dict, where: str) -> None:
         not isinstance(options, list) or not all(isinstance(o, str) for o in options)
     ):
         raise ManifestError(f"{where}: key 'options' must be a list of strings, got {options!r}")
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ManifestError(f"{where}: key 'meta' must be an object (the clip's provenance: url, status, ...), got "
+                            f"{type(meta).__name__}")
 
 

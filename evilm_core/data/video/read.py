@@ -19,18 +19,23 @@ shared across DataLoader workers can hang and a long-lived one leaks memory).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from evilm_core.config.sections import DECODERS
+from evilm_core.config.sections import DECODERS, MAX_VIDEO_BYTES
 from evilm_core.errors import EvilmError, VideoDecodeError
+from evilm_core.fs import disk_errors, human_size, temp_sibling
 
 AUTO_ORDER = DECODERS[1:]  # what `auto` tries, fastest measured first (docs/benchmarks.md, "Decoders")
+SPOOL_BYTES = 64 << 20  # a video up to this size may be held in memory; a bigger tar member is decoded from a copy
 
 
 @dataclass
@@ -62,7 +67,7 @@ def segment_indices(num_video_frames: int, num_samples: int, mode: str = "eval",
 
 @dataclass
 class VideoBytes:
-    """A video held in memory (a member of a WebDataset tar): decoded without touching disk."""
+    """A video held in memory: decoded without touching disk."""
 
     name: str  # what messages call it (e.g. "00000.tar/000000042.mp4")
     data: bytes  # the container's bytes
@@ -71,23 +76,98 @@ class VideoBytes:
         return self.name
 
 
-def _source(path: Path | VideoBytes):
+@dataclass(frozen=True)
+class TarMember:
+    """A video inside a tar (a WebDataset / video2dataset shard), read where it lies: a member up
+    to SPOOL_BYTES is read into memory, a bigger one is copied in 1 MiB pieces to a temporary
+    file in `spool_dir` and decoded from there, so memory never holds more than SPOOL_BYTES of it
+    (docs/reliability.md, "Bounded reading")."""
+
+    tar: str  # the tar file
+    name: str  # what keys and messages call it: "00000.tar/000000042.mp4"
+    offset: int  # byte offset of its data in the tar
+    size: int  # its length in bytes (from its header)
+    spool_dir: str | None = None  # where a big member is copied to be decoded (None: the system's temporary directory)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def read(self, limit: int = SPOOL_BYTES) -> bytes:
+        """The member's bytes (at most `limit`: more is an error, never an allocation)."""
+        if self.size > limit:
+            raise VideoDecodeError(self.name, "corrupt", f"{human_size(self.size)}, more than the "
+                                   f"{human_size(limit)} read into memory")
+        with open(self.tar, "rb") as fh:
+            data = os.pread(fh.fileno(), self.size, self.offset)
+        if len(data) != self.size:
+            raise VideoDecodeError(self.name, "corrupt", f"truncated: {len(data)} of {self.size} bytes")
+        return data
+
+    @contextlib.contextmanager
+    def spooled(self) -> Iterator[str]:
+        """The member copied to a temporary file (the `.NAME.HOST.PID.tmp` of evilm_core/fs.py, so a
+        killed run's copy is removed by the next run), removed afterwards."""
+        directory = Path(self.spool_dir or tempfile.gettempdir())
+        path = temp_sibling(directory / f"spool-{self.offset}-{Path(self.tar).name}")
+        try:
+            with disk_errors(path), open(self.tar, "rb") as src, open(path, "wb") as dst:
+                done = 0
+                while done < self.size:
+                    block = os.pread(src.fileno(), min(1 << 20, self.size - done), self.offset + done)
+                    if not block:
+                        raise VideoDecodeError(self.name, "corrupt", f"truncated: {done} of {self.size} bytes")
+                    dst.write(block)
+                    done += len(block)
+            yield str(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _too_large(name: str, size: int, max_bytes: int) -> VideoDecodeError:
+    return VideoDecodeError(name, "corrupt", f"too large: {human_size(size)} ({size} bytes), more than "
+                            f"data.max_video_bytes ({human_size(max_bytes)})")
+
+
+@contextlib.contextmanager
+def _source(path: Path | VideoBytes | TarMember, max_bytes: int) -> Iterator:
     """What a backend opens: a path string, or bytes (in memory; a file name that is not UTF-8,
-    which FFmpeg cannot be given). Missing, empty and directory paths raise VideoDecodeError."""
+    which FFmpeg cannot be given). Missing, empty, directory and too large (over `max_bytes`)
+    sources raise VideoDecodeError before a byte of them is read."""
+    if isinstance(path, TarMember):
+        if path.size > max_bytes:
+            raise _too_large(path.name, path.size, max_bytes)
+        if not path.size:
+            raise VideoDecodeError(path.name, "corrupt", "empty file (0 bytes)")
+        if path.size <= SPOOL_BYTES:
+            yield path.read()
+        else:
+            with path.spooled() as copy:
+                yield copy
+        return
     if isinstance(path, VideoBytes):
         if not path.data:
             raise VideoDecodeError(path.name, "corrupt", "empty file (0 bytes)")
-        return path.data
+        if len(path.data) > max_bytes:
+            raise _too_large(path.name, len(path.data), max_bytes)
+        yield path.data
+        return
     if not path.exists():
         raise VideoDecodeError(str(path), "missing", "no such file")
     if path.is_dir():
         raise VideoDecodeError(str(path), "corrupt", "is a directory")
-    if os.path.getsize(path) == 0:
+    size = os.path.getsize(path)
+    if size == 0:
         raise VideoDecodeError(str(path), "corrupt", "empty file (0 bytes)")
+    if size > max_bytes:
+        raise _too_large(str(path), size, max_bytes)
     if _utf8(str(path)):
-        return str(path)
+        yield str(path)
+        return
+    if size > SPOOL_BYTES:  # FFmpeg cannot be given this name, and the file is too big to hold
+        raise VideoDecodeError(str(path), "corrupt", f"the file name is not UTF-8 and the file ({human_size(size)}) is "
+                               f"more than the {human_size(SPOOL_BYTES)} read into memory; rename it")
     try:
-        return path.read_bytes()
+        yield path.read_bytes()
     except OSError as err:
         raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
 
@@ -101,44 +181,49 @@ def _utf8(text: str) -> bool:
 
 
 def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
+    """One line of a backend's error, without PyAV's errno and the '<none>' it gives as the name
+    of a video read from memory (the message names the video itself)."""
+    strerror = getattr(err, "strerror", None)
+    text = (strerror if isinstance(strerror, str) and strerror else str(err)).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:200]
 
 
-def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = None, decoder: str = "pyav") -> Clip:
-    """Open `path` (a file, or a video in memory) with the resolved backend `decoder`, pick indices
-    with `indices_fn(num_video_frames)` (the same whatever decodes), decode them."""
-    path = path if isinstance(path, VideoBytes) else Path(path)
+def read_frames(path: str | Path | VideoBytes | TarMember, indices_fn, size: int | None = None,
+                decoder: str = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> Clip:
+    """Open `path` (a file, a tar member, or a video in memory) with the resolved backend
+    `decoder`, pick indices with `indices_fn(num_video_frames)` (the same whatever decodes), decode
+    them. A source over `max_bytes` (data.max_video_bytes) is skipped unread."""
+    path = path if isinstance(path, (VideoBytes, TarMember)) else Path(path)
     opener = _opener(decoder)
-    source = _source(path)
-    try:
-        reader = opener(source, size)
-    except Exception as err:  # each backend raises its own errors for a file it cannot open
-        raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
-    try:
-        total = int(reader.num_frames)
-        if total < 1:
-            raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
-        indices = [int(i) for i in indices_fn(total)]
+    with _source(path, max_bytes) as source:
         try:
-            frames = np.asarray(reader.get(indices))
-        except Exception as err:
-            raise VideoDecodeError(str(path), "corrupt", f"decoding frames {indices}: {_short(err)}") from None
-        fps = float(reader.fps or 0.0)
-    finally:
-        reader.close()
+            reader = opener(source, size)
+        except Exception as err:  # each backend raises its own errors for a file it cannot open
+            raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+        try:
+            total = int(reader.num_frames)
+            if total < 1:
+                raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
+            indices = [int(i) for i in indices_fn(total)]
+            try:
+                frames = np.asarray(reader.get(indices))
+            except Exception as err:
+                raise VideoDecodeError(str(path), "corrupt", f"decoding frames {indices}: {_short(err)}") from None
+            fps = float(reader.fps or 0.0)
+        finally:
+            reader.close()
     if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.dtype != np.uint8:
         raise VideoDecodeError(str(path), "corrupt", f"decoder returned {frames.dtype} of shape {frames.shape}")
     return Clip(frames=np.ascontiguousarray(frames), indices=indices, num_video_frames=total, fps=fps)
 
 
-def read_clip(path: str | Path, num_frames: int, size: int | None = None, mode: str = "eval", rng=None,
-              decoder: str = "pyav") -> Clip:
+def read_clip(path: str | Path | TarMember, num_frames: int, size: int | None = None, mode: str = "eval", rng=None,
+              decoder: str = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> Clip:
     """Decode T = `num_frames` frames of `path` by segment sampling, resized to size x size.
 
     Raises `VideoDecodeError` (reason missing | corrupt) for anything that cannot be used.
     """
-    return read_frames(path, lambda n: segment_indices(n, num_frames, mode, rng), size, decoder)
+    return read_frames(path, lambda n: segment_indices(n, num_frames, mode, rng), size, decoder, max_bytes)
 
 
 # ---------------------------------------------------------------------------- backends
