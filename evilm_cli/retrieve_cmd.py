@@ -22,7 +22,8 @@ def index(
                                 "step_*), Hub id hf-hub:ORG/NAME[@REV] or export dir."),
     out: Path = typer.Option(..., "--out", help="Index directory: created, resumed, or extended with new videos."),
     videos: Path = typer.Option(None, "--videos", help="Index every video file under this directory."),
-    manifest: Path = typer.Option(None, "--manifest", help="Index the distinct videos of this manifest."),
+    manifest: Path = typer.Option(None, "--manifest", help="Index the distinct videos of this manifest, shard set or "
+                                  "WebDataset tars (a directory of *.tar, a brace pattern or one tar)."),
     root: Path = typer.Option(None, "--root", help="Where a manifest's relative paths resolve (default: its directory)."),
     frames: int = typer.Option(4, "--frames", min=1, help="Frames per video (segment centres)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos per loader batch (a GPU embeds each in "
@@ -39,6 +40,7 @@ def index(
     threads: int = options.threads("retrieve index"),
     json_out: bool = options.json_out(),
     decoder: str = options.decoder("retrieve index"),
+    max_video_bytes: int = options.max_video_bytes(),
 ):
     """Embed videos with a checkpoint's (or an export's) video side into a searchable index.
 
@@ -56,7 +58,7 @@ def index(
                        manifest=str(manifest) if manifest else None, root=str(root) if root else None,
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
                        shard=WorkSplit.parse(shard) or WHOLE, part_size=part_size, device=device,
-                       precision=precision, threads=threads, ann=ann, decoder=decoder)
+                       precision=precision, threads=threads, ann=ann, decoder=decoder, max_video_bytes=max_video_bytes)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
@@ -95,8 +97,9 @@ def query(
     checkpoint: Path = typer.Option(None, "--checkpoint",
                                     help="The model's checkpoint (dir or hf-hub:ORG/NAME) if it moved "
                                     "(default: the one the index records)."),
-    json_out: bool = options.json_out(help="One JSON object per line and result (query, rank, key, score) "
-                                      "instead of TSV lines."),
+    json_out: bool = options.json_out(help="One JSON object per line and result (query, rank, key, score, and "
+                                      "the clip's meta when its source gave one: url, status, ...) instead of TSV "
+                                      "lines."),
     sheet: Path = typer.Option(None, "--contact-sheet", help="Also draw the top-k clips of every query into this PNG."),
     batch: int = typer.Option(64, "--batch", min=1, help="Queries embedded together, of those that have arrived "
                               "(none waits for more: each answer streams as soon as it is ready)."),
@@ -114,7 +117,7 @@ def query(
     Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red star shrinks on a black background"
     Pipeline: cut -f2 captions.tsv | evilm retrieve query --index runs/synthetic/index --json | jq .key
     """
-    from evilm_core.retrieval.query import Searcher
+    from evilm_core.retrieval.query import Searcher, short_text
 
     searcher = Searcher(index_dir, checkpoint, precision=precision, exact=exact, threads=threads)
     rows, answered = [], 0
@@ -122,8 +125,12 @@ def query(
         answered += 1
         for hit in hits:
             key = escape_key(hit.key)  # as keys.txt stores it: one field, valid UTF-8
-            line = json.dumps({"query": hit.query, "rank": hit.rank, "key": key, "score": round(hit.score, 6)}) \
-                if json_out else f"{escape_key(hit.query)}\t{hit.rank}\t{key}\t{hit.score:.6f}"
+            query = short_text(hit.query)  # a 10 MB query is not echoed on each of its k lines
+            if json_out:
+                row = {"query": query, "rank": hit.rank, "key": key, "score": round(hit.score, 6)}
+                line = json.dumps({**row, **({"meta": hit.meta} if hit.meta else {})}, allow_nan=False, default=str)
+            else:
+                line = f"{escape_key(query)}\t{hit.rank}\t{key}\t{hit.score:.6f}"
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
         if sheet is not None:

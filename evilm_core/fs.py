@@ -226,13 +226,14 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
 
 
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-_UNESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|[\\tnr])")
+_UNESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[\\tnr])")
 
 
 def escape_key(key: str) -> str:
     """A key as one TSV field of one valid UTF-8 line: backslash, tab, CR and LF are written
-    `\\\\ \\t \\r \\n`, and bytes that were not UTF-8 in a file name (Python's surrogate escapes)
-    `\\xNN`. Keys without those characters are unchanged."""
+    `\\\\ \\t \\r \\n`, other control characters (NUL, ESC, ...) `\\u00NN`, and bytes that were
+    not UTF-8 in a file name (Python's surrogate escapes) `\\xNN`. Keys without those characters
+    are unchanged."""
     if key.isprintable() and "\\" not in key:
         return key
     out = []
@@ -241,6 +242,8 @@ def escape_key(key: str) -> str:
             out.append(_ESCAPES[ch])
         elif 0xDC80 <= ord(ch) <= 0xDCFF:
             out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return "".join(out)
@@ -251,4 +254,5 @@ def unescape_key(field: str) -> str:
     if "\\" not in field:
         return field
     simple = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-    return _UNESCAPE.sub(lambda m: chr(0xDC00 + int(m[1][1:], 16)) if m[1][0] == "x" else simple[m[1]], field)
+    return _UNESCAPE.sub(lambda m: chr(0xDC00 + int(m[1][1:], 16)) if m[1][0] == "x"
+                         else chr(int(m[1][1:], 16)) if m[1][0] == "u" else simple[m[1]], field)

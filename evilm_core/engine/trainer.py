@@ -159,7 +159,11 @@ class Trainer:
         self._stop_signal = signum
 
     def _should_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self._stop_signal else 0.0])
+        return self._any_rank(bool(self._stop_signal))
+
+    def _any_rank(self, value: bool) -> bool:
+        """True on every rank when `value` is true on one (all ranks take the same branch)."""
+        flag = torch.tensor([1.0 if value else 0.0])
         if self.info.world > 1:
             flag = flag.to(self.info.device)
             dist.all_reduce(flag)
@@ -222,12 +226,27 @@ class Trainer:
         # The loop leaves by `break` right after the last epoch, before its end-of-epoch eval:
         # evaluate the final weights here, so the reported metrics are those of the checkpoint.
         last_eval = self._evaluate()
-        self.save()
+        path = self.save()
+        self._check_publishable(last_eval, path)
         final = self.task.export(self.model, self.run_dir / "final") if self.info.is_main else None
         in_sync = self._replicas_in_sync()
         return {"checkpoint": str(final or self.run_dir / "final"), "step": self.pos.step,
                 "skipped": self.pos.skipped, "world_size": self.info.world, "replicas_in_sync": in_sync,
                 "metrics": last_eval}
+
+    def _check_publishable(self, last_eval: dict, checkpoint: Path | None) -> None:
+        """A run that skipped non-finite steps publishes final/ only when a finite validation vouches
+        for the weights it ended with: without one, finite but huge weights (an lr far too high skips
+        3 of 4 updates and makes 1e5 of the fourth) would pass as a model (docs/reliability.md,
+        "Non-finite numbers"). Validation ran on rank 0; every rank takes the same branch."""
+        if not self._any_rank(bool(self.pos.nonfinite) and self.info.is_main and not last_eval):
+            return
+        raise EvilmError(
+            f"run {self.run_dir}: {self.pos.nonfinite} of {self.pos.step} optimizer steps were skipped for a NaN/Inf "
+            f"loss or gradient, and without a validation set nothing shows the weights it ended with are usable, so "
+            f"final/ was not written (the last checkpoint, {checkpoint or self.run_dir}, is kept). Lower optim.lr and "
+            "train again into a new output.dir, or let a validation decide: the same command with `--resume --replan "
+            "--set data.val=FILE` evaluates the last checkpoint and writes final/ if the metrics are finite")
 
     def _replicas_in_sync(self) -> bool:
         """Do all ranks end with bit-identical weights? (DDP keeps them so; a False here means a

@@ -6,6 +6,8 @@ Layout of an index directory:
     embeddings.safetensors      "embeddings" [N, E] float32, l2-normalised, row i = line i of keys.txt
     keys.txt                    one key per line: the manifest's `video` path, or the path under --videos
     keys.offsets                int64 byte offset of each line (keys are read without loading them all)
+    meta.jsonl, meta.offsets    optional: row i's provenance (the record's `meta`: a source's url, status, ...) as
+                                JSON, or an empty line; written when a part carried any
     ann.faiss, ann.json         optional approximate index over the rows (`--ann`, evilm_core/retrieval/ann.py)
     parts/                      batches written while indexing (resumable), folded in when complete
     skipped.tsv                 key, reason, detail of every video that could not be decoded
@@ -33,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from evilm_core.checkpoints.files import safetensors_header
 from evilm_core.config.loader import save_yaml
 from evilm_core.errors import EvilmError
 from evilm_core.fs import (
@@ -60,6 +62,8 @@ FORMAT = "evilm-index/1"
 META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors", "keys.txt", "parts", "skipped.tsv"
 ANN_META = "ann.json"  # present when an approximate index was built (evilm_core/retrieval/ann.py)
 KEY_OFFSETS = "keys.offsets"  # byte offset of every line of keys.txt (evilm_core/retrieval/keys.py)
+META_ROWS, META_OFFSETS = "meta.jsonl", "meta.offsets"  # each row's provenance, aligned with keys.txt
+_FOLDED = (EMBEDDINGS, KEYS, KEY_OFFSETS, META_ROWS, META_OFFSETS)  # the files a consolidation replaces
 JOURNAL, LOCK, NEXT = "consolidate.journal", ".consolidate.lock", ".next"  # NEXT: suffix of the files being folded in
 
 
@@ -125,17 +129,29 @@ def indexed_keys(directory: Path) -> set[str]:
     return done
 
 
-def write_part(directory: Path, name: str, keys: list[str], embeddings) -> None:
-    """One finished batch: keys first, then the tensor renamed into place (a part counts only
-    once its .safetensors exists, and then its .keys is complete). `embeddings`: [n, E], a
-    tensor (on any device) or an array."""
+def write_part(directory: Path, name: str, keys: list[str], embeddings, metas: list[dict | None] | None = None) -> None:
+    """One finished batch: keys (and the rows' metas, when any) first, then the tensor renamed into
+    place (a part counts only once its .safetensors exists, and then its .keys is complete).
+    `embeddings`: [n, E], a tensor (on any device) or an array."""
     if hasattr(embeddings, "detach"):
         embeddings = embeddings.detach().float().cpu().numpy()
     parts = directory / PARTS
     parts.mkdir(exist_ok=True)
     write_keys(parts / f"{name}.keys", keys)
+    if metas and any(metas):
+        write_keys(parts / f"{name}.meta", [_meta_line(m) for m in metas])
     with atomic_path(parts / f"{name}.safetensors") as tmp:  # a full disk: atomic_path names it
         save_file({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, str(tmp))
+
+
+def _meta_line(meta: dict | None) -> str:
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else ""
+
+
+def _meta_rows(keys_file: Path, count: int) -> list[str]:
+    """The meta lines beside a key file (a part's NAME.meta, the index's meta.jsonl), or `count` empty ones."""
+    rows = read_keys(keys_file)
+    return rows if rows else [""] * count
 
 
 def skipped_keys(directory: Path) -> set[str]:
@@ -156,17 +172,21 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         if not held:
             return False
         _finish_journal(directory)
-        for orphan in (directory / PARTS).glob("*.keys") if (directory / PARTS).is_dir() else ():
-            if not orphan.with_suffix(".safetensors").exists():  # a kill between a part's two files
+        for orphan in [*(directory / PARTS).glob("*.keys"), *(directory / PARTS).glob("*.meta")] \
+                if (directory / PARTS).is_dir() else ():
+            if not orphan.with_suffix(".safetensors").exists():  # a kill between a part's files
                 orphan.unlink()
         parts = _part_files(directory)
         if not parts:
             return True
         keys, chunks = read_keys(directory / KEYS), []
+        metas = _meta_rows(directory / META_ROWS, len(keys))
         if keys:
             chunks.append(_load_embeddings(directory / EMBEDDINGS))
         for part in parts:
-            keys += read_keys(part.with_suffix(".keys"))
+            part_keys = read_keys(part.with_suffix(".keys"))
+            keys += part_keys
+            metas += _meta_rows(part.with_suffix(".meta"), len(part_keys))
             chunks.append(_load_embeddings(part))
         rows = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
         try:
@@ -174,6 +194,8 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
                 save_file({"embeddings": rows}, str(directory / (EMBEDDINGS + NEXT)))
                 readable_mode(directory / (EMBEDDINGS + NEXT))  # safetensors writes 0600
                 write_keys(directory / KEYS, keys, offsets=True, tmp_suffix=NEXT)
+                if any(metas):
+                    write_keys(directory / META_ROWS, metas, offsets=True, tmp_suffix=NEXT)
                 _fsync(directory / (EMBEDDINGS + NEXT))
                 journal = {"count": len(keys), "parts": [p.name for p in parts]}
                 atomic_write_text(directory / JOURNAL, json.dumps(journal) + "\n")  # the commit point
@@ -191,11 +213,11 @@ def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
     a kill in here is finished by the next call. The caller holds the lock."""
     path = directory / JOURNAL
     if not path.is_file():
-        for name in (EMBEDDINGS, KEYS, KEY_OFFSETS):
+        for name in _FOLDED:
             (directory / (name + NEXT)).unlink(missing_ok=True)
         return
     journal = json.loads(read_text(path, "consolidation journal"))
-    for name in (EMBEDDINGS, KEYS, KEY_OFFSETS):
+    for name in _FOLDED:
         if (directory / (name + NEXT)).exists():
             os.replace(directory / (name + NEXT), directory / name)
     meta = meta or read_meta(directory)
@@ -205,6 +227,7 @@ def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
         part = directory / PARTS / name
         part.unlink(missing_ok=True)
         part.with_suffix(".keys").unlink(missing_ok=True)
+        part.with_suffix(".meta").unlink(missing_ok=True)
     path.unlink()
 
 
@@ -229,13 +252,11 @@ def _mapped_tensor(path: Path, name: str) -> np.ndarray:
     """A float32 tensor of a safetensors file as a read-only memory map (no copy into RAM)."""
     damaged = f"{path} is damaged or truncated; rebuild the index (`evilm retrieve index` into a new --out)"
     try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
+        size, header = safetensors_header(path)
         entry = header[name]
         start, end = entry["data_offsets"]
         shape = tuple(entry["shape"])
-    except (struct.error, ValueError, KeyError, TypeError, OSError, MemoryError, OverflowError):
+    except (ValueError, KeyError, TypeError, OSError, OverflowError):
         raise EvilmError(damaged) from None
     if entry.get("dtype") != "F32" or len(shape) != 2:
         raise EvilmError(f"{path} has no float32 matrix {name!r}: {damaged}")
@@ -254,7 +275,8 @@ class IndexView:
         self.directory = Path(directory)
         self.meta = read_meta(self.directory)
         recover(self.directory)
-        consolidated, pending = KeyList(self.directory / KEYS), []
+        consolidated, pending, self._pending_metas = KeyList(self.directory / KEYS), [], []
+        self._metas = KeyList(self.directory / META_ROWS) if (self.directory / META_ROWS).is_file() else None
         blocks: list[np.ndarray] = []
         if len(consolidated):
             mapped = _mapped_tensor(self.directory / EMBEDDINGS, "embeddings")
@@ -263,7 +285,9 @@ class IndexView:
                                  f"{len(consolidated)} keys; the index is damaged, rebuild it")
             blocks.append(mapped)
         for part in _part_files(self.directory):
-            pending += read_keys(part.with_suffix(".keys"))
+            part_keys = read_keys(part.with_suffix(".keys"))
+            pending += part_keys
+            self._pending_metas += _meta_rows(part.with_suffix(".meta"), len(part_keys))
             blocks.append(_load_embeddings(part))
         self.keys = Keys(consolidated, pending)
         if not len(self.keys):
@@ -273,6 +297,19 @@ class IndexView:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def row_meta(self, row: int) -> dict | None:
+        """Row `row`'s provenance (its record's `meta`), None when it has none."""
+        n = len(self.keys.consolidated)
+        if row < n:
+            line = self._metas[row] if self._metas is not None and row < len(self._metas) else ""
+        else:
+            line = self._pending_metas[row - n]
+        try:
+            return json.loads(line) if line else None
+        except ValueError:
+            raise EvilmError(f"{self.directory / META_ROWS}: row {row + 1} is not JSON; the index is damaged, "
+                             "rebuild it with `evilm retrieve index`") from None
 
     def search(self, queries: np.ndarray, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by dot product for l2-normalised queries [Q, E] float32 -> (scores [Q, k],

@@ -28,6 +28,9 @@ from evilm_core.settings import RunSettings, autocast, resolve_settings
 from evilm_core.text.tokens import TextTokens
 
 log = logging.getLogger("evilm.retrieval")
+# The model reads the first max_text_len tokens of a query (~40 words): the rest of a longer one is
+# never tokenized, so a 10 MB line costs no more than a sentence.
+MAX_QUERY_CHARS = 10_000
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Hit:
     rank: int  # 1 = best
     key: str  # the clip's key in the index
     score: float  # cosine similarity of the embeddings
+    meta: dict | None = None  # the clip's provenance (its record's `meta`: a source's url, status, ...), if any
 
 
 class Searcher:
@@ -75,20 +79,26 @@ class Searcher:
             return self.text.embed_text(ids, mask).float().numpy()  # [Q, E]
 
     def search(self, texts: list[str], k: int) -> list[list[Hit]]:
-        for text in texts:
+        read = [text[:MAX_QUERY_CHARS] for text in texts]
+        for text in read:
             unknown = self.tokens.unknown_words(text)
             if unknown:
-                log.warning("query %r: %s not in the model's vocabulary (%d words); searched without %s",
-                            text, ", ".join(repr(w) for w in unknown), self.tokens.vocab_size,
+                log.warning("query %s: %s%s not in the model's vocabulary (%d words); searched without %s",
+                            short_text(text), ", ".join(repr(w[:40]) for w in unknown[:10]),
+                            f" and {len(unknown) - 10} more" if len(unknown) > 10 else "", self.tokens.vocab_size,
                             "it" if len(unknown) == 1 else "them")
-        queries = self.embed(texts)
+        queries = self.embed(read)
         if self.ann is not None:
             scores, rows = self.ann.search(queries, min(k, len(self.index)))
         else:
             scores, rows = self.index.search(queries, k)
-        keys = self.index.keys
-        return [[Hit(q, r + 1, keys[int(i)], float(s)) for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
-                for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]
+        if not np.isfinite(scores[rows >= 0]).all():  # an index written before embeddings were checked, or damaged
+            raise EvilmError(f"index {self.index.directory} holds NaN or infinite embeddings, so its scores are not "
+                             f"results (it was built by {self.index.meta.checkpoint}, a diverged model?); rebuild it "
+                             "with `evilm retrieve index` from a checkpoint whose validation is finite")
+        keys, index = self.index.keys, self.index
+        return [[Hit(q, r + 1, keys[int(i)], float(s), index.row_meta(int(i))) for r, (s, i) in enumerate(zip(srow, irow))
+                 if i >= 0] for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]
 
     def stream(self, queries: Iterable[str], k: int, batch: int = 64) -> Iterator[list[Hit]]:
         """Results per query, in input order, as soon as they are ready: the queries that have
@@ -120,6 +130,11 @@ def _drain(queries: Iterator[str], arrived: queue.Queue) -> None:
     except BaseException as err:  # raised again in the consumer, after the queries before it
         arrived.put(("error", err))
     arrived.put(("end", None))
+
+
+def short_text(text: str, limit: int = 200) -> str:
+    """A query as messages and results echo it: its first `limit` characters, then how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_query(text: str, where: str) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 
 from evilm_core.data.records.table import RecordTable
 from evilm_core.errors import EvilmError, VideoDecodeError
+from evilm_core.fs import unescape_key
 
 FORMAT, VERSION = "evilm-shards", 1
 INDEX, SAMPLES, SKIPPED, PARTS = "index.json", "samples.i64", "skipped.tsv", "parts"
@@ -114,6 +115,13 @@ class ShardSet:
 
     def __len__(self) -> int:
         return int(self.samples.shape[0])
+
+    def skipped(self) -> list[tuple[str, str, str]]:
+        """(video, reason, detail) of each input clip `evilm data shards` did not store (skipped.tsv)."""
+        path = self.dir / SKIPPED
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+        rows = [line.split("\t") for line in lines]
+        return [(unescape_key(f[1]), f[2], unescape_key(f[3])) for f in rows if len(f) >= 4]
 
     def read_members(self, sample: int) -> dict[str, bytes]:
         """The sample's members as {extension: bytes}, by one positioned read."""

@@ -73,8 +73,7 @@ def plan_jobs(spec: str, format: str, root: str | None, samples_per_shard: int) 
     """(one job per output shard, a description of the input for the plan)."""
     tars = expand_tars(spec)
     if tars is not None:
-        # names relative to the folder all the tars share: a pattern over two folders keeps them apart
-        base = Path(spec) if Path(spec).is_dir() else Path(os.path.commonpath([t.absolute().parent for t in tars]))
+        base = tar_base(spec, tars)
         jobs = [ShardJob(j, tar=str(t), tar_name=_rel(t, base)) for j, t in enumerate(tars)]
         sizes = [t.stat().st_size for t in tars]
         digest = hashlib.sha256(json.dumps([[j.tar_name, s] for j, s in zip(jobs, sizes)]).encode()).hexdigest()
@@ -90,6 +89,12 @@ def plan_jobs(spec: str, format: str, root: str | None, samples_per_shard: int) 
     digest = hashlib.sha256(json.dumps([[v, groups[v]] for v in videos], sort_keys=True).encode()).hexdigest()
     return jobs, {"kind": "manifest", "input": str(Path(spec).absolute()), "format": format, "root": base,
                   "records": len(records), "videos": len(videos), "digest": digest[:16]}
+
+
+def tar_base(spec: str, tars: list[Path]) -> Path:
+    """The folder tar names are relative to: the one all the tars share (a pattern over two folders
+    keeps them apart)."""
+    return Path(spec) if Path(spec).is_dir() else Path(os.path.commonpath([t.absolute().parent for t in tars]))
 
 
 def _rel(path: Path, base: Path) -> str:
