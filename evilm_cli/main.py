@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
+from evilm_core.workers import die_with_parent_when_spawned
+
+die_with_parent_when_spawned()  # first thing in a worker multiprocessing spawns (evilm_core/workers.py)
+
+import typer  # noqa: E402
 from rich.markup import escape
 
 from evilm_cli import (

@@ -41,13 +41,23 @@ def die_with_parent(_worker_id: int | None = None) -> None:
     worker_init_fn, hence the unused worker id). The parent may die before this runs: then the
     worker has been re-parented already and exits now."""
     parent = multiprocessing.parent_process()
+    parent_pid = parent.pid if parent is not None else os.getppid()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    elif parent is not None:
-        threading.Thread(target=_watch_parent, args=(parent.pid,), daemon=True).start()
-    if parent is not None and os.getppid() != parent.pid:
+    else:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def die_with_parent_when_spawned() -> None:
+    """die_with_parent, in a process multiprocessing has spawned from the `evilm` command: the CLI
+    calls this first. A spawned worker imports the program's main module again (as `__mp_main__`)
+    before anything else, so from its first moment it dies with its parent, not only once its
+    pool's initializer has run (after seconds of importing torch and unpickling its dataset)."""
+    if "__mp_main__" in sys.modules:
+        die_with_parent()
 
 
 def _watch_parent(pid: int) -> None:

@@ -39,7 +39,7 @@ from evilm_core.engine.resume import (
     replanned_batch,
     run_identity,
 )
-from evilm_core.engine.runtime import compile_model, environment, peak_memory, to_device
+from evilm_core.engine.runtime import WorkerDeath, compile_model, environment, peak_memory, to_device
 from evilm_core.engine.sampler import ResumableSampler
 from evilm_core.engine.seed import rng_state, set_rng_state
 from evilm_core.engine.tracking import RunLog
@@ -279,7 +279,7 @@ class Trainer:
     def _epoch(self) -> None:
         t, accum = self.recipe.train, self.recipe.train.grad_accum
         self.model.train()
-        micro, batches = 0, iter(self._loader())
+        micro, batches = 0, iter(WorkerDeath(self._loader()))
         while True:
             tic = time.perf_counter()
             batch = next(batches, None)

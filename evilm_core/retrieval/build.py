@@ -250,6 +250,6 @@ def _write_finite_part(job: EmbedJob, name: str, keys: list[str], embeddings: to
     bad = (~torch.isfinite(embeddings).all(dim=1)).nonzero().flatten().tolist()
     if bad:
         raise EvilmError(f"the model {checkpoint} embeds {len(bad)} of these {len(keys)} clips as NaN or infinity "
-                         f"(e.g. {keys[bad[0]]!r}): its weights are not usable (a diverged training run?); nothing of "
-                         f"them was written to {job.out}. Index with a checkpoint whose validation is finite")
+                         f"(e.g. {keys[bad[0]]!r}): its weights are not usable (a diverged training run?), and these "
+                         f"embeddings were not written to {job.out}. Index with a checkpoint whose validation is finite")
     write_part(job.out, name, keys, embeddings, [job.coll.metas.get(k) for k in keys] if job.coll.metas else None)

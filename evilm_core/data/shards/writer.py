@@ -87,8 +87,14 @@ class ShardTar:
             info.size, info.mtime, info.mode, info.uname, info.gname = len(sample[ext]), 0, 0o444, "evilm", "evilm"
             self.tar.addfile(info, io.BytesIO(sample[ext]))
 
-    def close(self) -> None:
-        self.tar.close()
+    def __enter__(self) -> ShardTar:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.tar.close()  # the end blocks
+        else:  # a full disk: nothing more is written (tarfile would try again when collected, to a closed file)
+            self.tar.fileobj.closed = self.tar.closed = True
 
 
 def write_shard(job: ShardJob, out: str, settings: ShardSettings, skip: dict[int, str] | None = None,
@@ -99,8 +105,7 @@ def write_shard(job: ShardJob, out: str, settings: ShardSettings, skip: dict[int
     out_dir, start = Path(out), time.perf_counter()
     samples, skipped, problems, clips = [], [], [], 0
     path = out_dir / shard_name(job.index)
-    with disk_errors(path), atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        writer = ShardTar(fh)
+    with disk_errors(path), atomic_path(path) as tmp, open(tmp, "wb") as fh, ShardTar(fh) as writer:
         for k, clip in enumerate(job_clips(job, problems, spool_dir=out)):
             clips += 1
             if skip and k in skip:
@@ -117,7 +122,6 @@ def write_shard(job: ShardJob, out: str, settings: ShardSettings, skip: dict[int
             writer.write(sample)
             samples.append({"key": clip.key, "offset": offset, "length": writer.offset - offset,
                             "records": clip.records})
-        writer.close()
     part = {"shard": job.index, "name": path.name, "bytes": path.stat().st_size, "clips": clips + len(problems),
             "samples": samples, "skipped": skipped + problems}  # no timings: parts are byte-identical across runs
     atomic_write_text(out_dir / PARTS / f"{path.stem}.json", json.dumps(part, sort_keys=True) + "\n")
