@@ -36,12 +36,13 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 Mark = Callable[[int], None]  # mark(k): the worker is starting item k of its job
 
 
-def die_with_parent(_worker_id: int | None = None) -> None:
+def die_with_parent(_worker_id: int | None = None, parent_pid: int | None = None) -> None:
     """In a worker process: end when the parent process ends, however it ends (also a DataLoader
     worker_init_fn, hence the unused worker id). The parent may die before this runs: then the
     worker has been re-parented already and exits now."""
-    parent = multiprocessing.parent_process()
-    parent_pid = parent.pid if parent is not None else os.getppid()
+    if parent_pid is None:
+        parent = multiprocessing.parent_process()
+        parent_pid = parent.pid if parent is not None else os.getppid()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -51,13 +52,26 @@ def die_with_parent(_worker_id: int | None = None) -> None:
         os._exit(1)
 
 
+PARENT_ENV = "EVILM_PARENT_PID"  # the pid of the evilm process that starts workers, for them to compare
+
+
 def die_with_parent_when_spawned() -> None:
     """die_with_parent, in a process multiprocessing has spawned from the `evilm` command: the CLI
-    calls this first. A spawned worker imports the program's main module again (as `__mp_main__`)
-    before anything else, so from its first moment it dies with its parent, not only once its
-    pool's initializer has run (after seconds of importing torch and unpickling its dataset)."""
-    if "__mp_main__" in sys.modules:
-        die_with_parent()
+    calls this as it is imported. A spawned worker imports the program's main module again (as
+    `__mp_main__`) before anything else, so from its first moment it dies with its parent, not only
+    once its pool's initializer has run (after seconds of importing torch and unpickling its
+    dataset). multiprocessing does not know the parent yet at that point: the command left its pid
+    in the environment (`mark_parent`), so a worker whose parent died before this ran exits too."""
+    if "__mp_main__" not in sys.modules:
+        return
+    expected = os.environ.get(PARENT_ENV, "")
+    die_with_parent(parent_pid=int(expected) if expected.isdigit() else None)
+    mark_parent()  # for the processes this worker may start in turn
+
+
+def mark_parent() -> None:
+    """This process is the one its workers must outlive (the CLI's main() calls it)."""
+    os.environ[PARENT_ENV] = str(os.getpid())
 
 
 def _watch_parent(pid: int) -> None:

@@ -323,6 +323,9 @@ class IndexView:
         for block in self.blocks:
             for start in range(0, block.shape[0], chunk):
                 s = queries @ block[start:start + chunk].T  # [Q, n]
+                if not np.isfinite(s).all():  # a NaN row would drop out of every ranking unseen
+                    row = offset + start + int(np.nonzero(~np.isfinite(s).all(axis=0))[0][0])
+                    raise nonfinite_index(self, row)
                 top = top_k(s, k)
                 best_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)
                 best_i = np.concatenate([best_i, top + offset + start], 1)
@@ -330,6 +333,15 @@ class IndexView:
                 best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
             offset += block.shape[0]
         return best_s, best_i
+
+
+def nonfinite_index(index: IndexView, row: int | None = None) -> EvilmError:
+    """The error for an index holding a NaN or infinite embedding (written before `retrieve index`
+    checked them, or damaged): its scores are not results."""
+    where = f" (row {row + 1}, {index.keys[row]!r})" if row is not None else ""
+    return EvilmError(f"index {index.directory} holds NaN or infinite embeddings{where}, so its scores are not "
+                      f"results (built by {index.meta.checkpoint}, a diverged model?); rebuild it with `evilm "
+                      "retrieve index` from a checkpoint whose validation is finite")
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

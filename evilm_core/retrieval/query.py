@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from evilm_core.errors import EvilmError
-from evilm_core.retrieval.index import IndexView
+from evilm_core.retrieval.index import IndexView, nonfinite_index
 from evilm_core.retrieval.sides import open_ann, open_text_side
 from evilm_core.settings import RunSettings, autocast, resolve_settings
 from evilm_core.text.tokens import TextTokens
@@ -92,10 +92,8 @@ class Searcher:
             scores, rows = self.ann.search(queries, min(k, len(self.index)))
         else:
             scores, rows = self.index.search(queries, k)
-        if not np.isfinite(scores[rows >= 0]).all():  # an index written before embeddings were checked, or damaged
-            raise EvilmError(f"index {self.index.directory} holds NaN or infinite embeddings, so its scores are not "
-                             f"results (it was built by {self.index.meta.checkpoint}, a diverged model?); rebuild it "
-                             "with `evilm retrieve index` from a checkpoint whose validation is finite")
+        if not np.isfinite(scores[rows >= 0]).all():  # the ANN index's scores (the exact scan checks its own)
+            raise nonfinite_index(self.index)
         keys, index = self.index.keys, self.index
         return [[Hit(q, r + 1, keys[int(i)], float(s), index.row_meta(int(i))) for r, (s, i) in enumerate(zip(srow, irow))
                  if i >= 0] for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]

@@ -22,24 +22,25 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.GNU_FORMAT)  # GNU base-256 sizes: members over 8 GiB
 
 
-def write_tar(path: Path, members: list[tuple[str, bytes | int]]) -> Path:
-    """A tar of (name, data) members; an int instead of data is a member of that many bytes whose
-    data is a hole (nothing written: the file is sparse)."""
+Data = bytes | int | tuple[bytes, int]
+
+
+def write_tar(path: Path, members: list[tuple[str, Data]]) -> Path:
+    """A tar of (name, data) members. Data is bytes; or an int N: a member of N bytes that are a
+    hole (nothing written, the file is sparse); or (bytes, N): those bytes, then a hole up to N."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
         for name, data in members:
-            size = data if isinstance(data, int) else len(data)
+            head, size = (b"", data) if isinstance(data, int) else data if isinstance(data, tuple) else (data, len(data))
             fh.write(_header(name, size))
-            if isinstance(data, int):
-                fh.seek(-(-size // BLOCK) * BLOCK, os.SEEK_CUR)
-            else:
-                fh.write(data + b"\0" * (-len(data) % BLOCK))
+            fh.write(head)
+            fh.seek(size - len(head) + (-size % BLOCK), os.SEEK_CUR)
         fh.seek(2 * BLOCK, os.SEEK_CUR)
-        fh.truncate()  # the end blocks (zeros) and any trailing hole
+        fh.truncate()  # the end blocks (zeros) and the holes
     return path
 
 
-def clip_members(key: str, video: bytes | int, caption: str) -> list[tuple[str, bytes | int]]:
+def clip_members(key: str, video: Data, caption: str) -> list[tuple[str, Data]]:
     """A video2dataset sample: KEY.mp4, KEY.txt, KEY.json (url, status, key)."""
     meta = {"key": key, "caption": caption, "status": "success", "url": f"https://example.org/{key}.mp4"}
     return [(f"{key}.mp4", video), (f"{key}.txt", caption.encode()), (f"{key}.json", json.dumps(meta).encode())]
@@ -56,6 +57,12 @@ def bomb_jpeg(width: int = 30000, height: int = 30000) -> bytes:
     data[sof + 5:sof + 7] = height.to_bytes(2, "big")
     data[sof + 7:sof + 9] = width.to_bytes(2, "big")
     return bytes(data)
+
+
+def replace_frames(shard_dir: Path, sample_key: str, data: bytes, frames: int = 8) -> None:
+    """Every stored frame of one sample replaced by `data` (replace_frame, f00.jpg ...)."""
+    for j in range(frames):
+        replace_frame(shard_dir, sample_key, f"f{j:02d}.jpg", data)
 
 
 def replace_frame(shard_dir: Path, sample_key: str, frame: str, data: bytes) -> None:
@@ -103,11 +110,12 @@ print(json.dumps({"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.s
 """
 
 
-def run_capped(*args, cwd: Path, memory: int = 0, env: dict | None = None, timeout: int = 300) -> dict:
-    """`evilm args` with its address space capped at `memory` bytes (RLIMIT_AS, inherited by its
-    workers; 0: no cap). Returns {rc, stdout, stderr, peak_rss}: peak_rss is the largest resident
-    set of the command or any of its worker processes, in bytes."""
-    exe = Path(sys.executable).with_name("evilm")
+def run_capped(*args, cwd: Path, memory: int = 0, env: dict | None = None, timeout: int = 300,
+               python: bool = False) -> dict:
+    """`evilm args` (`python args` with `python`) with its address space capped at `memory` bytes
+    (RLIMIT_AS, inherited by its workers; 0: no cap). Returns {rc, stdout, stderr, peak_rss}:
+    peak_rss is the largest resident set of the command or any of its worker processes, in bytes."""
+    exe = sys.executable if python else Path(sys.executable).with_name("evilm")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     out = subprocess.run([sys.executable, "-c", MEASURE, str(memory), str(exe), *map(str, args)], cwd=cwd,
                          capture_output=True, text=True, timeout=timeout, env=full_env)
