@@ -46,7 +46,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:  # a zombie is dead: a killed run's worker may wait long for a reaper (a container's pid 1 may never reap)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def clean_stale_temps(directory: str | os.PathLike) -> list[str]:

@@ -62,11 +62,18 @@ def die_with_parent_when_spawned() -> None:
     once its pool's initializer has run (after seconds of importing torch and unpickling its
     dataset). multiprocessing does not know the parent yet at that point: the command left its pid
     in the environment (`mark_parent`), so a worker whose parent died before this ran exits too."""
-    if "__mp_main__" not in sys.modules:
+    if not spawned():
         return
     expected = os.environ.get(PARENT_ENV, "")
     die_with_parent(parent_pid=int(expected) if expected.isdigit() else None)
     mark_parent()  # for the processes this worker may start in turn
+
+
+def spawned() -> bool:
+    """This process is a multiprocessing child started by spawn: the main module it runs (again) is
+    named `__mp_main__`. In any other process that has imported multiprocessing, sys.modules holds
+    `__mp_main__` too, but as an alias of a module named `__main__`."""
+    return getattr(sys.modules.get("__mp_main__"), "__name__", None) == "__mp_main__"
 
 
 def mark_parent() -> None:
