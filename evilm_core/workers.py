@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import logging
 import multiprocessing
 import os
 import pickle
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from evilm_core.errors import EvilmError
 
+log = logging.getLogger("evilm.workers")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 Mark = Callable[[int], None]  # mark(k): the worker is starting item k of its job
 
@@ -246,7 +248,9 @@ def _receive(w: _Worker, pool: list[_Worker], todo: collections.deque, skips, re
     pool.remove(w)
     w.conn.close()
     if item is None or item in skips[index]:  # it died before its first item: nothing to blame
-        raise EvilmError(f"a worker process died before it began its work ({death_cause(w.proc.exitcode)}); "
-                         "see the log above")
+        raise EvilmError(f"a worker process died before it began its work (exit status {w.proc.exitcode}: a "
+                         "negative number is the signal that ended it); see the log above")
     skips[index][item] = death_cause(w.proc.exitcode)
+    log.warning("a worker died on item %d of job %d (%s); a new worker runs the job again without it", item, index,
+                skips[index][item])
     todo.appendleft(index)

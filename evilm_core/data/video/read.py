@@ -23,6 +23,7 @@ import contextlib
 import functools
 import io
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,13 +164,18 @@ def _source(path: Path | VideoBytes | TarMember, max_bytes: int) -> Iterator:
     if _utf8(str(path)):
         yield str(path)
         return
-    if size > SPOOL_BYTES:  # FFmpeg cannot be given this name, and the file is too big to hold
+    if size > SPOOL_BYTES and sys.platform.startswith("linux"):  # too big to hold: FFmpeg opens it by descriptor
+        with open(path, "rb") as fh:
+            yield f"/proc/self/fd/{fh.fileno()}"
+        return
+    if size > SPOOL_BYTES:
         raise VideoDecodeError(str(path), "corrupt", f"the file name is not UTF-8 and the file ({human_size(size)}) is "
                                f"more than the {human_size(SPOOL_BYTES)} read into memory; rename it")
     try:
-        yield path.read_bytes()
+        data = path.read_bytes()
     except OSError as err:
         raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+    yield data
 
 
 def _utf8(text: str) -> bool:
