@@ -77,8 +77,8 @@ def register(app: typer.Typer) -> None:
                                     out=out, num_candidates=candidates, flips=flips, batch_size=batch_size,
                                     num_workers=workers, device=device, split=shard, precision=precision,
                                     threads=threads, decoder=decoder, progress=update,
-                                    max_video_bytes=max_video_bytes,
-                                    **({} if min_codebook_usage is None else {"min_codebook_usage": min_codebook_usage}))
+                                    max_video_bytes=max_video_bytes, **({} if min_codebook_usage is None else
+                                                                        {"min_codebook_usage": min_codebook_usage}))
         _print(summary, results_console(json_out))
         if json_out:
             emit_json(summary)

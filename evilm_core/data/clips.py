@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from evilm_core.data.records.collect import collect_videos
 from evilm_core.data.records.manifest import read_manifest, video_root
-from evilm_core.data.records.record import ClipRecord
+from evilm_core.data.records.record import ClipRecord, first_metas
 from evilm_core.data.shards.layout import ShardSet, looks_like_shards
 from evilm_core.data.shards.sources import expand_tars, job_clips, plan_jobs, tar_base
 from evilm_core.data.video.read import MAX_VIDEO_BYTES, TarMember
@@ -103,7 +103,7 @@ class Collection:
     """The distinct videos a whole-collection command (`label`, `retrieve index`) works on."""
 
     keys: list[str]  # one per video, in a stable order; never one twice
-    paths: list[str | TarMember] | None  # where each video is: a file or a tar member (None: frames come from `shards`)
+    paths: list[str | TarMember] | None  # where each video is: a file or a tar member (None: from `shards`)
     source: dict  # what was collected, for metadata
     shards: ShardSet | None = None  # the shard set whose sample i is keys[i]
     metas: dict[str, dict] = field(default_factory=dict)  # key -> its record's `meta` (provenance), where it has one
@@ -126,7 +126,8 @@ class Collection:
 
 
 def collect(videos: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None,
-            format: str = "auto", root: str | os.PathLike | None = None, spool_dir: str | None = None) -> Collection:
+            format: str = "auto", root: str | os.PathLike | None = None,
+            spool_dir: str | None = None) -> Collection:
     """`collect_videos`, plus shard sets and WebDataset tars given as --manifest (keys: each
     sample's video; `spool_dir`: where a big tar member is copied to be decoded: the command's --out)."""
     if manifest is not None and videos is None:
@@ -149,14 +150,11 @@ def _shard_collection(manifest: str | os.PathLike, shards: ShardSet) -> Collecti
     keys = source.sample_videos()
     if len(set(keys)) != len(keys):  # sets built before duplicate keys were detected
         twice = next(k for k, n in Counter(keys).items() if n > 1)
-        raise EvilmError(f"the shard set {manifest} holds {twice!r} in more than one sample ({len(keys) - len(set(keys))}"
-                         " duplicates): a label cache or an index of it would hold a key twice. Rebuild it with `evilm "
-                         "data shards` (duplicate keys are now skipped and listed in skipped.tsv)")
-    metas = {}
-    for record in source.records:
-        if record.meta and record.video not in metas:
-            metas[record.video] = record.meta
-    return Collection(keys, None, {"shards": source.root}, shards, metas, shards.skipped())
+        raise EvilmError(f"the shard set {manifest} holds {twice!r} in more than one sample "
+                         f"({len(keys) - len(set(keys))} duplicates): a label cache or an index of it would hold a key "
+                         "twice. Rebuild it with `evilm data shards` (duplicate keys are now skipped and listed in "
+                         "skipped.tsv)")
+    return Collection(keys, None, {"shards": source.root}, shards, first_metas(source.records), shards.skipped())
 
 
 def _tar_collection(spec: str, spool_dir: str | None) -> Collection:

@@ -33,7 +33,8 @@ def checkpoint_model_config(directory: Path, raw: dict | None = None) -> EViLMCo
     try:
         cfg = from_dict(EViLMConfig, section, "model")
     except RecipeError as err:
-        raise EvilmError(f"{ckpt.config_file(directory)}: not a model this evilm builds ({section_error(err)})") from None
+        raise EvilmError(f"{ckpt.config_file(directory)}: not a model this evilm builds "
+                         f"({section_error(err)})") from None
     cfg.pretrained = False
     check_against_weights(cfg, directory)
     return cfg

@@ -116,7 +116,8 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tupl
     try:
         model_cfg = from_dict(TokenizerModelConfig, cfg["model"], "model")
     except RecipeError as err:
-        raise EvilmError(f"{ckpt.config_file(directory)}: not a tokenizer this evilm builds ({section_error(err)})") from None
+        raise EvilmError(f"{ckpt.config_file(directory)}: not a tokenizer this evilm builds "
+                         f"({section_error(err)})") from None
     model = ckpt.build_checked(lambda: SemanticTokenizer(model_cfg, with_decoder=False), directory, "tokenizer")
     weights = ckpt.read_weights(directory)
     bad = ckpt.nonfinite_tensors(weights)

@@ -251,5 +251,6 @@ def _write_finite_part(job: EmbedJob, name: str, keys: list[str], embeddings: to
     if bad:
         raise EvilmError(f"the model {checkpoint} embeds {len(bad)} of these {len(keys)} clips as NaN or infinity "
                          f"(e.g. {keys[bad[0]]!r}): its weights are not usable (a diverged training run?), and these "
-                         f"embeddings were not written to {job.out}. Index with a checkpoint whose validation is finite")
+                         f"embeddings were not written to {job.out}. Index with a checkpoint whose validation is "
+                         "finite")
     write_part(job.out, name, keys, embeddings, [job.coll.metas.get(k) for k in keys] if job.coll.metas else None)

@@ -95,8 +95,9 @@ class Searcher:
         if not np.isfinite(scores[rows >= 0]).all():  # the ANN index's scores (the exact scan checks its own)
             raise nonfinite_index(self.index)
         keys, index = self.index.keys, self.index
-        return [[Hit(q, r + 1, keys[int(i)], float(s), index.row_meta(int(i))) for r, (s, i) in enumerate(zip(srow, irow))
-                 if i >= 0] for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]
+        return [[Hit(q, r + 1, keys[int(i)], float(s), index.row_meta(int(i)))
+                 for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+                for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]
 
     def stream(self, queries: Iterable[str], k: int, batch: int = 64) -> Iterator[list[Hit]]:
         """Results per query, in input order, as soon as they are ready: the queries that have

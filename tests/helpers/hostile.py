@@ -31,7 +31,8 @@ def write_tar(path: Path, members: list[tuple[str, Data]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
         for name, data in members:
-            head, size = (b"", data) if isinstance(data, int) else data if isinstance(data, tuple) else (data, len(data))
+            head, size = (b"", data) if isinstance(data, int) else data if isinstance(data, tuple) \
+                else (data, len(data))
             fh.write(_header(name, size))
             fh.write(head)
             fh.seek(size - len(head) + (-size % BLOCK), os.SEEK_CUR)

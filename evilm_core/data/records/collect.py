@@ -9,6 +9,7 @@ from pathlib import Path
 
 from evilm_core.data.records.formats import VIDEO_EXTS
 from evilm_core.data.records.manifest import read_manifest, resolve_video, video_root
+from evilm_core.data.records.record import first_metas
 from evilm_core.errors import EvilmError
 
 
@@ -40,8 +41,6 @@ def collect_videos(videos: str | os.PathLike | None = None, manifest: str | os.P
     base = video_root(str(root) if root is not None else None, manifest)
     keys = list(dict.fromkeys(r.video for r in records))
     if metas is not None:
-        for r in records:
-            if r.meta and r.video not in metas:
-                metas[r.video] = r.meta
+        metas.update(first_metas(records))
     source = {"manifest": str(Path(manifest).absolute()), "format": format, "root": base}
     return keys, [str(resolve_video(k, base)) for k in keys], source

@@ -73,6 +73,15 @@ class ClipRecord:
         return cls(**obj)
 
 
+def first_metas(records) -> dict[str, dict]:
+    """video -> the `meta` of its first record that has one (several records may share a video)."""
+    metas: dict[str, dict] = {}
+    for record in records:
+        if record.meta and record.video not in metas:
+            metas[record.video] = record.meta
+    return metas
+
+
 def _check_types(obj: dict, where: str) -> None:
     """Reject wrongly typed values at read time, where the file and line are still known."""
     video = obj["video"]
