@@ -25,16 +25,35 @@ def synth(
     test_fraction: float = typer.Option(0.2, "--test-fraction", min=0.0, max=0.9),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Encoder processes."),
     json_out: bool = options.json_out(),
+    long: int = typer.Option(None, "--long", min=1, help="Write this many long videos of scenes instead of clips, "
+                             "and moments.jsonl: one moment (video, caption, start, end) per scene."),
+    min_scenes: int = typer.Option(5, "--min-scenes", min=1, help="--long: fewest scenes per video."),
+    max_scenes: int = typer.Option(12, "--max-scenes", min=1, help="--long: most scenes per video."),
+    min_scene_seconds: float = typer.Option(2.0, "--min-scene-seconds", help="--long: shortest scene."),
+    max_scene_seconds: float = typer.Option(6.0, "--max-scene-seconds", help="--long: longest scene."),
 ):
     """Write a synthetic video-language dataset (no download needed).
 
     Coloured shapes moving over backgrounds, with captions, QA pairs, 5-way multiple-choice
-    items and action labels, as canonical JSONL manifests.
+    items and action labels, as canonical JSONL manifests. With --long N: N long videos, each a
+    sequence of such scenes, and their moment manifest (docs/retrieval.md, "Moments").
 
     Example: evilm data synth data/synth --videos 200 --seed 0
+    Long videos: evilm data synth data/synth-long --long 10 --size 96
     """
     from evilm_core.prepare.synth import generate
 
+    if long is not None:
+        from evilm_core.prepare.synth_long import generate_long
+
+        with progress("synth --long") as update:
+            summary = generate_long(out, long, seed=seed, size=size, fps=fps, scenes=(min_scenes, max_scenes),
+                                    seconds=(min_scene_seconds, max_scene_seconds), workers=workers, progress=update)
+        log.info("wrote %d long videos (%d moments, %.0f s of video) to %s", long, summary["moments"],
+                 summary["seconds_of_video"], out)
+        if json_out:
+            emit_json(summary)
+        return
     with progress("synth") as update:
         summary = generate(out, num_videos=videos, seed=seed, frames=frames, size=size, fps=fps,
                            val_fraction=val_fraction, test_fraction=test_fraction, workers=workers,
@@ -48,7 +67,8 @@ def synth(
 def check(
     manifest: Path = typer.Argument(..., help="Manifest file (or class-folder directory)."),
     format: str = typer.Option("auto", "--format", help="auto, jsonl, webvid, msrvtt_train, msrvtt_test, "
-                               "msrvtt_qa, msvd_qa, tgif_qa, didemo, class_folders."),
+                               "msrvtt_qa, msvd_qa, tgif_qa, didemo, class_folders; moments: charades_sta, "
+                               "activitynet_captions, qvhighlights, didemo_moments."),
     root: Path = typer.Option(None, "--root", help="Where relative video paths resolve (default: the manifest's directory)."),
     frames: int = typer.Option(4, "--frames", min=1, help="Frames sampled per clip, as in training."),
     image_size: int = typer.Option(256, "--image-size", min=16, help="Decoder resize, as in training."),

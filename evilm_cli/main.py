@@ -21,6 +21,7 @@ from evilm_cli import (
     finetune_cmd,
     label_cmd,
     plot_cmd,
+    predict_cmd,
     pretrain_cmd,
     profile_cmd,
     push_cmd,
@@ -46,7 +47,7 @@ app = typer.Typer(
 _classic_help()
 # one module per command (or command group), each adding itself with register(app), in help order
 COMMANDS = (quickstart_cmd, data_cmd, tokenize_cmd, label_cmd, pretrain_cmd, finetune_cmd, evaluate_cmd,
-            retrieve_cmd, export_cmd, push_cmd, profile_cmd, plot_cmd, recipes_cmd, validate_cmd)
+            predict_cmd, retrieve_cmd, export_cmd, push_cmd, profile_cmd, plot_cmd, recipes_cmd, validate_cmd)
 for command in COMMANDS:
     command.register(app)
 

@@ -13,6 +13,7 @@ DEFAULTS: dict[str, dict[str, str | int | None]] = {
     "label": {"device": "auto", "precision": "fp32", "threads": 0, "decoder": "auto"},
     "retrieve index": {"device": "auto", "precision": "auto", "threads": 0, "decoder": "auto"},
     "retrieve query": {"precision": "fp32", "threads": 0},
+    "predict": {"device": "auto", "precision": "auto", "threads": 0, "decoder": "auto"},
     "data check": {"decoder": "auto"},
     "data shards": {"decoder": "auto"},
     "evaluate": {"precision": None, "threads": None},

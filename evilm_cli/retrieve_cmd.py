@@ -31,7 +31,8 @@ def index(
     workers: int = typer.Option(None, "--workers", min=0, show_default="auto", help="Loader processes. On the CPU "
                                 "each decodes and embeds its clips (auto: one per core, at most 8); with a GPU they "
                                 "decode (auto: 2). 0: everything in this process."),
-    part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption loses)."),
+    part_size: int = typer.Option(1024, "--part-size", min=1, help="Videos per part file (the most an interruption "
+                                  "loses); with --window, windows, written at the end of a span of 32."),
     shard: str = typer.Option(None, "--shard", help="i/n: embed only videos i, i+n, ... (one run per node, same --out)."),
     device: str = options.device("retrieve index"),
     precision: str = options.precision("retrieve index"),
@@ -41,6 +42,11 @@ def index(
     json_out: bool = options.json_out(),
     decoder: str = options.decoder("retrieve index"),
     max_video_bytes: int = options.max_video_bytes(),
+    window: float = typer.Option(None, "--window", help="Seconds per window: each video longer than this gets one "
+                                 "row per window, with its start and end (search inside long videos; "
+                                 "docs/retrieval.md, \"Moments\"). A shorter video is one row."),
+    stride: float = typer.Option(None, "--stride", help="Seconds between window starts, more than 0 and at most "
+                                 "--window.", show_default="half the window"),
 ):
     """Embed videos with a checkpoint's (or an export's) video side into a searchable index.
 
@@ -50,6 +56,7 @@ def index(
     Example: evilm retrieve index --checkpoint runs/synthetic/retrieval --manifest data/synth/test.jsonl --out runs/synthetic/index
     From an export (onnxruntime): evilm retrieve index --checkpoint runs/synthetic/export --manifest data/synth/test.jsonl --out runs/synthetic/index-onnx
     At scale: evilm retrieve index --checkpoint CKPT --videos /data/clips --out /data/index --ann faiss-ivf
+    Long videos: evilm retrieve index --checkpoint CKPT --videos /data/lectures --out /data/moments --window 4 --stride 2
     """
     from evilm_core.data.work_split import WHOLE, WorkSplit
     from evilm_core.retrieval.build import IndexRequest, build_index
@@ -58,12 +65,16 @@ def index(
                        manifest=str(manifest) if manifest else None, root=str(root) if root else None,
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
                        shard=WorkSplit.parse(shard) or WHOLE, part_size=part_size, device=device,
-                       precision=precision, threads=threads, ann=ann, decoder=decoder, max_video_bytes=max_video_bytes)
+                       precision=precision, threads=threads, ann=ann, decoder=decoder, window=window, stride=stride,
+                       max_video_bytes=max_video_bytes)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
-    results_console(json_out).print(f"index {summary['index']}: {summary['embedded']} embedded now, {summary['already']} already there, "
-                  f"{summary['skipped']} skipped, {summary['total']} videos in the collection; {state}", highlight=False)
+    done = f"{summary['embedded']} embedded now, {summary['already']} already there" if window is None else \
+        (f"{summary['embedded']} windows embedded now ({summary['short']} videos no longer than a window: one row "
+         f"each), {summary['already']} videos already there")
+    results_console(json_out).print(f"index {summary['index']}: {done}, {summary['skipped']} skipped, "
+                                    f"{summary['total']} videos in the collection; {state}", highlight=False)
     if json_out:
         emit_json(summary)
 
@@ -89,6 +100,21 @@ def _queries(args: list[str]):
             yield line.strip()
 
 
+def _line(hit, json_out: bool) -> str:
+    """One result: TSV or JSON, with the moment's start and end on a window index."""
+    from evilm_core.retrieval.query import short_text
+
+    key = escape_key(hit.key)  # as keys.txt stores it: one field, valid UTF-8
+    query = short_text(hit.query)  # a 10 MB query is not echoed on each of its k lines
+    moment = hit.start is not None
+    if json_out:
+        row = {"query": query, "rank": hit.rank, "key": key, "score": round(hit.score, 6)}
+        row.update({"start": round(hit.start, 3), "end": round(hit.end, 3)} if moment else {})
+        return json.dumps({**row, **({"meta": hit.meta} if hit.meta else {})}, allow_nan=False, default=str)
+    line = f"{escape_key(query)}\t{hit.rank}\t{key}\t{hit.score:.6f}"
+    return f"{line}\t{hit.start:.3f}\t{hit.end:.3f}" if moment else line
+
+
 @app.command("query")
 def query(
     queries: list[str] = typer.Argument(None, help="Query texts; none: read one per line from stdin."),
@@ -106,32 +132,36 @@ def query(
     exact: bool = typer.Option(False, "--exact", help="Scan every embedding even when the index has an ANN index."),
     precision: str = options.precision("retrieve query"),
     threads: int = options.threads("retrieve query"),
+    per_video: int = typer.Option(None, "--per-video", min=1, show_default="1", help="A window index: keep the N "
+                                  "best moments of each video."),
+    merge: float = typer.Option(None, "--merge", min=0.0, max=1.0, show_default="0.1", help="A window index: how far "
+                                "below its peak a neighbouring window may score and still join the moment, as a share "
+                                "of the peak's lead over the video's median window (0: single windows)."),
 ):
     """Find the clips that best match text queries.
 
     Prints one line per result, tab-separated: query, rank, key, score (or JSON with --json),
     flushed per query so it streams in a pipeline. Loads only the text side of the model.
 
+    On a window index (`retrieve index --window`) each result is a moment: neighbouring windows
+    of one video scoring close to the best are merged, and each line adds its start and end in
+    seconds (query, rank, key, score, start, end; docs/retrieval.md, "Moments").
+
     Words the model's vocabulary lacks are named in a warning on stderr (they carry no meaning).
 
     Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red star shrinks on a black background"
     Pipeline: cut -f2 captions.tsv | evilm retrieve query --index runs/synthetic/index --json | jq .key
+    Moments: evilm retrieve query --index runs/synthetic/moments --per-video 2 "a blue star grows" --contact-sheet m.png
     """
-    from evilm_core.retrieval.query import Searcher, short_text
+    from evilm_core.retrieval.query import Searcher
 
-    searcher = Searcher(index_dir, checkpoint, precision=precision, exact=exact, threads=threads)
+    searcher = Searcher(index_dir, checkpoint, precision=precision, exact=exact, threads=threads, per_video=per_video,
+                        merge=merge)
     rows, answered = [], 0
     for hits in searcher.stream(_queries(queries or []), k, batch=batch):
         answered += 1
         for hit in hits:
-            key = escape_key(hit.key)  # as keys.txt stores it: one field, valid UTF-8
-            query = short_text(hit.query)  # a 10 MB query is not echoed on each of its k lines
-            if json_out:
-                row = {"query": query, "rank": hit.rank, "key": key, "score": round(hit.score, 6)}
-                line = json.dumps({**row, **({"meta": hit.meta} if hit.meta else {})}, allow_nan=False, default=str)
-            else:
-                line = f"{escape_key(query)}\t{hit.rank}\t{key}\t{hit.score:.6f}"
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(_line(hit, json_out) + "\n")
         sys.stdout.flush()
         if sheet is not None:
             rows.append(hits)

@@ -26,3 +26,13 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, num_videos=40, seed=0, frames=8, size=64, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def long_dir(tmp_path_factory) -> Path:
+    """3 long videos of 3-4 scenes (1-3 s each, 64 px, 8 fps) and their moments.jsonl."""
+    from evilm_core.prepare.synth_long import generate_long
+
+    out = tmp_path_factory.mktemp("synth_long")
+    generate_long(out, 3, seed=0, size=64, fps=8, scenes=(3, 4), seconds=(1.0, 3.0), workers=1)
+    return out

@@ -19,7 +19,7 @@ FLOORS = {
     "data/": 4, "checkpoints/": 4,
     "models/": 5, "settings": 5, "prepare/": 5,
     "engine/": 6, "export/": 6, "profiling": 6,
-    "tokenizer/": 7, "label/": 7, "pretrain/": 7, "finetune/": 7, "retrieval/": 7,
+    "tokenizer/": 7, "label/": 7, "pretrain/": 7, "finetune/": 7, "retrieval/": 7, "predict/": 7,
     "recipes": 8, "quickstart/": 8,
 }
 

@@ -55,23 +55,29 @@ def rank_metrics(ranks: torch.Tensor, prefix: str, ks=(1, 5, 10)) -> dict[str, f
 
 def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = None) -> dict[str, float]:
     """sim [T, V] text x video similarities; text_to_video [T] the true video of each text
-    (default diagonal). Video-to-text uses, for each video, the best-ranked of its texts, ranked
-    against the other videos' texts only (its own captions never compete with each other; a tie
-    with another video's text counts against it)."""
-    t, v = sim.shape
+    (default diagonal). Video-to-text: `video_to_text_ranks`."""
+    t = sim.shape[0]
     require_finite(sim, "text-video similarities")
     t2v_target = torch.arange(t) if text_to_video is None else text_to_video
     metrics = rank_metrics(retrieval_ranks(sim, t2v_target), "t2v")
-    v2t_ranks = []
-    for video in range(v):  # a video with several captions counts its best-ranked one (MSR-VTT style)
-        own = (t2v_target == video).nonzero().flatten()
+    metrics.update(rank_metrics(torch.tensor(list(video_to_text_ranks(sim, t2v_target).values())), "v2t"))
+    return metrics
+
+
+def video_to_text_ranks(sim: torch.Tensor, text_to_video: torch.Tensor) -> dict[int, int]:
+    """{video: rank} for each video with a text: the best-ranked of its texts, ranked against the
+    other videos' texts only (its own captions never compete with each other; a tie with another
+    video's text counts against it), MSR-VTT style."""
+    t = sim.shape[0]
+    ranks = {}
+    for video in range(sim.shape[1]):
+        own = (text_to_video == video).nonzero().flatten()
         if own.numel() == 0:
             continue
         column, others = sim[:, video], torch.ones(t, dtype=torch.bool)
         others[own] = False
-        v2t_ranks.append(1 + int((column[others] >= column[own].max()).sum()))
-    metrics.update(rank_metrics(torch.tensor(v2t_ranks), "v2t"))
-    return metrics
+        ranks[video] = 1 + int((column[others] >= column[own].max()).sum())
+    return ranks
 
 
 def accuracy(predictions: list, answers: list) -> float:

@@ -30,40 +30,39 @@ from evilm_core.data.dataset import ClipDataset, clip_dataset
 from evilm_core.engine.runtime import eval_batches
 from evilm_core.engine.tracking import RunLog
 from evilm_core.errors import EvilmError
+from evilm_core.evaluation import predictions
 from evilm_core.evaluation.metrics import accuracy, require_finite
+from evilm_core.evaluation.predictions import PredictionRows
 from evilm_core.finetune.config import ProbeConfig
 from evilm_core.finetune.data import LabelFields, label_vocab
 from evilm_core.finetune.tasks import FinetuneTask, head_classes
-from evilm_core.fs import atomic_path
+from evilm_core.fs import atomic_path, escape_key
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.heads import attach_head
 from evilm_core.models.pretrained import export_model
+from evilm_core.models.scoring import feature_dim, features_of_tokens, label_logits, video_tokens
 
 log = logging.getLogger("evilm.finetune")
-
-
-def video_features(net: EViLM, pixels: torch.Tensor, feature: str) -> torch.Tensor:
-    return net.video_cls(pixels) if feature == "cls" else net.embed_video(pixels)
-
-
-def feature_dim(net: EViLM, feature: str) -> int:
-    return net.cfg.fusion_dim if feature == "cls" else net.cfg.embed_dim
 
 
 @torch.no_grad()
 def extract_features(net: EViLM, dataset: ClipDataset, feature: str, data: DataConfig, device: torch.device,
                      amp=None) -> dict:
-    """-> {features [N, F] float32 cpu, labels [N] (-1: not a training class), skipped}."""
+    """-> {features [N, F] float32 cpu, labels [N] (-1: not a training class), skipped, and the
+    clips' `videos` and `label_texts` (not cached)}."""
     net.eval()
     counts: dict = {"skipped": 0}
-    feats, labels = [], []
+    feats, labels, videos, texts = [], [], [], []
     for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
         with amp or nullcontext():
-            feats.append(video_features(net, batch["pixels"], feature).float().cpu())
+            feats.append(features_of_tokens(net, video_tokens(net, batch["pixels"]), feature).float().cpu())
         labels.append(batch["label"].cpu())
+        videos += batch["video"]
+        texts += batch["label_text"]
     dim = feature_dim(net, feature)
     return {"features": torch.cat(feats) if feats else torch.zeros(0, dim),
-            "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), "skipped": counts["skipped"]}
+            "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), "skipped": counts["skipped"],
+            "videos": videos, "label_texts": texts}
 
 
 def records_digest(dataset: ClipDataset, labels: list[str]) -> str:
@@ -144,11 +143,19 @@ def probe_metrics(logits: torch.Tensor, labels: torch.Tensor, skipped: int) -> d
 
 @torch.no_grad()
 def evaluate_probe(net: EViLM, dataset: ClipDataset, feature: str, data: DataConfig, device: torch.device,
-                   amp=None, feats: dict | None = None) -> dict[str, float]:
+                   amp=None, feats: dict | None = None, out: PredictionRows | None = None,
+                   classes: list[str] | None = None) -> dict[str, float]:
+    """Top-1 accuracy of the probe head; `out` collects a row per clip (`classes`: the head's labels)."""
     feats = feats or extract_features(net, dataset, feature, data, device, amp)
-    head = net.heads["probe"]
-    logits = head(feats["features"].to(head.weight.device)).cpu()
-    return probe_metrics(logits, feats["labels"], feats["skipped"])
+    logits = label_logits(net, feats["features"]).cpu()
+    metrics = probe_metrics(logits, feats["labels"], feats["skipped"])
+    if out is not None:
+        names = classes or []
+        for video, probs, gold in zip(feats["videos"], logits.softmax(-1), feats["label_texts"]):
+            said = predictions.labels(probs, names, out.k)
+            out.rows.append({"key": escape_key(video), "gold": gold, **said,
+                             "correct": said["labels"][0]["label"] == gold})
+    return metrics
 
 
 def probe_dataset(records, source: ClipSource, data: DataConfig, labels: list[str], seed: int,
@@ -181,10 +188,10 @@ class ProbeTask(FinetuneTask):
         return run_probe(recipe, net, vocab, classes, records, init_dir, run, progress, resume)
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None):
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None, out=None):
         feature = (saved or {}).get("feature", recipe.probe.feature)
         dataset = probe_dataset(records, source, recipe.data, classes, recipe.seed, settings.decoder)
-        return evaluate_probe(net, dataset, feature, recipe.data, settings.torch_device)
+        return evaluate_probe(net, dataset, feature, recipe.data, settings.torch_device, out=out, classes=classes)
 
 
 def run_probe(recipe, net: EViLM, vocab: list[str], labels: list[str], records, init_dir: Path | None, run,

@@ -27,6 +27,7 @@ import torch
 from evilm_core.checkpoints import files as ckpt
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.metrics import require_finite, retrieval_metrics
+from evilm_core.models.scoring import match_log_odds
 
 log = logging.getLogger("evilm.finetune")
 VTM_TRAINED_BY = ("mc",)  # fine-tuning tasks whose loss trains heads.vtm
@@ -47,8 +48,7 @@ def rerank_scores(net, video_tokens: torch.Tensor, ids: torch.Tensor, mask: torc
     for start in range(0, t * k, batch_size):
         ti, ci = texts[start:start + batch_size], columns[start:start + batch_size]
         out = net._joint(video_tokens[ci].to(device), ids[ti].to(device), mask[ti].to(device))
-        logits = net.heads["vtm"](out["cls"]).float()  # [b, 2]; class 1 = match
-        scores.append((logits[:, 1] - logits[:, 0]).cpu())
+        scores.append(match_log_odds(net, out["cls"]).cpu())  # [b]
     vtm = require_finite(torch.cat(scores), "re-ranking match scores").double().view(t, k)  # [T, k]
     reranked = sim.double().clone()  # [T, V]
     lift = float(reranked.max()) - float(vtm.min()) + 1.0  # every re-scored clip > every other clip

@@ -27,11 +27,14 @@ from evilm_core.data.records.record import ClipRecord
 from evilm_core.engine.runtime import environment
 from evilm_core.engine.startup import resolved, start_run, write_run_files
 from evilm_core.errors import EvilmError
+from evilm_core.evaluation.predictions import PredictionRows
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import texts_for_vocab
+from evilm_core.finetune.moments import MomentsTask
 from evilm_core.finetune.probe import ProbeTask
 from evilm_core.finetune.rerank import require_matching_head
 from evilm_core.finetune.tasks import FinetuneTask, MCTask, QATask, RetrievalTask
+from evilm_core.fs import write_jsonl
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.heads import CLASS_FILES, class_file_text
 from evilm_core.models.loading import load_checkpoint, load_init_weights, merge_model_config
@@ -41,7 +44,8 @@ from evilm_core.text.tokens import TextTokens
 from evilm_core.text.vocab import build_vocab
 
 log = logging.getLogger("evilm.finetune")
-TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask}
+TASKS: dict[str, type[FinetuneTask]] = {"qa": QATask, "mc": MCTask, "retrieval": RetrievalTask, "probe": ProbeTask,
+                                        "moments": MomentsTask}
 
 
 def model_and_vocab(recipe: FinetuneRecipe, init_dir: Path | None,
@@ -69,6 +73,7 @@ def train_finetune(recipe: FinetuneRecipe, resume: bool = False, progress: Calla
     """Fine-tune per the recipe; returns {checkpoint, step, metrics, task, skipped, ...}. `settings`:
     resolved by a caller that runs several stages (the quickstart), else from the recipe."""
     task = TASKS[recipe.task]
+    task.check_trainable()
     run = start_run(recipe, settings)
     init_dir = resolve_checkpoint(recipe.init.checkpoint) if recipe.init.checkpoint else None
     recipe, vocab = model_and_vocab(recipe, init_dir, run.records)
@@ -95,14 +100,19 @@ def _split_manifest(recipe: FinetuneRecipe, split: str) -> str:
 
 
 def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: str = "test", rerank: int = 0,
-                        settings: RunSettings | None = None) -> dict:
+                        settings: RunSettings | None = None, predictions: str | Path | None = None,
+                        top_k: int = 5) -> dict:
     """-> {"task", "metrics"} for the recipe's task on its data.test (or data.val). `rerank` > 0
     (retrieval only): also re-rank each text's top-`rerank` clips with the VTM head ("rerank_*").
-    `settings`: as train_finetune's."""
+    `predictions`: also write one JSON line per item there (what the model answered, the gold
+    answer; `top_k` answers, labels, keys or texts each; docs/predict.md). `settings`: as
+    train_finetune's."""
     if rerank and recipe.task != "retrieval":
         raise EvilmError(f"--rerank applies to retrieval recipes (this recipe's task: {recipe.task})")
     if rerank < 0:
         raise EvilmError(f"--rerank must be 0 (off) or a number of clips to re-rank, got {rerank}")
+    if top_k < 1:
+        raise EvilmError(f"--top-k must be at least 1, got {top_k}")
     t = recipe.train
     settings = (settings or resolve_settings(t.device, t.precision, t.threads, recipe.data.decoder,
                                              decoder_key="data.decoder")).apply()
@@ -110,7 +120,7 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
     loaded = load_checkpoint(checkpoint)
     if rerank:
         require_matching_head(loaded.model, loaded.directory, loaded.config)
-    if loaded.task not in (None, task.name):
+    if loaded.task not in (None, task.name, *task.evaluates):
         log.warning("%s was fine-tuned for %s; evaluating it on %s", loaded.directory, loaded.task, task.name)
     net, device = loaded.model, settings.torch_device
     try:
@@ -123,7 +133,13 @@ def evaluate_checkpoint(recipe: FinetuneRecipe, checkpoint: str | Path, split: s
     records = source.records
     task.check_records(recipe, records, manifest, train=False)
     tokens = TextTokens(loaded.directory, net.cfg.max_text_len)
+    rows = PredictionRows(top_k) if predictions is not None else None
     with settings.autocast():
-        metrics = task.evaluate_split(recipe, net, records, source, tokens, classes, settings, loaded.config,
+        metrics = task.evaluate_split(recipe, net, records, source, tokens, classes, settings, loaded.config, out=rows,
                                       **({"rerank": rerank} if rerank else {}))
-    return {"task": task.name, "metrics": metrics, "precision": settings.precision, "environment": environment(device)}
+    result = {"task": task.name, "metrics": metrics, "precision": settings.precision,
+              "environment": environment(device)}
+    if rows is not None:
+        result["predictions"] = str(write_jsonl(rows.rows, predictions))
+        log.info("predictions: %d rows in %s", len(rows.rows), predictions)
+    return result

@@ -35,7 +35,15 @@ from evilm_core.engine.distributed import global_contrastive_loss
 from evilm_core.engine.runtime import eval_batches, unwrap
 from evilm_core.engine.trainer import Trainer
 from evilm_core.errors import EvilmError
-from evilm_core.evaluation.metrics import accuracy, require_finite, retrieval_metrics
+from evilm_core.evaluation import predictions
+from evilm_core.evaluation.metrics import (
+    accuracy,
+    require_finite,
+    retrieval_metrics,
+    retrieval_ranks,
+    video_to_text_ranks,
+)
+from evilm_core.evaluation.predictions import PredictionRows
 from evilm_core.finetune.config import FinetuneRecipe
 from evilm_core.finetune.data import (
     CaptionFields,
@@ -47,10 +55,19 @@ from evilm_core.finetune.data import (
     require_fields,
 )
 from evilm_core.finetune.rerank import rerank_metrics
+from evilm_core.fs import escape_key
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.heads import attach_head, freeze_except
 from evilm_core.models.losses import logit_scale_value
 from evilm_core.models.pretrained import export_model
+from evilm_core.models.scoring import (
+    answer_logits,
+    embed_texts,
+    joint_cls,
+    match_log_odds,
+    similarities,
+    video_tokens,
+)
 from evilm_core.settings import RunSettings
 from evilm_core.text.tokens import TextTokens
 
@@ -64,6 +81,7 @@ class FinetuneTask:
     name = ""
     needs: tuple[str, ...] = ()  # record fields every record of the task must carry
     keep: tuple[str, ...] = ()  # heads (or 'retrieval', 'logit_scale') trained besides the trunk
+    evaluates: tuple[str, ...] = ()  # other tasks whose fine-tuned checkpoints it evaluates as they are
 
     def __init__(self, recipe: FinetuneRecipe, net: EViLM, vocab: list[str], settings: RunSettings,
                  val: tuple[list[ClipRecord], str] | None = None, classes: list[str] | None = None,
@@ -73,6 +91,10 @@ class FinetuneTask:
         freeze_except(net, self.keep)
 
     # ------------------------------------------------------------------ before the model
+    @classmethod
+    def check_trainable(cls) -> None:
+        """Raise for a task that is only evaluated (before `evilm finetune` does any work)."""
+
     @classmethod
     def check_records(cls, recipe: FinetuneRecipe, records: list[ClipRecord], manifest: str, train: bool) -> None:
         require_fields(records, cls.needs, manifest, cls.name)
@@ -149,8 +171,9 @@ class FinetuneTask:
     @classmethod
     def evaluate_split(cls, recipe: FinetuneRecipe, net: EViLM, records: list[ClipRecord], source: ClipSource,
                        tokens: TextTokens, classes: list[str] | None, settings: RunSettings,
-                       saved: dict | None = None) -> dict[str, float]:
-        """The task's metrics on one split (`saved`: the checkpoint's config, when evaluating one)."""
+                       saved: dict | None = None, out: PredictionRows | None = None) -> dict[str, float]:
+        """The task's metrics on one split (`saved`: the checkpoint's config, when evaluating one;
+        `out`: a PredictionRows that collects one row per item, `evaluate --predictions`)."""
         raise NotImplementedError
 
 
@@ -193,9 +216,9 @@ class QATask(FinetuneTask):
         return loss, _parts(loss, acc=(logits.argmax(-1) == batch["answer"]).float().mean())
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None):
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None, out=None):
         data = cls.dataset(recipe, records, source, QAFields(tokens, classes), settings)
-        return evaluate_qa(net, data, classes, recipe.data, settings.torch_device)
+        return evaluate_qa(net, data, classes, recipe.data, settings.torch_device, out)
 
 
 class MCTask(FinetuneTask):
@@ -219,9 +242,9 @@ class MCTask(FinetuneTask):
         return loss, _parts(loss, acc=(scores.argmax(-1) == batch["answer"]).float().mean())
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None):
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None, out=None):
         data = cls.dataset(recipe, records, source, MCFields(tokens, recipe.mc.num_options), settings)
-        return evaluate_mc(net, data, recipe.data, settings.torch_device)
+        return evaluate_mc(net, data, recipe.data, settings.torch_device, out)
 
 
 class RetrievalTask(FinetuneTask):
@@ -242,9 +265,9 @@ class RetrievalTask(FinetuneTask):
         return loss, _parts(loss, temperature=1.0 / logit_scale_value(scale))
 
     @classmethod
-    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None, rerank=0):
+    def evaluate_split(cls, recipe, net, records, source, tokens, classes, settings, saved=None, out=None, rerank=0):
         """`rerank` > 0: also each text's top-`rerank` clips re-scored by the VTM head (rerank.py)."""
-        return evaluate_retrieval(net, records, source, recipe.data, tokens, settings, rerank=rerank)
+        return evaluate_retrieval(net, records, source, recipe.data, tokens, settings, rerank=rerank, out=out)
 
 
 def head_classes(loaded, task: str) -> list[str]:
@@ -261,10 +284,10 @@ def head_classes(loaded, task: str) -> list[str]:
 
 def option_scores(model: nn.Module, pixels: torch.Tensor, option_ids: torch.Tensor,
                   option_mask: torch.Tensor) -> torch.Tensor:
-    """pixels [B, T, 3, H, W], options [B, K, L] -> match log-odds [B, K] (float32)."""
+    """pixels [B, T, 3, H, W], options [B, K, L] -> match log-odds [B, K] (float32), through the
+    model's forward (the training step: DDP sees one forward)."""
     out = model(pixels, option_ids, option_mask, mode="options")
-    logits = unwrap(model).heads["vtm"](out["cls"]).float()  # [B, K, 2]; class 1 = match (pre-training)
-    return logits[..., 1] - logits[..., 0]
+    return match_log_odds(unwrap(model), out["cls"])  # [B, K]
 
 
 def qa_metrics(predictions: list[str], gold: list[str], answers: list[str]) -> dict[str, float]:
@@ -275,35 +298,57 @@ def qa_metrics(predictions: list[str], gold: list[str], answers: list[str]) -> d
             "oov_answers": sum(g not in vocab for g in gold), "num_examples": len(gold)}
 
 
+def _records(dataset, batch: dict) -> list[ClipRecord]:
+    return [dataset.records[i] for i in batch["index"].tolist()]
+
+
+def _asked(record: ClipRecord) -> dict:
+    return {"key": escape_key(record.video), **({"question": record.question} if record.question else {})}
+
+
 @torch.no_grad()
-def evaluate_qa(net: EViLM, dataset, answers: list[str], data: DataConfig, device: torch.device) -> dict[str, float]:
+def evaluate_qa(net: EViLM, dataset, answers: list[str], data: DataConfig, device: torch.device,
+                out: PredictionRows | None = None) -> dict[str, float]:
     counts: dict = {"skipped": 0}
     preds, gold = [], []
     for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
-        out = net(batch["pixels"], batch["input_ids"], batch["attention_mask"])
-        best = require_finite(net.heads["qa"](out["cls"]).float(), "answer scores").argmax(-1).tolist()
-        preds += [answers[i] for i in best]
+        cls = joint_cls(net, video_tokens(net, batch["pixels"]), [1] * batch["size"], batch["input_ids"],
+                        batch["attention_mask"])
+        logits = require_finite(answer_logits(net, cls), "answer scores")
+        best = [answers[i] for i in logits.argmax(-1).tolist()]
+        if out is not None:
+            for record, probs, said, truth in zip(_records(dataset, batch), logits.softmax(-1), best,
+                                                  batch["answer_text"]):
+                out.rows.append({**_asked(record), "gold": truth, **predictions.answers(probs, answers, out.k),
+                                 "correct": said == truth})
+        preds += best
         gold += batch["answer_text"]
     return {**qa_metrics(preds, gold, answers), "skipped": counts["skipped"]}
 
 
 @torch.no_grad()
-def evaluate_mc(net: EViLM, dataset, data: DataConfig, device: torch.device) -> dict[str, float]:
+def evaluate_mc(net: EViLM, dataset, data: DataConfig, device: torch.device,
+                out: PredictionRows | None = None) -> dict[str, float]:
     counts: dict = {"skipped": 0}
     preds, gold, k = [], [], 0
     for batch in eval_batches(dataset, data.batch_size, data.num_workers, device, counts):
-        scores = require_finite(option_scores(net, batch["pixels"], batch["option_ids"], batch["option_mask"]),
-                                "option scores")
+        b, k = batch["option_ids"].shape[:2]
+        cls = joint_cls(net, video_tokens(net, batch["pixels"]), [k] * b, batch["option_ids"].flatten(0, 1),
+                        batch["option_mask"].flatten(0, 1))
+        scores = require_finite(match_log_odds(net, cls).view(b, k), "option scores")
+        if out is not None:
+            for record, row, answer in zip(_records(dataset, batch), scores, batch["answer"].tolist()):
+                chosen = predictions.options(row, record.options)
+                out.rows.append({**_asked(record), **chosen, "gold": answer, "correct": chosen["chosen"] == answer})
         preds += scores.argmax(-1).tolist()
         gold += batch["answer"].tolist()
-        k = scores.shape[1]
     return {"accuracy": accuracy(preds, gold), "chance": 100.0 / k if k else 0.0, "num_examples": len(gold),
             "skipped": counts["skipped"]}
 
 
 @torch.no_grad()
 def evaluate_retrieval(net: EViLM, records: list[ClipRecord], source: ClipSource, data: DataConfig, tokens: TextTokens,
-                       settings: RunSettings, rerank: int = 0) -> dict[str, float]:
+                       settings: RunSettings, rerank: int = 0, out: PredictionRows | None = None) -> dict[str, float]:
     """Dual-encoder retrieval: each distinct clip embedded once, each caption once, one T x V
     similarity (no pairwise cross scoring). Captions of undecodable clips leave the query set.
     `source`: where the records came from (their videos' root, or the shard set with the frames).
@@ -316,27 +361,39 @@ def evaluate_retrieval(net: EViLM, records: list[ClipRecord], source: ClipSource
                            max_bytes=data.max_video_bytes)
     clips = clip_dataset([ClipRecord(video=v, sample=first[v].sample) for v in videos], source.root, data.num_frames,
                          data.image_size, frames=frames)
-    video_emb, video_tokens, kept = [], [], []
+    video_emb, kept_tokens, kept = [], [], []
     for batch in eval_batches(clips, data.batch_size, data.num_workers, device, counts):
-        tokens_v = net.video(batch["pixels"])  # [B, N, D] e^V, encoded once
+        tokens_v = video_tokens(net, batch["pixels"])  # [B, N, D] e^V, encoded once
         video_emb.append(net._video_embedding(tokens_v).float())
         if rerank > 0:
-            video_tokens.append(tokens_v.cpu())
+            kept_tokens.append(tokens_v.cpu())
         kept += batch["video"]
     column = {v: i for i, v in enumerate(kept)}
     queries = [r for r in records if r.video in column]
     if not queries:
         raise EvilmError("retrieval evaluation: no clip of the split could be decoded")
-    text_emb, text_ids, text_mask = [], [], []
-    for start in range(0, len(queries), data.batch_size):
-        ids, mask = tokens.batch([r.caption or "" for r in queries[start:start + data.batch_size]])
-        text_emb.append(net.embed_text(ids.to(device), mask.to(device)).float())
-        text_ids.append(ids)
-        text_mask.append(mask)
-    sim = (torch.cat(text_emb) @ torch.cat(video_emb).T).cpu()  # [T, V]
+    captions = [r.caption or "" for r in queries]
+    text_emb, text_ids, text_mask = embed_texts(net, tokens, captions, data.batch_size, device)
+    sim = similarities(text_emb, torch.cat(video_emb)).cpu()  # [T, V]
     gold = torch.tensor([column[r.video] for r in queries])  # [T]
     metrics = retrieval_metrics(sim, gold)
+    if out is not None:
+        out.rows += retrieval_rows(sim, gold, kept, captions, out.k)
     if rerank > 0:
-        metrics.update(rerank_metrics(net, torch.cat(video_tokens), torch.cat(text_ids), torch.cat(text_mask), sim,
-                                      gold, rerank, data.batch_size, device))
+        metrics.update(rerank_metrics(net, torch.cat(kept_tokens), text_ids, text_mask, sim, gold, rerank,
+                                      data.batch_size, device))
     return {**metrics, "num_examples": len(queries), "num_videos": len(kept), "skipped": counts["skipped"]}
+
+
+def retrieval_rows(sim: torch.Tensor, gold: torch.Tensor, keys: list[str], captions: list[str], k: int) -> list[dict]:
+    """One row per caption (text-to-video: its clip's rank, the top-k keys) and one per clip
+    (video-to-text: the rank of its best caption among the other clips' captions, the top-k captions)."""
+    keys = [escape_key(key) for key in keys]
+    ranks = retrieval_ranks(sim, gold).tolist()
+    rows = [{"direction": "t2v", "caption": caption, "key": keys[g], "rank": rank,
+             "top": predictions.top_keys(row, keys, k)}
+            for caption, g, rank, row in zip(captions, gold.tolist(), ranks, sim)]
+    v2t = video_to_text_ranks(sim, gold)
+    rows += [{"direction": "v2t", "key": keys[v], "rank": rank, **predictions.texts(sim[:, v], captions, k)}
+             for v, rank in v2t.items()]
+    return rows

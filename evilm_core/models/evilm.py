@@ -132,6 +132,11 @@ class EViLM(PretrainedMixin, nn.Module):
         """Unimodal pass [CLS, e^V + t^V] -> l2-normalised retrieval embedding [B, E]."""
         return self._video_embedding(self.video(pixels))
 
+    def embed_frame_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """embed_video from the frames' `video.frame_tokens` [B, T, g*g, D] (computed once per
+        frame, shared by the windows that take it) -> [B, E]."""
+        return self._video_embedding(self.video.place(tokens))
+
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^L + t^L] -> l2-normalised retrieval embedding [B, E]."""
         h = self.fusion(self.text(input_ids, attention_mask), attention_mask, None)

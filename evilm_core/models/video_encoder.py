@@ -41,9 +41,19 @@ class VideoEncoder(nn.Module):
                              f"the model expects {self.grid}x{self.grid} (image_size {self.grid * GRID_STRIDE})")
         return fmap.flatten(2).transpose(1, 2).reshape(b, t, self.grid * self.grid, -1)
 
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [N, 3, H, W] -> projected region tokens [N, g*g, D]: the part of the encoder that
+        sees one frame at a time, so windows sharing a frame share this work (docs/retrieval.md,
+        "Moments")."""
+        return self.proj(self.forward_features(frames.unsqueeze(1)).squeeze(1))
+
+    def place(self, tokens: torch.Tensor) -> torch.Tensor:
+        """frame tokens [B, T, g*g, D] -> video tokens e^V [B, T*g*g, D]: frame t's embedding and
+        the region embeddings added (t-major, then row, then column)."""
+        x = tokens + self.frame_embed[:, :tokens.shape[1]] + self.region_embed
+        return x.flatten(1, 2)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, T, 3, H, W] -> video tokens e^V [B, T*g*g, D] (t-major, then row, then column)."""
-        t = pixels.shape[1]
-        x = self.proj(self.forward_features(pixels))  # [B, T, g*g, D]
-        x = x + self.frame_embed[:, :t] + self.region_embed
-        return x.flatten(1, 2)
+        b, t = pixels.shape[:2]
+        return self.place(self.frame_tokens(pixels.flatten(0, 1)).unflatten(0, (b, t)))

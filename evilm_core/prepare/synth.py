@@ -312,16 +312,20 @@ def _render_job(job: tuple[str, Scene, int]) -> str:
 
 def _render_all(out: Path, clips: list[ClipPlan], fps: int, workers: int,
                 progress: Callable[[int, int], None] | None) -> None:
-    jobs = [(str(out / c.video), c.scene, fps) for c in clips]
+    run_jobs(_render_job, [(str(out / c.video), c.scene, fps) for c in clips], workers, progress)
+
+
+def run_jobs(fn: Callable, jobs: list, workers: int, progress: Callable[[int, int], None] | None) -> None:
+    """fn(job) for every job, in `workers` processes (any order: each job writes its own file)."""
     total = len(jobs)
     if workers <= 1 or total <= 1:
-        for done, _ in enumerate(map(_render_job, jobs), start=1):
+        for done, _ in enumerate(map(fn, jobs), start=1):
             if progress is not None:
                 progress(done, total)
         return
     chunksize = max(1, min(8, total // (8 * workers)))  # small chunks keep progress smooth
     with multiprocessing.get_context().Pool(min(workers, total), initializer=die_with_parent) as pool:
-        for done, _ in enumerate(pool.imap_unordered(_render_job, jobs, chunksize), start=1):
+        for done, _ in enumerate(pool.imap_unordered(fn, jobs, chunksize), start=1):
             if progress is not None:
                 progress(done, total)
 

@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -15,33 +16,37 @@ import torch
 from evilm_core.config.sections import MAX_VIDEO_BYTES
 from evilm_core.data.clips import Collection, collect, picker
 from evilm_core.data.dataset import clip_dataset, collate_clips
+from evilm_core.data.windows import WindowSpec, collate_span
 from evilm_core.data.work_split import WHOLE, WorkSplit
 from evilm_core.engine.runtime import environment, eval_loader
+from evilm_core.engine.workers import ComputeInWorker
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, clean_stale_temps
+from evilm_core.models.scoring import in_chunks
 from evilm_core.progress import Progress
+from evilm_core.engine.windows import embed_span
 from evilm_core.retrieval.index import (
     ANN_META,
     FORMAT,
+    FORMAT_WINDOWS,
     META,
     PARTS,
     IndexMeta,
     consolidate,
     indexed_keys,
+    indexed_rows,
     read_meta,
     record_skipped,
     skipped_keys,
     write_meta,
+    refuse_nonfinite,
     write_part,
 )
 from evilm_core.retrieval.sides import Tower, open_video_side
+from evilm_core.retrieval.windows import check_windows, complete_videos, embed_windows, plan_spans, window_model
 from evilm_core.settings import RunSettings, autocast, index_plan, resolve_settings, set_torch_threads
 
 log = logging.getLogger("evilm.retrieval")
-# Pixels per forward pass on the CPU: the paper model embeds 16 frames of 256 px (4 clips of 4
-# frames) 1.2x faster per clip than 64 at once, whose activations spill the caches
-# (docs/performance.md, "Indexing on the CPU"); GPUs take the whole batch.
-CPU_FORWARD_PIXELS = 16 * 256 * 256
 
 
 @dataclass
@@ -55,13 +60,24 @@ class IndexRequest:
     batch_size: int = 32  # videos per loader batch (on the CPU, forward passes of CPU_FORWARD_PIXELS)
     num_workers: int | None = None  # loader workers (None: auto, settings.index_plan; 0: all in this process)
     shard: WorkSplit = WHOLE  # --shard i/n: this run embeds keys i, i+n, i+2n, ...
-    part_size: int = 1024  # videos per part file: at most this much work is lost to an interruption
+    part_size: int = 1024  # videos per part (windows: rows, at a span end): the most an interruption loses
     device: str = "auto"  # auto | cpu | cuda[:i]
     precision: str = "auto"  # auto | fp32 | bf16 (autocast of the video side; recorded, never mixed in one index)
     threads: int = 0  # torch CPU threads (0: auto, evilm_core/settings.py)
     ann: str | None = None  # build an approximate index too: faiss-ivf | faiss-ivfpq | faiss-hnsw
     decoder: str = "auto"  # video decoder (config/sections.py DECODERS)
     max_video_bytes: int = MAX_VIDEO_BYTES  # a bigger video is skipped and counted, never read
+    window: float | None = None  # seconds per window: one row per window of each video (None: one per video)
+    stride: float | None = None  # seconds between window starts (None: half the window)
+
+    def window_spec(self) -> WindowSpec | None:
+        """The windows asked for, checked (data/windows.py), or None."""
+        if self.window is None:
+            if self.stride is not None:
+                raise EvilmError("--stride applies to a window index: give --window SEC too")
+            return None
+        return WindowSpec(float(self.window), float(self.window / 2 if self.stride is None else self.stride),
+                          self.num_frames)
 
 
 def collection(req: IndexRequest) -> tuple[Collection, str]:
@@ -72,8 +88,10 @@ def collection(req: IndexRequest) -> tuple[Collection, str]:
 
 
 def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precision: str) -> IndexMeta:
+    spec = req.window_spec()
     if (out / META).is_file():
         meta = read_meta(out)
+        check_windows(meta, spec, out)
         if meta.model_hash != side.model_hash:
             raise EvilmError(f"index {out} was built with another model ({meta.checkpoint}, sha256 "
                              f"{meta.model_hash[:12]}) than {side.directory} (sha256 {side.model_hash[:12]}); "
@@ -90,8 +108,9 @@ def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precis
     if out.exists() and any(out.iterdir()):
         raise EvilmError(f"--out {out} exists and is not an index (no {META}); choose a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
-    meta = IndexMeta(FORMAT, side.model_hash, str(side.directory.absolute()), side.embed_dim, req.num_frames,
-                     side.image_size, root, precision=precision)
+    meta = IndexMeta(FORMAT if spec is None else FORMAT_WINDOWS, side.model_hash, str(side.directory.absolute()),
+                     side.embed_dim, req.num_frames, side.image_size, root, precision=precision,
+                     window=spec and spec.window, stride=spec and spec.stride)
     write_meta(out, meta)
     return meta
 
@@ -105,41 +124,28 @@ def _check_frames(side: Tower, num_frames: int) -> None:
         raise EvilmError(f"--frames {num_frames}: the model of {side.directory} takes 1 to {side.max_frames} frames")
 
 
-class EmbedInWorker:
-    """The collate_fn of CPU indexing: in each loader worker, stack the clips and embed them with
-    that worker's own copy of the video side (opened on first use, `threads` intra-op threads),
-    so decoding and embedding of different batches overlap on separate cores without any
-    process oversubscribing them; the batch carries embeddings [B, E] back, not pixels."""
+def open_embedder(source: str, threads: int, meta: IndexMeta | None = None):
+    """In a CPU loader worker (engine/workers.py): the video side of `source`, as a batch ->
+    {"embedding" [B, E], "embed_s"} function that takes the pixels off the batch (a window
+    index's span: its frames, embedded window by window: engine/windows.py)."""
+    side = open_video_side(source, threads=threads).to(torch.device("cpu"))
+    model = window_model(side, torch.device("cpu"), meta.image_size, meta.num_frames) if meta is not None else None
 
-    def __init__(self, source: str, precision: str, threads: int):
-        self.source, self.precision, self.threads = source, precision, threads
-        self._side: Tower | None = None
+    def embed(batch: dict) -> dict:
+        began = time.perf_counter()
+        if model is None:
+            embedding = embed_clips(side, batch.pop("pixels"))
+        else:
+            embedding = embed_span(model, batch.pop("frames"), batch["frame_of"])
+        return {"embedding": embedding, "embed_s": time.perf_counter() - began}
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_side": None}  # each worker opens its own
-
-    def __call__(self, items: list[dict]) -> dict:
-        batch = collate_clips(items)
-        if batch["size"]:
-            if self._side is None:
-                torch.set_num_threads(self.threads)
-                try:
-                    self._side = open_video_side(self.source, threads=self.threads).to(torch.device("cpu"))
-                except EvilmError as err:  # weights that do not load: the main process says so, in its words
-                    return {**batch, "error": str(err)}
-            with torch.no_grad(), autocast(self.precision, "cpu"):
-                batch["embedding"] = embed_clips(self._side, batch.pop("pixels"))
-        return batch
+    return embed
 
 
 def embed_clips(side: Tower, pixels: torch.Tensor) -> torch.Tensor:
     """pixels [B, T, 3, H, W] -> float32 embeddings [B, E], returned on the CPU. CPU pixels go
     through in chunks of CPU_FORWARD_PIXELS (clips are independent: chunking changes no result)."""
-    if pixels.device.type != "cpu":
-        return side.embed_video(pixels).float().cpu()
-    per_clip = pixels[0].numel() // 3  # T * H * W
-    chunk = max(1, CPU_FORWARD_PIXELS // per_clip)
-    return torch.cat([side.embed_video(part).float() for part in pixels.split(chunk)])
+    return in_chunks(lambda part: side.embed_video(part).float(), pixels).cpu()
 
 
 def build_index(req: IndexRequest, progress: Progress | None = None, settings: RunSettings | None = None) -> dict:
@@ -152,7 +158,11 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
         from evilm_core.retrieval.ann import check_ann_kind  # faiss only where an ANN index is asked for
 
         check_ann_kind(req.ann)  # a missing faiss or a bad kind fails before hours of embedding
+    spec = req.window_spec()  # a bad --window or --stride fails before anything is opened
     coll, root = collection(req)
+    if spec is not None and coll.shards is not None:
+        raise EvilmError(f"--window needs the videos themselves; {req.manifest} is a shard set, which stores a few "
+                         "frames per clip; index the manifest the shards were made from")
     settings = settings or resolve_settings(req.device, req.precision, req.threads,
                                             None if coll.shards else req.decoder)  # before any file is written
     plan = index_plan(settings, req.num_workers)
@@ -166,15 +176,23 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
     precision = settings.precision if side.kind == "torch" else "fp32"  # an export computes in fp32
     fresh = not (out / META).is_file()
     meta = _open_or_create(out, side, req, root, precision)
-    done = indexed_keys(out) | skipped_keys(out)
     mine = split.take(coll.keys)
-    todo = [k for k in mine if k not in done]
-    log.info("index %s: %d videos, part %s owns %d, %d to embed (%s, %s)", out, len(coll.keys), split, len(mine),
-             len(todo), settings.device, precision)
-    counts = {"total": len(coll.keys), "embedded": 0, "already": len(mine) - len(todo), "skipped": 0,
-              "precision": precision, "decoder": settings.decoder}
+    counts = {"total": len(coll.keys), "embedded": 0, "already": 0, "skipped": 0, "precision": precision,
+              "decoder": settings.decoder}
+    if spec is None:
+        done = indexed_keys(out) | skipped_keys(out)
+        todo = [k for k in mine if k not in done]
+        counts["already"] = len(mine) - len(todo)
+    else:
+        counts.update(windows=0, short=0, skipped_spans=0, decode_s=0.0, embed_s=0.0)
+        todo = plan_spans(coll, mine, root, out, spec, settings.decoder, counts)
+    log.info("index %s: %d videos, part %s owns %d, %d %s to embed (%s, %s)", out, len(coll.keys), split, len(mine),
+             len(todo), "videos" if spec is None else f"spans ({counts['windows']} windows)", settings.device,
+             precision)
     if todo:
-        collate = EmbedInWorker(str(side.directory), precision, plan.worker_threads) if in_workers else collate_clips
+        collate_items = collate_clips if spec is None else collate_span
+        collate = ComputeInWorker(partial(open_embedder, str(side.directory), meta=spec and meta), precision,
+                                  plan.worker_threads, collate_items) if in_workers else collate_items
         job = EmbedJob(coll, todo, root, meta, out, split, settings, plan.workers, collate)
         try:
             with autocast(precision, settings.device):
@@ -184,7 +202,7 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
                 shutil.rmtree(out, ignore_errors=True)  # this run's, and empty: a fixed model may use the same --out
             raise
     skipped = skipped_keys(out)  # read again: other shards may have finished meanwhile
-    present = indexed_keys(out) | skipped
+    present = (indexed_keys(out) if spec is None else complete_videos(*indexed_rows(out))) | skipped
     counts["complete"] = all(k in present for k in coll.keys)
     if counts["complete"] and consolidate(out, meta) and (req.ann or (out / ANN_META).is_file()):
         from evilm_core.retrieval.ann import refresh_ann
@@ -202,24 +220,28 @@ class EmbedJob:
     """What one run of `build_index` embeds, and how."""
 
     coll: Collection  # the whole collection
-    todo: list[str]  # the keys this run embeds
+    todo: list  # the keys this run embeds (a window index: the spans, data/windows.py)
     root: str  # where the keys' videos resolve
     meta: IndexMeta  # the index's metadata (image size)
     out: Path  # the index directory
     split: WorkSplit  # this run's part of the collection (names its part files)
     settings: RunSettings  # device and decoder
     workers: int  # loader processes
-    collate: Callable  # collate_clips, or EmbedInWorker (CPU workers embed)
+    collate: Callable  # collate_clips / collate_span, or ComputeInWorker (CPU workers embed)
 
 
 @torch.no_grad()
 def _embed(side: Tower, req: IndexRequest, job: EmbedJob, counts: dict, progress: Progress | None) -> None:
+    name = f"{time.time_ns():x}-s{job.split.index}of{job.split.count}"
+    if job.meta.window is not None:
+        embed_windows(job.todo, side, job.meta, job.out, name, job.workers, job.collate, req.part_size, counts,
+                      progress, job.settings.torch_device, job.settings.decoder, job.coll.metas)
+        return
     frames = picker(job.coll.shards, str(req.manifest), req.num_frames, job.meta.image_size,
                     decoder=job.settings.decoder, max_bytes=req.max_video_bytes, members=job.coll.members)
     dataset = clip_dataset(job.coll.records(job.todo), job.root, req.num_frames, job.meta.image_size, frames=frames)
     loader = eval_loader(dataset, req.batch_size, job.workers, collate_fn=job.collate)
     keys, embs, seen, start, out, device = [], [], 0, time.monotonic(), job.out, job.settings.torch_device
-    name = f"{time.time_ns():x}-s{job.split.index}of{job.split.count}"
     for batch in loader:
         if "error" in batch:
             raise EvilmError(batch["error"])
@@ -245,12 +267,5 @@ def _embed(side: Tower, req: IndexRequest, job: EmbedJob, counts: dict, progress
 
 
 def _write_finite_part(job: EmbedJob, name: str, keys: list[str], embeddings: torch.Tensor, checkpoint: str) -> None:
-    """A part of finite embeddings, or an error naming the model: a NaN embedding would rank
-    first or last for every query, and a score of NaN is not a result (docs/reliability.md)."""
-    bad = (~torch.isfinite(embeddings).all(dim=1)).nonzero().flatten().tolist()
-    if bad:
-        raise EvilmError(f"the model {checkpoint} embeds {len(bad)} of these {len(keys)} clips as NaN or infinity "
-                         f"(e.g. {keys[bad[0]]!r}): its weights are not usable (a diverged training run?), and these "
-                         f"embeddings were not written to {job.out}. Index with a checkpoint whose validation is "
-                         "finite")
-    write_part(job.out, name, keys, embeddings, [job.coll.metas.get(k) for k in keys] if job.coll.metas else None)
+    refuse_nonfinite(keys, embeddings, checkpoint, job.out)
+    write_part(job.out, name, keys, embeddings, metas=[job.coll.metas.get(k) for k in keys] if job.coll.metas else None)

@@ -3,7 +3,9 @@
 Layout of an index directory:
 
     index.yaml                  {format, model_hash, checkpoint, embed_dim, num_frames, image_size, root, count}
-    embeddings.safetensors      "embeddings" [N, E] float32, l2-normalised, row i = line i of keys.txt
+                                (+ window, stride: a window index, format evilm-index/2)
+    embeddings.safetensors      "embeddings" [N, E] float32, l2-normalised, row i = line i of keys.txt;
+                                a window index adds "windows" [N, 3] float64: start, end, video duration (s)
     keys.txt                    one key per line: the manifest's `video` path, or the path under --videos
     keys.offsets                int64 byte offset of each line (keys are read without loading them all)
     meta.jsonl, meta.offsets    optional: row i's provenance (the record's `meta`: a source's url, status, ...) as
@@ -23,6 +25,11 @@ either the old files and every part, or a journal that the next reader or writer
 (docs/reliability.md). Indexing into an existing index adds the new videos. Keys are stored
 escaped (evilm_core/fs.py `escape_key`): a file name with a tab, a line break or bytes that are
 not UTF-8 stays one line.
+
+A window index (`--window`, docs/retrieval.md, "Moments") has one row per window; its parts
+hold whole spans, and folding them in groups each video's rows together in time order (rows
+of one video may sit in several parts, of several shards), so a video's windows are one run
+of rows that starts at 0 s.
 
 Embeddings are memory-mapped at query time (`IndexView`): the safetensors header gives the
 byte offset of the tensor, so a million-video index is searched without reading it into RAM.
@@ -59,7 +66,9 @@ from evilm_core.retrieval.keys import KeyList, Keys, read_keys, write_keys
 
 log = logging.getLogger("evilm.retrieval")
 FORMAT = "evilm-index/1"
+FORMAT_WINDOWS = "evilm-index/2"  # an index of windows (rows: video key, start, end)
 META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors", "keys.txt", "parts", "skipped.tsv"
+WINDOWS = "windows"  # the tensor of a window index's times, beside "embeddings"
 ANN_META = "ann.json"  # present when an approximate index was built (evilm_core/retrieval/ann.py)
 KEY_OFFSETS = "keys.offsets"  # byte offset of every line of keys.txt (evilm_core/retrieval/keys.py)
 META_ROWS, META_OFFSETS = "meta.jsonl", "meta.offsets"  # each row's provenance, aligned with keys.txt
@@ -78,6 +87,8 @@ class IndexMeta:
     root: str  # where relative keys resolve (for contact sheets)
     count: int = 0  # consolidated rows
     precision: str = "fp32"  # fp32 | bf16: the arithmetic of the video side (an index never mixes them)
+    window: float | None = None  # seconds per window (a window index); None: one row per video
+    stride: float | None = None  # seconds between a video's window starts (a window index)
 
 
 def read_meta(directory: str | Path) -> IndexMeta:
@@ -95,9 +106,9 @@ def read_meta(directory: str | Path) -> IndexMeta:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise EvilmError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") not in (FORMAT, FORMAT_WINDOWS):
         raise EvilmError(f"{path} is not an evilm index (format {raw.get('format') if isinstance(raw, dict) else None!r}"
-                         f", expected {FORMAT!r})")
+                         f", expected {FORMAT!r} or {FORMAT_WINDOWS!r})")
     try:
         return IndexMeta(**raw)
     except TypeError as err:
@@ -105,12 +116,14 @@ def read_meta(directory: str | Path) -> IndexMeta:
 
 
 def write_meta(directory: Path, meta: IndexMeta) -> None:
-    save_yaml(asdict(meta), directory / META)
+    """index.yaml; the window keys only in a window index (an index without them is written as before)."""
+    save_yaml({k: v for k, v in asdict(meta).items() if v is not None or k not in ("window", "stride")},
+              directory / META)
 
 
-def _load_embeddings(path: Path) -> np.ndarray:
+def _load_embeddings(path: Path, name: str = "embeddings") -> np.ndarray:
     try:
-        return load_file(str(path))["embeddings"]
+        return load_file(str(path))[name]
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         raise EvilmError(f"{path} is damaged or truncated ({str(err).splitlines()[0][:200]}); delete it and run "
                          "`evilm retrieve index` again to re-embed its videos") from None
@@ -129,10 +142,12 @@ def indexed_keys(directory: Path) -> set[str]:
     return done
 
 
-def write_part(directory: Path, name: str, keys: list[str], embeddings, metas: list[dict | None] | None = None) -> None:
+def write_part(directory: Path, name: str, keys: list[str], embeddings, windows: np.ndarray | None = None,
+               metas: list[dict | None] | None = None) -> None:
     """One finished batch: keys (and the rows' metas, when any) first, then the tensor renamed into
     place (a part counts only once its .safetensors exists, and then its .keys is complete).
-    `embeddings`: [n, E], a tensor (on any device) or an array."""
+    `embeddings`: [n, E], a tensor (on any device) or an array; `windows` [n, 3] (a window index:
+    start, end, duration)."""
     if hasattr(embeddings, "detach"):
         embeddings = embeddings.detach().float().cpu().numpy()
     parts = directory / PARTS
@@ -140,8 +155,30 @@ def write_part(directory: Path, name: str, keys: list[str], embeddings, metas: l
     write_keys(parts / f"{name}.keys", keys)
     if metas and any(metas):
         write_keys(parts / f"{name}.meta", [_meta_line(m) for m in metas])
+    tensors = {"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
+    if windows is not None:
+        tensors[WINDOWS] = np.ascontiguousarray(windows, dtype=np.float64)
     with atomic_path(parts / f"{name}.safetensors") as tmp:  # a full disk: atomic_path names it
-        save_file({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}, str(tmp))
+        save_file(tensors, str(tmp))
+
+
+def indexed_rows(directory: Path) -> tuple[list[str], np.ndarray]:
+    """Every row of a window index so far (folded in and in parts): (keys, times [N, 3])."""
+    keys, times = read_keys(directory / KEYS), [np.zeros((0, 3))]
+    if keys:
+        times.append(_load_embeddings(directory / EMBEDDINGS, WINDOWS))
+    for part in _part_files(directory):
+        keys += read_keys(part.with_suffix(".keys"))
+        times.append(_load_embeddings(part, WINDOWS))
+    return keys, np.concatenate(times)
+
+
+def video_order(keys: list[str], times: np.ndarray) -> np.ndarray:
+    """The row order that puts each video's windows together, videos in order of first
+    appearance, each in time order (stable): what folding parts in writes."""
+    first: dict[str, int] = {}
+    video = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(keys))
+    return np.lexsort((times[:, 0], video))
 
 
 def _meta_line(meta: dict | None) -> str:
@@ -179,19 +216,11 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         parts = _part_files(directory)
         if not parts:
             return True
-        keys, chunks = read_keys(directory / KEYS), []
-        metas = _meta_rows(directory / META_ROWS, len(keys))
-        if keys:
-            chunks.append(_load_embeddings(directory / EMBEDDINGS))
-        for part in parts:
-            part_keys = read_keys(part.with_suffix(".keys"))
-            keys += part_keys
-            metas += _meta_rows(part.with_suffix(".meta"), len(part_keys))
-            chunks.append(_load_embeddings(part))
-        rows = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+        tensors, keys, metas = _fold(directory, parts, meta.window is not None)
         try:
-            with disk_errors(directory / EMBEDDINGS, needed=rows.size * 4):  # the old files stay until the journal
-                save_file({"embeddings": rows}, str(directory / (EMBEDDINGS + NEXT)))
+            needed = sum(t.nbytes for t in tensors.values())
+            with disk_errors(directory / EMBEDDINGS, needed=needed):  # the old files stay until the journal
+                save_file(tensors, str(directory / (EMBEDDINGS + NEXT)))
                 readable_mode(directory / (EMBEDDINGS + NEXT))  # safetensors writes 0600
                 write_keys(directory / KEYS, keys, offsets=True, tmp_suffix=NEXT)
                 if any(metas):
@@ -205,6 +234,30 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
             raise
         _finish_journal(directory, meta)
         return True
+
+
+def _fold(directory: Path, parts: list[Path], windows: bool) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """The folded-in tensors, keys and meta lines: the rows there were, then the parts' rows (of a
+    window index: grouped by video, video_order)."""
+    old = read_keys(directory / KEYS)
+    names = ("embeddings", WINDOWS) if windows else ("embeddings",)
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    new: list[str] = []
+    new_metas: list[str] = []
+    for part in parts:
+        part_keys = read_keys(part.with_suffix(".keys"))
+        new += part_keys
+        new_metas += _meta_rows(part.with_suffix(".meta"), len(part_keys))
+        for name in names:
+            chunks[name].append(_load_embeddings(part, name))
+    order = video_order(new, np.concatenate(chunks[WINDOWS])) if windows else np.arange(len(new))
+    tensors = {}
+    for name in names:
+        before = [_load_embeddings(directory / EMBEDDINGS, name)] if old else []
+        tensors[name] = np.ascontiguousarray(np.concatenate(before + [np.concatenate(chunks[name])[order]]),
+                                             dtype=np.float32 if name == "embeddings" else np.float64)
+    metas = _meta_rows(directory / META_ROWS, len(old)) + [new_metas[i] for i in order]
+    return tensors, old + [new[i] for i in order], metas
 
 
 def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
@@ -248,8 +301,9 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _mapped_tensor(path: Path, name: str) -> np.ndarray:
-    """A float32 tensor of a safetensors file as a read-only memory map (no copy into RAM)."""
+def _mapped_tensor(path: Path, name: str, dtype: str = "F32") -> np.ndarray:
+    """A float32 (or float64: dtype "F64") matrix of a safetensors file as a read-only memory map
+    (no copy into RAM)."""
     damaged = f"{path} is damaged or truncated; rebuild the index (`evilm retrieve index` into a new --out)"
     try:
         size, header = safetensors_header(path)
@@ -258,13 +312,15 @@ def _mapped_tensor(path: Path, name: str) -> np.ndarray:
         shape = tuple(entry["shape"])
     except (ValueError, KeyError, TypeError, OSError, OverflowError):
         raise EvilmError(damaged) from None
-    if entry.get("dtype") != "F32" or len(shape) != 2:
-        raise EvilmError(f"{path} has no float32 matrix {name!r}: {damaged}")
-    if path.stat().st_size < 8 + size + end or end - start != 4 * shape[0] * shape[1]:
+    numpy_type = {"F32": np.float32, "F64": np.float64}[dtype]
+    if entry.get("dtype") != dtype or len(shape) != 2:
+        raise EvilmError(f"{path} has no {numpy_type.__name__} matrix {name!r}: {damaged}")
+    width = np.dtype(numpy_type).itemsize
+    if path.stat().st_size < 8 + size + end or end - start != width * shape[0] * shape[1]:
         raise EvilmError(f"{damaged} (the file is shorter than its header says)")
     if shape[0] == 0:
-        return np.zeros(shape, dtype=np.float32)
-    return np.memmap(path, dtype=np.float32, mode="r", offset=8 + size + start, shape=shape)
+        return np.zeros(shape, dtype=numpy_type)
+    return np.memmap(path, dtype=numpy_type, mode="r", offset=8 + size + start, shape=shape)
 
 
 class IndexView:
@@ -278,18 +334,25 @@ class IndexView:
         consolidated, pending, self._pending_metas = KeyList(self.directory / KEYS), [], []
         self._metas = KeyList(self.directory / META_ROWS) if (self.directory / META_ROWS).is_file() else None
         blocks: list[np.ndarray] = []
+        windowed = self.meta.window is not None
+        times: list[np.ndarray] = []  # a window index's [n, 3] per block
         if len(consolidated):
             mapped = _mapped_tensor(self.directory / EMBEDDINGS, "embeddings")
             if mapped.shape[0] != len(consolidated):
                 raise EvilmError(f"{self.directory}: {EMBEDDINGS} has {mapped.shape[0]} rows but {KEYS} lists "
                                  f"{len(consolidated)} keys; the index is damaged, rebuild it")
             blocks.append(mapped)
+            if windowed:
+                times.append(_mapped_tensor(self.directory / EMBEDDINGS, WINDOWS, "F64"))
         for part in _part_files(self.directory):
             part_keys = read_keys(part.with_suffix(".keys"))
             pending += part_keys
             self._pending_metas += _meta_rows(part.with_suffix(".meta"), len(part_keys))
             blocks.append(_load_embeddings(part))
+            if windowed:
+                times.append(_load_embeddings(part, WINDOWS))
         self.keys = Keys(consolidated, pending)
+        self.times = times  # per block: [n, 3] start, end, duration of each row (a window index), else empty
         if not len(self.keys):
             raise EvilmError(f"{self.directory} holds no embedded videos yet (every video skipped, or indexing "
                              "has not finished a batch)")
@@ -333,6 +396,18 @@ class IndexView:
                 best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
             offset += block.shape[0]
         return best_s, best_i
+
+
+def refuse_nonfinite(keys: list[str], embeddings, checkpoint: str, out: Path) -> None:
+    """An error naming the model when a row about to be written is not finite: a NaN embedding
+    would rank first or last for every query, and a score of NaN is not a result
+    (docs/reliability.md, "Non-finite numbers")."""
+    rows = embeddings.detach().float().cpu().numpy() if hasattr(embeddings, "detach") else np.asarray(embeddings)
+    bad = np.nonzero(~np.isfinite(rows).all(axis=1))[0].tolist()
+    if bad:
+        raise EvilmError(f"the model {checkpoint} embeds {len(bad)} of these {len(keys)} rows as NaN or infinity "
+                         f"(e.g. {keys[bad[0]]!r}): its weights are not usable (a diverged training run?), and these "
+                         f"embeddings were not written to {out}. Index with a checkpoint whose validation is finite")
 
 
 def nonfinite_index(index: IndexView, row: int | None = None) -> EvilmError:

@@ -22,7 +22,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from evilm_core.errors import EvilmError
+from evilm_core.evaluation.moments import DEFAULT_MERGE
 from evilm_core.retrieval.index import IndexView, nonfinite_index
+from evilm_core.retrieval.moments import VideoRuns, find_moments
 from evilm_core.retrieval.sides import open_ann, open_text_side
 from evilm_core.settings import RunSettings, autocast, resolve_settings
 from evilm_core.text.tokens import TextTokens
@@ -38,8 +40,10 @@ class Hit:
     query: str  # the query text as given
     rank: int  # 1 = best
     key: str  # the clip's key in the index
-    score: float  # cosine similarity of the embeddings
+    score: float  # cosine similarity of the embeddings (a moment: of its best window)
     meta: dict | None = None  # the clip's provenance (its record's `meta`: a source's url, status, ...), if any
+    start: float | None = None  # a moment of a window index: where it starts in the video (seconds)
+    end: float | None = None  # and where it ends
 
 
 class Searcher:
@@ -48,10 +52,13 @@ class Searcher:
     one was built (`--ann`) unless `exact`."""
 
     def __init__(self, index: str | Path, checkpoint: str | Path | None = None, precision: str = "fp32",
-                 exact: bool = False, threads: int = 0, settings: RunSettings | None = None):
+                 exact: bool = False, threads: int = 0, settings: RunSettings | None = None, per_video: int | None = None,
+                 merge: float | None = None):
         settings = settings or resolve_settings("cpu", precision, threads, decoder=None)
         self.index = IndexView(index)
         meta = self.index.meta
+        self.runs = VideoRuns(self.index) if meta.window is not None else None  # moments (docs/retrieval.md)
+        self.per_video, self.merge = check_moment_options(self.index.directory, meta.window, per_video, merge)
         self.text = open_text_side(checkpoint if checkpoint is not None else meta.checkpoint,
                                    given=checkpoint is not None, threads=settings.threads)
         if self.text.kind == "torch":
@@ -88,10 +95,15 @@ class Searcher:
                             f" and {len(unknown) - 10} more" if len(unknown) > 10 else "", self.tokens.vocab_size,
                             "it" if len(unknown) == 1 else "them")
         queries = self.embed(read)
-        if self.ann is not None:
-            scores, rows = self.ann.search(queries, min(k, len(self.index)))
-        else:
-            scores, rows = self.index.search(queries, k)
+        search = self.index.search if self.ann is None else self.ann.search
+        if self.runs is not None:
+            found = [find_moments(self.index, self.runs, query, k, self.per_video, search, self.merge)
+                     for query in queries]
+            if not all(np.isfinite(m.score) for moments in found for m in moments):  # the ANN index's scores
+                raise nonfinite_index(self.index)
+            return [[Hit(q, r + 1, m.key, m.score, start=m.start, end=m.end) for r, m in enumerate(moments)]
+                    for q, moments in zip(texts, found)]
+        scores, rows = search(queries, min(k, len(self.index)))
         if not np.isfinite(scores[rows >= 0]).all():  # the ANN index's scores (the exact scan checks its own)
             raise nonfinite_index(self.index)
         keys, index = self.index.keys, self.index
@@ -134,6 +146,23 @@ def _drain(queries: Iterator[str], arrived: queue.Queue) -> None:
 def short_text(text: str, limit: int = 200) -> str:
     """A query as messages and results echo it: its first `limit` characters, then how long it was."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_moment_options(index: Path, window: float | None, per_video: int | None,
+                         merge: float | None) -> tuple[int, float]:
+    """(per_video, merge) for a window index (defaults: 1, DEFAULT_MERGE); either option is an
+    error on an index without windows."""
+    given = [f"--{name} {value}" for name, value in (("per-video", per_video), ("merge", merge)) if value is not None]
+    if window is None and given:
+        raise EvilmError(f"{' '.join(given)}: index {index} has one row per video (built without --window); "
+                         "moments need a window index")
+    merge = DEFAULT_MERGE if merge is None else merge
+    if per_video is not None and per_video < 1:
+        raise EvilmError(f"--per-video {per_video}: keep at least 1 moment per video")
+    if not 0.0 <= merge <= 1.0:
+        raise EvilmError(f"--merge {merge}: must be in [0, 1] (0: single windows; 1: merge down to the video's "
+                         "median window score)")
+    return per_video or 1, merge
 
 
 def check_query(text: str, where: str) -> str:

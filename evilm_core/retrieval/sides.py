@@ -86,7 +86,7 @@ def open_text_side(source: str | Path, given: bool = True, threads: int = 1) -> 
 def open_video_side(source: str | Path, load: bool = True, threads: int = 1) -> Tower:
     """The video tower of a checkpoint (the whole model is loaded) or of an export directory.
     load=False gives a checkpoint's description only (hash and sizes, no model; `embed` raises):
-    what a process needs whose loader workers embed (retrieval/build.py, EmbedInWorker)."""
+    what a process needs whose loader workers embed (engine/workers.py, ComputeInWorker)."""
     directory = _towers(source)
     exported = _export(directory, "video", threads)
     if exported is not None:

@@ -8,15 +8,13 @@ thread), except the exit-code test, which runs the real console script."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
-import torch
-from typer.testing import CliRunner
 
 from evilm_core.errors import EvilmError
-from tests.helpers.cli import REPO, last_json, run_evilm
+from tests.helpers.cli import REPO, in_process, last_json, run_evilm
+from tests.helpers.predict import read_lines, recomputed_metrics
 
 TASKS = ("qa", "mc", "retrieval", "probe")
 TINY_MODEL = {"model.video_encoder": "edgenext_xx_small", "model.image_size": 64, "model.text_layers": 1,
@@ -48,25 +46,18 @@ def data_sets(task: str, synth: Path, **extra) -> list[str]:
 @pytest.fixture(scope="module")
 def evilm():
     """Run a command in-process; returns its --json object (the command must succeed)."""
-    quiet = logging.NullHandler()  # keeps setup_logging from binding a handler to the runner's stderr
-    logger = logging.getLogger("evilm")
-    logger.addHandler(quiet)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    from evilm_cli.main import app
+    with in_process() as invoke:
 
-    def run(*args, ok: bool = True):
-        result = CliRunner().invoke(app, [str(a) for a in args])
-        if not ok:
-            return result
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        assert result.exit_code == 0, result.output
-        return last_json(result.stdout)
+        def run(*args, ok: bool = True):
+            result = invoke(*args)
+            if not ok:
+                return result
+            if result.exception is not None and not isinstance(result.exception, SystemExit):
+                raise result.exception
+            assert result.exit_code == 0, result.output
+            return last_json(result.stdout)
 
-    yield run
-    logger.removeHandler(quiet)
-    torch.set_num_threads(threads)
+        yield run
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +93,14 @@ def test_finetune_from_pretrained_then_evaluate(task, evilm, pretrained, synth_d
     if task == "probe":
         assert (out / "features" / "train.safetensors").is_file() and (final / "labels.txt").is_file()
 
-    evaluation = evilm("evaluate", recipe(task), "--checkpoint", out, *data_sets(task, synth_dir), "--json")
-    assert set(evaluation) == {"task", "metrics", "precision", "environment"} and evaluation["task"] == task
+    evaluation = evilm("evaluate", recipe(task), "--checkpoint", out, *data_sets(task, synth_dir), "--json",
+                       "--predictions", tmp_path / "predictions.jsonl")
+    assert set(evaluation) == {"task", "metrics", "precision", "environment", "predictions"}
+    assert evaluation["task"] == task
+    rows = read_lines(tmp_path / "predictions.jsonl")  # one per item, and the metrics follow from them
+    assert recomputed_metrics(task, rows) == pytest.approx({k: evaluation["metrics"][k]
+                                                            for k in recomputed_metrics(task, rows)})
+    assert all(r["key"].startswith("videos/") for r in rows)
     assert evaluation["environment"]["torch_threads"] == 1 and evaluation["environment"]["versions"]["torch"]
     assert set(evaluation["metrics"]) == EXPECTED[task]
     assert evaluation["metrics"]["num_examples"] == 8 and evaluation["metrics"]["skipped"] == 0

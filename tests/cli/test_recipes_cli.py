@@ -41,8 +41,12 @@ def test_ls_json_gives_kind_task_and_launch_line():
     for r in rows:
         cfg = load_recipe(r["path"])
         assert r["kind"] == cfg.kind and r["task"] == getattr(cfg, "task", None)
-        # every recipe opens with its launch line, naming itself as a bundled recipe
-        assert r["launch"].endswith(f"evilm {COMMAND[r['kind']]} {r['name']}"), r
+        # every recipe opens with its launch line, naming itself as a bundled recipe (an
+        # evaluation-only task's: `evilm evaluate --checkpoint CKPT NAME`)
+        if r["task"] == "moments":
+            assert r["launch"].startswith("evilm evaluate --checkpoint ") and r["launch"].endswith(f" {r['name']}"), r
+        else:
+            assert r["launch"].endswith(f"evilm {COMMAND[r['kind']]} {r['name']}"), r
         if r["launch"].startswith("torchrun"):
             assert r["launch"].startswith("torchrun --nproc_per_node=8 --no-python evilm "), r
 

@@ -28,6 +28,7 @@ from tests.helpers.cli import REPO
 OFTEN = {"train.save_every": 1, "train.keep_checkpoints": 1, "train.eval_every": 100}  # eval only at the end
 LABEL_FILES = ("codes.u16", "frames.i32", "nframes.i32", "status.u8", "keys.txt")
 INDEX_FILES = ("embeddings.safetensors", "keys.txt")
+PREDICTIONS = "predictions.jsonl"  # `predict --out`
 SHARD_FILES = ("index.json", "samples.i64", "records.jsonl", "records.i64", "skipped.tsv",
                *(f"shard-{i:06d}.tar" for i in range(7)))  # 28 training clips, 4 per shard
 
@@ -48,14 +49,20 @@ def _first_checkpoint(out: Path) -> bool:
     return out.is_dir() and any(out.glob("step_*"))  # complete ones only: temporaries start with "."
 
 
-def build(synth: Path, tok: Path, labels: Path, model: Path) -> dict[str, Command]:
+def build(synth: Path, tok: Path, labels: Path, model: Path, long: Path) -> dict[str, Command]:
     """Every command under test. `labels` is the label command's baseline cache (pretraining's
-    MVM targets), `tok` an exported tiny tokenizer, `model` a tiny retrieval checkpoint."""
+    MVM targets), `tok` an exported tiny tokenizer, `model` a tiny retrieval checkpoint, `long`
+    synthetic long videos (`data synth --long`) for the window index."""
     recipes = REPO / "recipes/synthetic"
     label = ["label", "--manifest", synth / "train.jsonl", "--tokenizer", tok, "--workers", "0", "--batch-size", "1",
              "--flips", "--device", "cpu"]
     index = ["retrieve", "index", "--checkpoint", model, "--manifest", synth / "train.jsonl", "--workers", "0",
              "--batch-size", "1", "--part-size", "2", "--device", "cpu"]
+    windows = ["retrieve", "index", "--checkpoint", model, "--manifest", long / "moments.jsonl", "--window", "2",
+               "--stride", "1", "--workers", "0", "--part-size", "1", "--device", "cpu"]  # a part per span
+    predict = ["predict", "--checkpoint", model, "--manifest", synth / "train.jsonl", "--labels",
+               "moves left|moves right|grows|shrinks", "--template", "a red star {}", "--workers", "0",
+               "--batch-size", "2", "--device", "cpu"]  # zero-shot labels: 14 batches of lines
 
     def tokenize_train(out: Path) -> list:  # 12 steps
         return ["tokenize-train", recipes / "tokenizer.yaml", *tiny_tokenizer(synth, out, epochs=3), *sets(OFTEN)]
@@ -86,6 +93,10 @@ def build(synth: Path, tok: Path, labels: Path, model: Path) -> dict[str, Comman
         Command("pretrain shards", pretrain_shards, _first_checkpoint, True, 18),
         Command("retrieve index", lambda out: [*index, "--out", out], lambda out: (out / "index.yaml").is_file(),
                 False, 15),
+        Command("retrieve index --window", lambda out: [*windows, "--out", out],  # from its first span on
+                lambda out: any((out / "parts").glob("*.safetensors")), False, 19),
+        Command("predict", lambda out: [*predict, "--out", out / PREDICTIONS],
+                lambda out: (out / PREDICTIONS).is_file() and (out / PREDICTIONS).stat().st_size > 0, False, 20),
         Command("quickstart", lambda out: ["quickstart", "--out", out, "--size", "quickstart-tiny", "--json"],
                 lambda out: (out / "stages" / "data.json").is_file(), False, 16),
     ]

@@ -36,8 +36,12 @@ def tokenizer_dir(faults_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def commands(synth_dir, faults_dir, tokenizer_dir) -> dict[str, Command]:
+    from evilm_core.prepare.synth_long import generate_long
+
     model = write_model(faults_dir / "model", synth_dir, seed=0)
-    return build(synth_dir, tokenizer_dir, faults_dir / "baseline" / "label", model)
+    long = faults_dir / "long"  # 2 videos of 64-120 s: 3 or 4 spans of 32 windows each (2 s at a 1 s stride)
+    generate_long(long, 2, seed=0, size=64, fps=8, scenes=(16, 20), seconds=(4.0, 6.0), workers=1)
+    return build(synth_dir, tokenizer_dir, faults_dir / "baseline" / "label", model, long)
 
 
 @pytest.fixture(scope="session")

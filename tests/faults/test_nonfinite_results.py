@@ -80,6 +80,10 @@ def test_nan_embeddings_are_never_written_or_searched(nan_model, baseline, synth
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"the model {nan_model} embeds" in err and "as NaN or infinity" in err
     assert not (tmp_path / "index").exists()
+    windows = evilm("retrieve", "index", "--checkpoint", nan_model, "--manifest", synth_dir / "test.jsonl", "--out",
+                    tmp_path / "windows", "--workers", "0", "--window", "2")  # a window index: its own writer
+    assert windows.returncode == 2 and "as NaN or infinity" in " ".join(windows.stderr.split()), windows.stderr[-3000:]
+    assert not list((tmp_path / "windows").glob("parts/*.safetensors"))
     # an index that holds NaN rows anyway (written before this check, or damaged): queries refuse it
     from safetensors.numpy import load_file, save_file
 

@@ -33,7 +33,7 @@ def test_probe_trains_only_the_classifier_on_features_computed_once(tmp_path):
     net.requires_grad_(False)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     pixels = clips(6)
-    items = [{"pixels": pixels[i], "label": i % 2} for i in range(6)]
+    items = [{"video": f"{i}.mp4", "pixels": pixels[i], "label": i % 2, "label_text": str(i % 2)} for i in range(6)]
     feats = extract_features(net, ListDataset(items), "cls", DATA, torch.device("cpu"))
     assert feats["features"].shape == (6, feature_dim(net, "cls")) and feats["skipped"] == 0
 
@@ -71,8 +71,8 @@ def test_probe_metrics_count_unknown_labels_as_wrong():
 def test_probe_feature_is_the_unimodal_video_cls_before_or_after_the_projection(feature):
     net = tiny_model().eval()
     pixels = clips(2)
-    feats = extract_features(net, ListDataset([{"pixels": pixels[i], "label": 0} for i in range(2)]), feature, DATA,
-                             torch.device("cpu"))
+    items = [{"video": f"{i}.mp4", "pixels": pixels[i], "label": 0, "label_text": "0"} for i in range(2)]
+    feats = extract_features(net, ListDataset(items), feature, DATA, torch.device("cpu"))
     with torch.no_grad():
         ref = net.video_cls(pixels) if feature == "cls" else net.embed_video(pixels)
     torch.testing.assert_close(feats["features"], ref)

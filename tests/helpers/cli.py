@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,3 +41,28 @@ def hold_lock(path: Path) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
+
+
+@contextmanager
+def in_process():
+    """Run `evilm` commands inside this process through the Typer app (one torch import for a test
+    module, one intra-op thread); yields run(*args) -> click's Result (stdout, exception, exit_code).
+    main()'s exit codes do not apply: an EvilmError is the result's exception."""
+    import torch
+    from typer.testing import CliRunner
+
+    quiet = logging.NullHandler()  # keeps setup_logging from binding a handler to the runner's stderr
+    logger = logging.getLogger("evilm")
+    logger.addHandler(quiet)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    from evilm_cli.main import app
+
+    def run(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    try:
+        yield run
+    finally:
+        logger.removeHandler(quiet)
+        torch.set_num_threads(threads)

@@ -41,6 +41,18 @@ def test_unimodal_embeddings_are_unit_vectors_of_the_retrieval_size(net):
     assert net.video_cls(pixels).shape == (B, D)  # the unimodal [CLS] before the projection
 
 
+def test_per_frame_tokens_shared_between_windows_give_embed_video(net):
+    """Windows that share a frame share its `video.frame_tokens` (docs/retrieval.md, "Moments"):
+    frames encoded once, in any batch, then gathered per window, embed as embed_video does."""
+    frames = clips(1, 5)[0]  # [5, 3, H, W]: windows (0, 1), (1, 2), (3, 4)
+    windows = torch.tensor([[0, 1], [1, 2], [3, 4]])
+    with torch.no_grad():
+        tokens = torch.cat([net.video.frame_tokens(part) for part in frames.split(2)])  # [5, g*g, D]
+        shared = net.embed_frame_tokens(tokens[windows])
+        alone = net.embed_video(frames[windows])  # [3, 2, 3, H, W]
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=0)
+
+
 def test_forward_options_is_the_joint_pass_of_each_clip_with_each_option(net):
     k = 4
     pixels, (ids, mask) = clips(B, T), texts(B, k, length=L)

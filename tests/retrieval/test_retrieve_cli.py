@@ -142,7 +142,7 @@ def test_index_over_a_video_directory_counts_corrupt_files(model, synth_dir, tmp
 
 
 def test_cpu_workers_embed_and_give_the_one_process_index(index, model, synth_dir, tmp_path):
-    """--workers 2 on the CPU: each worker decodes and embeds its own batches (EmbedInWorker,
+    """--workers 2 on the CPU: each worker decodes and embeds its own batches (engine/workers.py ComputeInWorker,
     docs/performance.md); the index holds the same keys in the same order and the same
     embeddings (up to float sums over other thread counts) as the one-process index."""
     out = tmp_path / "idx"

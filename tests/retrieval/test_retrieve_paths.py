@@ -135,3 +135,30 @@ def test_ann_without_faiss_says_what_to_install(setup, synth_dir, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "pip install 'evilm[faiss]'" in proc.stderr
     assert not (tmp_path / "idx").exists()  # refused before any work
+
+
+def test_window_index_from_an_export_and_its_query_without_torch(setup, onnx_index, long_dir):
+    """An export holds the video tower whole: each window runs it on its own frames (no per-frame
+    sharing), and the rows equal the checkpoint's window index; moments over it need no torch."""
+    from safetensors.numpy import load_file
+
+    base, model, _ = setup
+    export, _ = onnx_index
+    windows = ["--manifest", long_dir / "moments.jsonl", "--window", "2", "--stride", "1", "--workers", "0"]
+    run_evilm("retrieve", "index", "--checkpoint", export, "--out", base / "onnx-windows", *windows)
+    from evilm_core.retrieval.build import IndexRequest, build_index
+
+    build_index(IndexRequest(str(model), str(base / "torch-windows"), manifest=str(long_dir / "moments.jsonl"),
+                             window=2.0, stride=1.0, num_workers=0, precision="fp32", device="cpu", threads=1))
+    got, want = (load_file(str(base / d / "embeddings.safetensors")) for d in ("onnx-windows", "torch-windows"))
+    assert (got["windows"] == want["windows"]).all()
+    assert abs(got["embeddings"] - want["embeddings"]).max() <= 1e-4
+    code = ("import sys; sys.argv = ['evilm', 'retrieve', 'query', '--index', sys.argv[1], '-k', '2', 'a red circle']\n"
+            "from evilm_cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('LOADED', sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(base / "onnx-windows")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "LOADED []" and len(lines[0].split("\t")) == 6  # query, rank, key, score, start, end

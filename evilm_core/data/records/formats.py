@@ -4,18 +4,26 @@ Each reader knows one published layout and maps it onto `ClipRecord`. When a fil
 match, the error names the file, the row or item, the missing column or key and the columns
 or keys the layout has, because "which file, which column" is what users need to fix it.
 Paths in the records are relative to the dataset's video root (given at run time).
+
+The moment datasets (Charades-STA, ActivityNet Captions, QVHighlights, DiDeMo's times) give
+one record per (video, sentence, start, end); a moment whose times are unusable (not numbers,
+negative, start not before end) is skipped, and the count is logged with the first one, since a
+published file cannot be fixed by its user (evilm's own JSONL manifest makes them errors).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
-from evilm_core.data.records.record import FORMATS, ClipRecord, check_object
+from evilm_core.data.records.record import FORMATS, ClipRecord, check_moment, check_object
 from evilm_core.errors import ManifestError
+
+log = logging.getLogger("evilm.data")
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 WEBVID_COLUMNS = ("videoid", "contentUrl", "duration", "page_dir", "name")
@@ -24,6 +32,8 @@ MSRVTT_MC_COLUMNS = ("key", "vid_key", "video_id", "a1", "a2", "a3", "a4", "a5",
 TGIF_MC_COLUMNS = ("gif_name", "question", "a1", "a2", "a3", "a4", "a5", "answer", "vid_id", "key")
 TGIF_OPEN_COLUMNS = ("gif_name", "question", "answer", "vid_id", "key")
 QA_KEYS = ("question", "answer", "video_id")
+DIDEMO_SEGMENT = 5.0  # seconds per DiDeMo segment: `times` [s, e] covers [5 s, 5 (e + 1)]
+_CHARADES_LINE = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)##(.*)$")
 _SPLIT_WORDS = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                 "validate": "val", "test": "test"}
 _MSVD_MAPPING = "youtube_mapping.txt"
@@ -79,6 +89,9 @@ def detect_json(data: Any, path: Path) -> str:
             "pass the format explicitly")
     if isinstance(first, dict) and "video" in first and "description" in first:
         return "didemo"
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and "timestamps" in v and "sentences" in v
+                                               for v in list(data.values())[:10]):
+        return "activitynet_captions"
     raise ManifestError(
         f"{path}: unrecognised JSON manifest (expected an MSR-VTT {{'videos', 'sentences'}} object, "
         "a list of {'question', 'answer', 'video_id'} or of {'video', 'description'}); "
@@ -86,7 +99,10 @@ def detect_json(data: Any, path: Path) -> str:
 
 
 def detect_header(head: str, path: Path) -> str:
-    """Tell the CSV/TSV formats apart by their header line."""
+    """Tell the CSV/TSV formats apart by their header line (Charades-STA has none: its first line
+    is already a moment)."""
+    if _CHARADES_LINE.match(head):
+        return "charades_sta"
     if "\t" in head:
         columns = {c.strip() for c in head.split("\t")}
         if "gif_name" in columns:
@@ -102,7 +118,8 @@ def detect_header(head: str, path: Path) -> str:
         f"{path}: unrecognised manifest (first line {head[:120]!r}); expected a WebVid CSV "
         f"({','.join(WEBVID_COLUMNS)}), the MSR-VTT test CSV ({','.join(MSRVTT_TEST_COLUMNS)}), "
         f"a TGIF-QA TSV (gif_name, question, ...), the MSR-VTT multiple-choice TSV "
-        f"({', '.join(MSRVTT_MC_COLUMNS)}), JSON or JSON Lines; supported formats: {', '.join(FORMATS)}")
+        f"({', '.join(MSRVTT_MC_COLUMNS)}), Charades-STA lines (vid start end##sentence), JSON or JSON Lines; "
+        f"supported formats: {', '.join(FORMATS)}")
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -143,21 +160,23 @@ def _json_items(data: Any, path: Path, keys: tuple[str, ...]) -> Iterator[tuple[
 # --------------------------------------------------------------------------- readers
 
 
-def read_jsonl(path: Path) -> list[ClipRecord]:
-    """Canonical JSON Lines: one record object per line; blank lines are ignored."""
-    records = []
+def _json_lines(path: Path, example: str) -> Iterator[tuple[str, Any]]:
+    """("file:line", object) of each non-blank line of a JSON Lines file."""
     with open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
-                obj = json.loads(line)
+                yield f"{path}:{n}", json.loads(line)
             except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); each line "
-                                    'must be one object like {"video": "a.mp4", "caption": "..."}') from None
-            records.append(ClipRecord.from_json(obj, where))
-    return records
+                raise ManifestError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno}); each line "
+                                    f"must be one object like {example}") from None
+
+
+def read_jsonl(path: Path) -> list[ClipRecord]:
+    """Canonical JSON Lines: one record object per line; blank lines are ignored."""
+    return [ClipRecord.from_json(obj, where)
+            for where, obj in _json_lines(path, '{"video": "a.mp4", "caption": "..."}')]
 
 
 def read_webvid(path: Path) -> list[ClipRecord]:
@@ -326,13 +345,111 @@ def read_class_folders(root: Path) -> list[ClipRecord]:
     return _class_clips(root, root, None)
 
 
+# --------------------------------------------------------------------------- moments
+
+
+def _moments(rows: Iterator[tuple[str, str, str, Any, Any]], path: Path) -> list[ClipRecord]:
+    """Records of (where, video, sentence, start, end) rows; unusable times are skipped and counted."""
+    split, records, bad = split_from_name(path), [], []
+    for where, video, sentence, start, end in rows:
+        try:
+            start, end = float(start), float(end)
+            check_moment(start, end, where)
+        except (TypeError, ValueError, ManifestError) as err:
+            bad.append(str(err))
+            continue
+        records.append(ClipRecord(video=video, caption=str(sentence).strip(), start=start, end=end, split=split))
+    if bad:
+        log.warning("%s: %d of %d moments skipped, their times are not usable (first: %s)", path, len(bad),
+                    len(bad) + len(records), bad[0])
+    return records
+
+
+def _pair(times: Any) -> tuple[Any, Any]:
+    """[start, end] as published, or (None, None) (then the moment is skipped and counted)."""
+    return tuple(times) if isinstance(times, list) and len(times) == 2 else (None, None)
+
+
+def read_charades_sta(path: Path) -> list[ClipRecord]:
+    """Charades-STA charades_sta_{train,test}.txt: lines `vid start end##sentence` (seconds);
+    clip `{vid}.mp4` (the Charades videos)."""
+    def rows():
+        with open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                match = _CHARADES_LINE.match(line.strip())
+                if match is None:
+                    raise ManifestError(f"{path}:{n}: expected a Charades-STA line 'vid start end##sentence', "
+                                        f"got {line.strip()[:120]!r}")
+                vid, start, end, sentence = match.groups()
+                yield f"{path}:{n}", f"{vid}.mp4", sentence, start, end
+    return _moments(rows(), path)
+
+
+def read_activitynet_captions(data: Any, path: Path) -> list[ClipRecord]:
+    """ActivityNet Captions train.json / val_1.json / val_2.json: {video id: {duration,
+    timestamps [[start, end], ...], sentences [...]}}, one record per sentence; clip `{id}.mp4`
+    (ids keep their `v_` prefix)."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a JSON object {{video id: {{duration, timestamps, sentences}}}} "
+                            "(ActivityNet Captions)")
+
+    def rows():
+        expected = "expected keys: duration, timestamps, sentences (as many timestamps as sentences)"
+        for vid, item in data.items():
+            where = f"{path} video {vid}"
+            check_object(item, where, ("timestamps", "sentences"), expected)
+            if len(item["timestamps"]) != len(item["sentences"]):
+                raise ManifestError(f"{where}: {len(item['timestamps'])} timestamps but {len(item['sentences'])} "
+                                    f"sentences; {expected}")
+            for i, (times, sentence) in enumerate(zip(item["timestamps"], item["sentences"])):
+                yield f"{where} sentence {i}", f"{vid}.mp4", sentence, *_pair(times)
+    return _moments(rows(), path)
+
+
+def read_qvhighlights(path: Path) -> list[ClipRecord]:
+    """QVHighlights highlight_{train,val}_release.jsonl: one query per line with `vid`, `query`
+    and `relevant_windows` [[start, end], ...] (seconds); one record per window, clip
+    `{vid}.mp4`. The test split withholds its windows, so it cannot be read."""
+    def rows():
+        expected = "expected keys: qid, query, duration, vid, relevant_windows (the test split has no windows)"
+        for where, item in _json_lines(path, '{"qid": 1, "query": "...", "vid": "...", "relevant_windows": [[0, 4]]}'):
+            check_object(item, where, ("vid", "query", "relevant_windows"), expected)
+            for start, end in map(_pair, item["relevant_windows"]):
+                yield where, f"{item['vid']}.mp4", item["query"], start, end
+    return _moments(rows(), path)
+
+
+def read_didemo_moments(data: Any, path: Path) -> list[ClipRecord]:
+    """DiDeMo {train,val,test}_data.json with its moment times: `times` holds each annotator's
+    [first, last] 5-second segment (inclusive), i.e. [5 first, 5 (last + 1)] seconds; one record
+    per distinct annotated window, clip `video` as given. (Format `didemo` joins the
+    descriptions into paragraphs instead.)"""
+    def rows():
+        for where, item in _json_items(data, path, ("video", "description", "times")):
+            seen = set()
+            for first, last in map(_pair, item["times"] if isinstance(item["times"], list) else [None]):
+                if repr((first, last)) in seen:
+                    continue
+                seen.add(repr((first, last)))
+                try:
+                    start, end = DIDEMO_SEGMENT * float(first), DIDEMO_SEGMENT * (float(last) + 1)
+                except (TypeError, ValueError):
+                    start, end = first, last
+                yield where, str(item["video"]), item["description"], start, end
+    return _moments(rows(), path)
+
+
 JSON_READERS: dict[str, Callable[[Any, Path], list[ClipRecord]]] = {
     "msrvtt_train": read_msrvtt_train, "msrvtt_qa": read_msrvtt_qa,
-    "msvd_qa": read_msvd_qa, "didemo": read_didemo,
+    "msvd_qa": read_msvd_qa, "didemo": read_didemo, "activitynet_captions": read_activitynet_captions,
+    "didemo_moments": read_didemo_moments,
 }
 FILE_READERS: dict[str, Callable[[Path], list[ClipRecord]]] = {
     "jsonl": read_jsonl, "webvid": read_webvid, "msrvtt_test": read_msrvtt_test, "msrvtt_mc": read_msrvtt_mc,
-    "tgif_qa": read_tgif_qa, "class_folders": read_class_folders,
+    "tgif_qa": read_tgif_qa, "class_folders": read_class_folders, "charades_sta": read_charades_sta,
+    "qvhighlights": read_qvhighlights,
 }
 
 

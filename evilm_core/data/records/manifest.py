@@ -65,21 +65,32 @@ def _sniff(path: Path) -> tuple[str, Any]:
     _require_exists(path)
     if path.is_dir():
         return "class_folders", None
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return "jsonl", None
     head = _first_line(path)
+    first = _json_object(head)
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return ("qvhighlights" if _qvhighlights(first) else "jsonl"), None
     if head is None:
         raise ManifestError(f"{path}: empty manifest (the file has no content)")
     if head[0] in "{[":
-        try:
-            first = json.loads(head)
-        except json.JSONDecodeError:
-            first = None
+        if _qvhighlights(first):
+            return "qvhighlights", None
         if isinstance(first, dict) and "video" in first:
             return "jsonl", None
         data = formats.load_json(path)
         return formats.detect_json(data, path), data
     return formats.detect_header(head, path), None
+
+
+def _json_object(line: str | None):
+    try:
+        return json.loads(line) if line else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _qvhighlights(first) -> bool:
+    """A QVHighlights line: {qid, query, vid, ...} (its test split has no relevant_windows)."""
+    return isinstance(first, dict) and "vid" in first and "query" in first and "video" not in first
 
 
 def detect_format(path: str | os.PathLike) -> str:

@@ -3,6 +3,7 @@ of them cares which public dataset a clip came from (docs/design.md, "Data")."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,6 +20,10 @@ FORMATS = (
     "tgif_qa",
     "didemo",
     "class_folders",
+    "charades_sta",
+    "activitynet_captions",
+    "qvhighlights",
+    "didemo_moments",
 )
 
 
@@ -51,6 +56,8 @@ class ClipRecord:
     split: str | None = None          # "train" | "val" | "test" when the source says
     meta: dict | None = None          # provenance as the source gives it (video2dataset's url, status, key,
                                       # ...): carried into shards and `retrieve query --json`, never interpreted
+    start: float | None = None        # a moment: where the caption starts in the video, seconds (with `end`)
+    end: float | None = None          # a moment: where it ends, seconds (after `start`)
     # the shard-set sample holding this clip's frames (set by the record table of a shard set,
     # evilm_core/data/records/table.py); never read from or written to a manifest
     sample: int | None = field(default=None, repr=False, compare=False)
@@ -93,6 +100,7 @@ def _check_types(obj: dict, where: str) -> None:
     answer = obj.get("answer")
     if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int))):
         raise ManifestError(f"{where}: key 'answer' must be a string or an integer, got {answer!r}")
+    check_moment(obj.get("start"), obj.get("end"), where)
     options = obj.get("options")
     if options is not None and (
         not isinstance(options, list) or not all(isinstance(o, str) for o in options)
@@ -104,3 +112,19 @@ def _check_types(obj: dict, where: str) -> None:
                             f"{type(meta).__name__}")
 
 
+def check_moment(start, end, where: str) -> None:
+    """A moment's times: both or neither, finite numbers of seconds, 0 <= start < end. Whether
+    they fit in the video is known only once it is opened (evaluation counts those it skips)."""
+    if start is None and end is None:
+        return
+    if start is None or end is None:
+        raise ManifestError(f"{where}: a moment needs both 'start' and 'end' (seconds), got start={start!r}, "
+                            f"end={end!r}")
+    for key, value in (("start", start), ("end", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ManifestError(f"{where}: key '{key}' must be a number of seconds, got {value!r}")
+    if start < 0:
+        raise ManifestError(f"{where}: 'start' {start} is before the video begins (seconds from its start, >= 0)")
+    if start >= end:
+        raise ManifestError(f"{where}: the moment starts at {start} s, not before its end {end} s; "
+                            "'start' must be less than 'end'")

@@ -194,33 +194,99 @@ def _short(err: Exception) -> str:
     return (text[0] if text else type(err).__name__)[:200]
 
 
+class _OpenReader:
+    """A backend's reader and the source it reads from (a tar member's spooled copy, an open
+    descriptor), both released by `close`."""
+
+    def __init__(self, reader, source: contextlib.ExitStack):
+        self._reader, self._source = reader, source
+
+    @property
+    def num_frames(self) -> int:
+        return self._reader.num_frames
+
+    @property
+    def fps(self) -> float:
+        return self._reader.fps
+
+    def get(self, indices: list[int]):
+        return self._reader.get(indices)
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        finally:
+            self._source.close()
+
+
+def open_reader(path: str | Path | VideoBytes | TarMember, size: int | None = None, decoder: str = "pyav",
+                max_bytes: int = MAX_VIDEO_BYTES) -> _OpenReader:
+    """An opened reader of the resolved backend `decoder` (`num_frames`, `fps`, `get`, `close`)
+    holding at least one frame; VideoDecodeError for anything that cannot be used, a source over
+    `max_bytes` (data.max_video_bytes) included, unread. The caller closes it."""
+    path = path if isinstance(path, (VideoBytes, TarMember)) else Path(path)
+    opener = _opener(decoder)
+    stack = contextlib.ExitStack()
+    try:
+        source = stack.enter_context(_source(path, max_bytes))
+        try:
+            reader = opener(source, size)
+        except Exception as err:  # each backend raises its own errors for a file it cannot open
+            raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+        if int(reader.num_frames) < 1:
+            reader.close()
+            raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
+    except BaseException:
+        stack.close()
+        raise
+    return _OpenReader(reader, stack)
+
+
+def decode(reader, path, indices: list[int]) -> np.ndarray:
+    """Frames `indices` of an open reader -> [len(indices), H, W, 3] uint8; VideoDecodeError naming `path`."""
+    try:
+        frames = np.asarray(reader.get(indices))
+    except Exception as err:
+        raise VideoDecodeError(str(path), "corrupt", f"decoding frames {indices}: {_short(err)}") from None
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.dtype != np.uint8:
+        raise VideoDecodeError(str(path), "corrupt", f"decoder returned {frames.dtype} of shape {frames.shape}")
+    return np.ascontiguousarray(frames)
+
+
 def read_frames(path: str | Path | VideoBytes | TarMember, indices_fn, size: int | None = None,
                 decoder: str = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> Clip:
     """Open `path` (a file, a tar member, or a video in memory) with the resolved backend
     `decoder`, pick indices with `indices_fn(num_video_frames)` (the same whatever decodes), decode
     them. A source over `max_bytes` (data.max_video_bytes) is skipped unread."""
-    path = path if isinstance(path, (VideoBytes, TarMember)) else Path(path)
-    opener = _opener(decoder)
-    with _source(path, max_bytes) as source:
-        try:
-            reader = opener(source, size)
-        except Exception as err:  # each backend raises its own errors for a file it cannot open
-            raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
-        try:
-            total = int(reader.num_frames)
-            if total < 1:
-                raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
-            indices = [int(i) for i in indices_fn(total)]
-            try:
-                frames = np.asarray(reader.get(indices))
-            except Exception as err:
-                raise VideoDecodeError(str(path), "corrupt", f"decoding frames {indices}: {_short(err)}") from None
-            fps = float(reader.fps or 0.0)
-        finally:
-            reader.close()
-    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.dtype != np.uint8:
-        raise VideoDecodeError(str(path), "corrupt", f"decoder returned {frames.dtype} of shape {frames.shape}")
-    return Clip(frames=np.ascontiguousarray(frames), indices=indices, num_video_frames=total, fps=fps)
+    reader = open_reader(path, size, decoder, max_bytes)
+    try:
+        total = int(reader.num_frames)
+        indices = [int(i) for i in indices_fn(total)]
+        frames = decode(reader, path, indices)
+        fps = float(reader.fps or 0.0)
+    finally:
+        reader.close()
+    return Clip(frames=frames, indices=indices, num_video_frames=total, fps=fps)
+
+
+def read_times(path: str | Path | VideoBytes | TarMember, seconds: list[float], size: int | None = None,
+               decoder: str = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> Clip:
+    """The frames on screen at the given times (seconds from the start; frame_at)."""
+    reader = open_reader(path, size, decoder, max_bytes)
+    try:
+        total, fps = int(reader.num_frames), float(reader.fps or 0.0)
+        indices = [frame_at(t, fps, total) if fps > 0 else 0 for t in seconds]
+        frames = decode(reader, path, indices)
+    finally:
+        reader.close()
+    return Clip(frames=frames, indices=indices, num_video_frames=total, fps=fps)
+
+
+def frame_at(seconds, fps: float, num_video_frames: int):
+    """The frame on screen at `seconds` (a number or an array of them): frame i shows from i / fps
+    (a constant frame rate, the container's average)."""
+    index = np.clip(np.floor(np.asarray(seconds, dtype=np.float64) * fps + 1e-9), 0, num_video_frames - 1)
+    return index.astype(np.int64) if index.ndim else int(index)
 
 
 def read_clip(path: str | Path | TarMember, num_frames: int, size: int | None = None, mode: str = "eval", rng=None,

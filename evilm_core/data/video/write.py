@@ -9,6 +9,8 @@ identical either way (checked); re-check that if the options change.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import av
 import numpy as np
@@ -55,6 +57,15 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8, got {frames.dtype}")
     _, height, width, _ = frames.shape
+    with mp4_writer(path, width, height, fps) as write:
+        for frame in frames:
+            write(frame)
+
+
+@contextmanager
+def mp4_writer(path: str | os.PathLike, width: int, height: int, fps: int = 8) -> Iterator[Callable]:
+    """Write an H.264 yuv420p mp4 frame by frame (a long video never held whole): yields
+    `write(frame)`, frame (H, W, 3) uint8 RGB. Atomic and reproducible as write_mp4."""
     if height % 2 or width % 2:
         raise ValueError(f"H.264 yuv420p needs even height and width, got {height}x{width}")
     codec = h264_encoder()
@@ -63,7 +74,10 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None
             stream = container.add_stream(codec, rate=int(fps), options=_encoder_options(codec))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.thread_count = 1
-            for frame in frames:
+
+            def write(frame: np.ndarray) -> None:
                 image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 container.mux(stream.encode(image))
+
+            yield write
             container.mux(stream.encode(None))  # flush delayed (B-)frames

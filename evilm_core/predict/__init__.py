@@ -1,0 +1,1 @@
+"""`evilm predict`: a trained checkpoint answers for videos of your own (docs/predict.md)."""
