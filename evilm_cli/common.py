@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -57,9 +58,11 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def round_floats(obj: Any, digits: int = 7) -> Any:
     """Floats to `digits` significant digits, recursively: most come from float32 tensors, whose
-    float64 repr carries noise (7.118750095367432 for 7.11875). Non-finite values are kept."""
+    float64 repr carries noise (7.118750095367432 for 7.11875). A NaN or an infinity becomes null:
+    JSON has no such number (`NaN` would make the line unreadable to every JSON parser), and a
+    non-finite value is no result anyway (docs/reliability.md, "Non-finite numbers")."""
     if isinstance(obj, float):
-        return float(f"{obj:.{digits}g}") if obj == obj and abs(obj) != float("inf") else obj
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: round_floats(v, digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -72,7 +75,7 @@ def emit_json(obj: Any) -> None:
     to 7 significant digits (float32's precision)."""
     if not is_main_process():
         return
-    sys.stdout.write(json.dumps(round_floats(obj), default=str) + "\n")
+    sys.stdout.write(json.dumps(round_floats(obj), default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -75,6 +75,7 @@ def check(
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", min=1, help="Decode processes."),
     json_out: bool = options.json_out("the report"),
     decoder: str = options.decoder("data check"),
+    max_video_bytes: int = options.max_video_bytes(),
 ):
     """Decode every clip as training would and report problems.
 
@@ -90,12 +91,13 @@ def check(
         raise typer.BadParameter(f"unknown format {format!r}; choose auto or one of {', '.join(FORMATS)}")
     with progress("check") as update:
         report = check_manifest(str(manifest), format, str(root) if root else None, frames, image_size,
-                                workers, progress=update, decoder=decoder)
+                                workers, progress=update, decoder=decoder, max_video_bytes=max_video_bytes)
     if json_out:
         emit_json(report.to_json())
         return
     results_console(False).print(f"{report.manifest} ({report.format}): {report.total} videos, {report.ok} ok, "
-                                 f"{report.missing} missing, {report.corrupt} corrupt, {report.short} too short")
+                                 f"{report.missing} missing, {report.corrupt} corrupt, {report.short} too short"
+                                 + (f", {report.duplicate} duplicate keys" if report.duplicate else ""))
     for p in report.problems:
         results_console(False).print(f"  {p['reason']:8s} {p['video']}  {p['detail']}", highlight=False)
 
@@ -117,6 +119,7 @@ def shards(
     merge: bool = typer.Option(False, "--merge", help="Only merge finished shards into the index (after --shard runs)."),
     json_out: bool = options.json_out(),
     decoder: str = options.decoder("data shards"),
+    max_video_bytes: int = options.max_video_bytes(),
 ):
     """Decode every clip once into WebDataset training shards.
 
@@ -134,7 +137,8 @@ def shards(
     if input is None and not merge:
         raise typer.BadParameter("give INPUT (a manifest or WebDataset tars), or --merge to finish a --shard run")
     req = ShardRequest(input=input, out=str(out), format=format, root=str(root) if root else None,
-                       settings=settings_of(candidates, size, quality, decoder), samples_per_shard=samples_per_shard,
+                       settings=settings_of(candidates, size, quality, decoder, max_video_bytes),
+                       samples_per_shard=samples_per_shard,
                        workers=workers, shard=shard, merge=merge)
     with progress("shards") as update:
         summary = build_shards(req, progress=update)

@@ -47,6 +47,10 @@ def register(app: typer.Typer) -> None:
         merge: bool = typer.Option(False, "--merge", help="Merge OUT/shard-*-of-n/ into OUT, then exit."),
         json_out: bool = options.json_out(),
         decoder: str = options.decoder("label"),
+        max_video_bytes: int = options.max_video_bytes(),
+        min_codebook_usage: float = typer.Option(None, "--min-codebook-usage", min=0.0, max=1.0, show_default="0.1",
+                                                 help="Warn when the tokenizer uses a smaller share of its codes on "
+                                                 "these videos (a diverged or collapsed tokenizer)."),
     ):
         """Cache the tokenizer's codes for every video (offline MVM targets).
 
@@ -72,7 +76,9 @@ def register(app: typer.Typer) -> None:
                 summary = run_label(videos=videos, manifest=manifest, format=format, root=root, tokenizer=tokenizer,
                                     out=out, num_candidates=candidates, flips=flips, batch_size=batch_size,
                                     num_workers=workers, device=device, split=shard, precision=precision,
-                                    threads=threads, decoder=decoder, progress=update)
+                                    threads=threads, decoder=decoder, progress=update,
+                                    max_video_bytes=max_video_bytes, **({} if min_codebook_usage is None else
+                                                                        {"min_codebook_usage": min_codebook_usage}))
         _print(summary, results_console(json_out))
         if json_out:
             emit_json(summary)

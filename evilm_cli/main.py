@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
+from evilm_core.workers import die_with_parent_when_spawned, mark_parent
+
+die_with_parent_when_spawned()  # first thing in a worker multiprocessing spawns (evilm_core/workers.py)
+
+import typer  # noqa: E402
 from rich.markup import escape
 
 from evilm_cli import (
@@ -76,6 +80,7 @@ def _take_debug(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    mark_parent()  # the workers this command starts compare their parent with it (evilm_core/workers.py)
     try:
         app(args=_take_debug(sys.argv[1:]), prog_name="evilm")
     except TrainingInterrupted as err:  # a checkpoint was written; say where

@@ -1,5 +1,5 @@
 """The options several commands share, each declared once here: --device, --precision, --threads,
---decoder and --json. Commands differ only in their defaults, and every default is in the one
+--decoder, --max-video-bytes and --json. Commands differ only in their defaults, and every default is in the one
 table below. None means "the recipe's value" (train.device, train.precision, train.threads,
 data.decoder): a recipe command passes the flag on as an override only when it is given.
 The core resolves each value once, where the run starts (evilm_core/settings.py)."""
@@ -58,6 +58,16 @@ def threads(command: str):
 
 def decoder(command: str):
     return _option("decoder", command)
+
+
+def max_video_bytes():
+    """--max-video-bytes (recipe key data.max_video_bytes): the data commands' bound on what one
+    video may cost (docs/reliability.md, "Bounded reading")."""
+    from evilm_core.config.sections import MAX_VIDEO_BYTES
+
+    return typer.Option(MAX_VIDEO_BYTES, "--max-video-bytes", min=1, show_default=False,
+                        help="A video file or tar member bigger than this many bytes is skipped and counted, never "
+                        "read [default: 4 GiB; recipes: data.max_video_bytes].")
 
 
 def json_out(what: str = "the summary", help: str | None = None):

@@ -22,7 +22,8 @@ def index(
                                 "step_*), Hub id hf-hub:ORG/NAME[@REV] or export dir."),
     out: Path = typer.Option(..., "--out", help="Index directory: created, resumed, or extended with new videos."),
     videos: Path = typer.Option(None, "--videos", help="Index every video file under this directory."),
-    manifest: Path = typer.Option(None, "--manifest", help="Index the distinct videos of this manifest."),
+    manifest: Path = typer.Option(None, "--manifest", help="Index the distinct videos of this manifest, shard set or "
+                                  "WebDataset tars (a directory of *.tar, a brace pattern or one tar)."),
     root: Path = typer.Option(None, "--root", help="Where a manifest's relative paths resolve (default: its directory)."),
     frames: int = typer.Option(4, "--frames", min=1, help="Frames per video (segment centres)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Videos per loader batch (a GPU embeds each in "
@@ -40,6 +41,7 @@ def index(
     threads: int = options.threads("retrieve index"),
     json_out: bool = options.json_out(),
     decoder: str = options.decoder("retrieve index"),
+    max_video_bytes: int = options.max_video_bytes(),
     window: float = typer.Option(None, "--window", help="Seconds per window: each video longer than this gets one "
                                  "row per window, with its start and end (search inside long videos; "
                                  "docs/retrieval.md, \"Moments\"). A shorter video is one row."),
@@ -63,7 +65,8 @@ def index(
                        manifest=str(manifest) if manifest else None, root=str(root) if root else None,
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
                        shard=WorkSplit.parse(shard) or WHOLE, part_size=part_size, device=device,
-                       precision=precision, threads=threads, ann=ann, decoder=decoder, window=window, stride=stride)
+                       precision=precision, threads=threads, ann=ann, decoder=decoder, window=window, stride=stride,
+                       max_video_bytes=max_video_bytes)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
@@ -99,12 +102,16 @@ def _queries(args: list[str]):
 
 def _line(hit, json_out: bool) -> str:
     """One result: TSV or JSON, with the moment's start and end on a window index."""
+    from evilm_core.retrieval.query import short_text
+
     key = escape_key(hit.key)  # as keys.txt stores it: one field, valid UTF-8
+    query = short_text(hit.query)  # a 10 MB query is not echoed on each of its k lines
     moment = hit.start is not None
     if json_out:
-        row = {"query": hit.query, "rank": hit.rank, "key": key, "score": round(hit.score, 6)}
-        return json.dumps({**row, "start": round(hit.start, 3), "end": round(hit.end, 3)} if moment else row)
-    line = f"{escape_key(hit.query)}\t{hit.rank}\t{key}\t{hit.score:.6f}"
+        row = {"query": query, "rank": hit.rank, "key": key, "score": round(hit.score, 6)}
+        row.update({"start": round(hit.start, 3), "end": round(hit.end, 3)} if moment else {})
+        return json.dumps({**row, **({"meta": hit.meta} if hit.meta else {})}, allow_nan=False, default=str)
+    line = f"{escape_key(query)}\t{hit.rank}\t{key}\t{hit.score:.6f}"
     return f"{line}\t{hit.start:.3f}\t{hit.end:.3f}" if moment else line
 
 
@@ -116,8 +123,9 @@ def query(
     checkpoint: Path = typer.Option(None, "--checkpoint",
                                     help="The model's checkpoint (dir or hf-hub:ORG/NAME) if it moved "
                                     "(default: the one the index records)."),
-    json_out: bool = options.json_out(help="One JSON object per line and result (query, rank, key, score) "
-                                      "instead of TSV lines."),
+    json_out: bool = options.json_out(help="One JSON object per line and result (query, rank, key, score, and "
+                                      "the clip's meta when its source gave one: url, status, ...) instead of TSV "
+                                      "lines."),
     sheet: Path = typer.Option(None, "--contact-sheet", help="Also draw the top-k clips of every query into this PNG."),
     batch: int = typer.Option(64, "--batch", min=1, help="Queries embedded together, of those that have arrived "
                               "(none waits for more: each answer streams as soon as it is ready)."),

@@ -46,7 +46,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:  # a zombie is dead: a killed run's worker may wait long for a reaper (a container's pid 1 may never reap)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def clean_stale_temps(directory: str | os.PathLike) -> list[str]:
@@ -133,13 +136,14 @@ def disk_message(path: str | os.PathLike, code: int, needed: int | None = None) 
     path = Path(path)
     probe = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free
-    want = f"; about {_size(needed)} is needed" if needed else ""
-    return (f"cannot write {path}: {os.strerror(code)} ({_size(free)} free on its "
+    want = f"; about {human_size(needed)} is needed" if needed else ""
+    return (f"cannot write {path}: {os.strerror(code)} ({human_size(free)} free on its "
             f"file system{want}). The previous complete files are intact; free space (or fix the disk) and run "
             "the same command again")
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """Bytes for people: '512 B', '3.5 GiB'."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -225,13 +229,14 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
 
 
 _ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-_UNESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|[\\tnr])")
+_UNESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[\\tnr])")
 
 
 def escape_key(key: str) -> str:
     """A key as one TSV field of one valid UTF-8 line: backslash, tab, CR and LF are written
-    `\\\\ \\t \\r \\n`, and bytes that were not UTF-8 in a file name (Python's surrogate escapes)
-    `\\xNN`. Keys without those characters are unchanged."""
+    `\\\\ \\t \\r \\n`, other control characters (NUL, ESC, ...) `\\u00NN`, and bytes that were
+    not UTF-8 in a file name (Python's surrogate escapes) `\\xNN`. Keys without those characters
+    are unchanged."""
     if key.isprintable() and "\\" not in key:
         return key
     out = []
@@ -240,6 +245,8 @@ def escape_key(key: str) -> str:
             out.append(_ESCAPES[ch])
         elif 0xDC80 <= ord(ch) <= 0xDCFF:
             out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return "".join(out)
@@ -250,4 +257,5 @@ def unescape_key(field: str) -> str:
     if "\\" not in field:
         return field
     simple = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-    return _UNESCAPE.sub(lambda m: chr(0xDC00 + int(m[1][1:], 16)) if m[1][0] == "x" else simple[m[1]], field)
+    return _UNESCAPE.sub(lambda m: chr(0xDC00 + int(m[1][1:], 16)) if m[1][0] == "x"
+                         else chr(int(m[1][1:], 16)) if m[1][0] == "u" else simple[m[1]], field)

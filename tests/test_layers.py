@@ -14,7 +14,7 @@ PACKAGE = REPO / "evilm_core"
 # docs/design.md's picture, floor by floor
 FLOORS = {
     "errors": 1, "progress": 1,
-    "fs": 2, "bundled": 2, "evaluation/": 2,
+    "fs": 2, "bundled": 2, "evaluation/": 2, "workers": 2,
     "config/": 3, "text/": 3,
     "data/": 4, "checkpoints/": 4,
     "models/": 5, "settings": 5, "prepare/": 5,

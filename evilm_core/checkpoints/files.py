@@ -24,7 +24,7 @@ import yaml
 from safetensors import SafetensorError
 
 from evilm_core import __version__
-from evilm_core.config.loader import save_yaml, to_dict
+from evilm_core.config.loader import check_expansion, save_yaml, to_dict
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_dir, read_text, temp_sibling
 from evilm_core.text.vocab import VOCAB_FILE, read_vocab, save_vocab
@@ -135,6 +135,57 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
         raise damaged(directory / WEIGHTS, err) from None
 
 
+HEADER_LIMIT = 100 << 20  # the largest safetensors header read (a header is ~100 bytes per tensor)
+
+
+def safetensors_header(path: str | Path) -> tuple[int, dict]:
+    """(header length, header) of a safetensors file, read without its tensors; a header longer
+    than HEADER_LIMIT or the file is damage, never an allocation."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{len(head)} bytes: shorter than a header")
+        size = int.from_bytes(head, "little")
+        if size > min(HEADER_LIMIT, path.stat().st_size - 8):
+            raise ValueError(f"a header of {size} bytes in a file of {path.stat().st_size}")
+        header = json.loads(fh.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return size, header
+
+
+def weight_shapes(directory: str | Path) -> dict[str, list[int]]:
+    """{tensor name: shape} of a checkpoint's model.safetensors, from its header alone."""
+    path = Path(directory) / WEIGHTS
+    try:
+        _, header = safetensors_header(path)
+        return {k: [int(n) for n in v["shape"]] for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise damaged(path, err) from None
+
+
+def build_checked(build, directory: str | Path, what: str = "model"):
+    """`build()` (a model from a checkpoint's config) made first on torch's `meta` device, where
+    nothing is allocated, and compared with the shapes in the weights' header: a config.json with
+    absurd sizes is refused, naming a tensor and both shapes, before a byte is allocated; then
+    built for real."""
+    import torch
+
+    shapes = weight_shapes(directory)
+    with torch.device("meta"):
+        skeleton = build()
+    wrong = [(k, list(t.shape), shapes[k]) for k, t in skeleton.state_dict().items() if k in shapes
+             and list(t.shape) != shapes[k]]
+    if wrong:
+        name, config, weights = wrong[0]
+        raise EvilmError(f"{config_file(directory)} does not describe the {what} in {Path(directory) / WEIGHTS}: "
+                         f"{len(wrong)} tensors differ in shape (e.g. {name}: {config} by the config, {weights} in "
+                         "the weights); the checkpoint is damaged or assembled from two models, get it again")
+    del skeleton
+    return build()
+
+
 def read_trainer_state(directory: str | Path) -> dict:
     import torch
 
@@ -165,6 +216,7 @@ def read_yaml_config(directory: str | Path) -> dict:
         raise EvilmError(f"{directory} has no {CONFIG}")
     try:
         raw = yaml.safe_load(read_text(path, "checkpoint config")) or {}
+        check_expansion(raw, str(path))
     except yaml.YAMLError as err:
         raise damaged(path, f"not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(raw, dict):

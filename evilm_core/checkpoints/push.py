@@ -49,7 +49,18 @@ def _upload(api, repo: str, folder: Path, private: bool, revision: str | None):
                                  allow_patterns=UPLOAD_PATTERNS, commit_message=f"evilm push {folder.name}")
     except (errors.HfHubHTTPError, OSError) as err:
         raise EvilmError(f"pushing to {repo} failed: {_first_line(err)}") from None
-    except Exception as err:  # httpx connection errors (no network) carry no common base with the above
-        if type(err).__module__.split(".")[0] in ("httpx", "httpcore", "huggingface_hub"):
-            raise EvilmError(f"pushing to {repo} failed, the Hub could not be reached: {_first_line(err)}") from None
-        raise
+    except Exception as err:  # the HTTP client's own errors (no network, TLS, timeouts) share no base class
+        if not _from_network_stack(err):
+            raise
+        raise EvilmError(f"pushing to {repo} failed, the Hub could not be reached ({type(err).__name__}: "
+                         f"{_first_line(err)}); check the network and HF_ENDPOINT, then push again") from None
+
+
+# the libraries an upload goes through: an error any of them raises is the network's, not a bug
+# (prefixes: huggingface_hub ships its HTTP client under new names, e.g. httpx2)
+NETWORK_PACKAGES = ("httpx", "httpcore", "h11", "h2", "requests", "urllib3", "huggingface_hub", "hf_xet", "ssl",
+                    "socket", "anyio")
+
+
+def _from_network_stack(err: BaseException) -> bool:
+    return any(cls.__module__.split(".")[0].startswith(NETWORK_PACKAGES) for cls in type(err).__mro__)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -32,6 +34,41 @@ def path_field(default: Any = None, **kwargs) -> Any:
     return dataclasses.field(default=default, metadata={"path": True}, **kwargs)
 
 
+# ---------------------------------------------------------------------------- YAML bounds
+
+MAX_VALUES = 100_000  # values (scalars, lists, mappings) a recipe may hold once its YAML aliases are expanded
+MAX_DEPTH = 64  # nesting of lists and mappings
+
+
+def check_expansion(raw: Any, where: str) -> None:
+    """Refuse a YAML document whose aliases expand to more than MAX_VALUES values, that nests
+    deeper than MAX_DEPTH or that contains itself. PyYAML shares an aliased node instead of
+    copying it, so loading a billion-laughs document costs nothing; walking it (typing, printing)
+    would. Counted here once per distinct node, bottom-up, without recursion."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, int, bool]] = [(raw, 0, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, depth, done = stack.pop()
+        if not isinstance(node, (dict, list)) or (id(node) in sizes and not done):
+            continue
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+        if done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) if isinstance(c, (dict, list)) else 1 for c in children)
+            if sizes[id(node)] > MAX_VALUES:
+                raise RecipeError(f"{where}: more than {MAX_VALUES} values once its YAML aliases (*name) are "
+                                  "expanded; a recipe is a small file, write the values out")
+            continue
+        if id(node) in open_nodes:
+            raise RecipeError(f"{where}: a YAML alias (*name) refers to the value that contains it")
+        if depth >= MAX_DEPTH:
+            raise RecipeError(f"{where}: values nested more than {MAX_DEPTH} deep")
+        open_nodes.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children)
+
+
 # ---------------------------------------------------------------------------- overrides
 
 
@@ -46,7 +83,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise RecipeError(f"override '{text}': value is not valid YAML ({err})") from None
+        raise RecipeError(f"override '{short_repr(text)}': value is not valid YAML ({err})") from None
+    check_expansion(value, f"override '{short_repr(text)}'")
     return parts, value
 
 
@@ -85,9 +123,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def short_repr(value: Any, limit: int = 200) -> str:
+    """`repr(value)` cut to about `limit` characters, built without walking all of a huge value."""
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxstring, brief.maxother = 4, limit, limit
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = 8
+    text = brief.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _fail(where: str, tp: Any, value: Any) -> RecipeError:
-    return RecipeError(f"recipe key '{where}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})",
-                       key=where)
+    return RecipeError(f"recipe key '{where[:200]}': expected {_type_name(tp)}, got {short_repr(value)} "
+                       f"({type(value).__name__})", key=where)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -201,6 +248,11 @@ def _build(cls: type[T], raw: dict, section: str) -> T:
     return obj
 
 
+def section_error(err: RecipeError) -> str:
+    """A RecipeError's message without its "recipe section 'x': " lead (for a file that is not a recipe)."""
+    return re.sub(r"^recipe section '[^']*': ", "", str(err))
+
+
 def _checked_key(section: str, message: str) -> str | None:
     """The dotted key a __post_init__ message starts with ("optim.lr must be > 0, ..."), if any."""
     first = message.split(" ", 1)[0]
@@ -227,6 +279,7 @@ def read_yaml(path: str | Path) -> dict:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    check_expansion(raw, str(path))
     if raw is None:
         raise RecipeError(f"{path}: the recipe is empty; start from one of recipes/ (it needs at least `kind:`)")
     if not isinstance(raw, dict):

@@ -14,6 +14,7 @@ from evilm_core.config.loader import path_field
 DECODERS = ("auto", "pyav", "decord", "torchcodec")  # auto: the first of the others that works here (fastest first)
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it natively
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # auto: this rank's GPU where CUDA exists, else the CPU
+MAX_VIDEO_BYTES = 4 << 30  # data.max_video_bytes' default: a bigger video is skipped and counted, never read
 
 
 def at_least(section, name: str, **minimums: float) -> None:
@@ -38,9 +39,10 @@ class DataConfig:
     hflip: bool = True  # random horizontal flip in training (targets are mirrored)
     color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength in training
     decoder: str = "auto"  # video decoder: auto (fastest that works here) | decord | pyav | torchcodec (docs/data.md)
+    max_video_bytes: int = MAX_VIDEO_BYTES  # a bigger video file or tar member is skipped and counted, never read
 
     def __post_init__(self):
-        at_least(self, "data", batch_size=1, num_workers=0)
+        at_least(self, "data", batch_size=1, num_workers=0, max_video_bytes=1)
         if self.color_jitter < 0:
             raise ValueError(f"data.color_jitter must be >= 0, got {self.color_jitter}")
         if self.num_frames < 1:

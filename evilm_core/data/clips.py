@@ -9,17 +9,21 @@ from the bare path again.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from evilm_core.data.records.collect import collect_videos
 from evilm_core.data.records.manifest import read_manifest, video_root
-from evilm_core.data.records.record import ClipRecord
+from evilm_core.data.records.record import ClipRecord, first_metas
 from evilm_core.data.shards.layout import ShardSet, looks_like_shards
+from evilm_core.data.shards.sources import expand_tars, job_clips, plan_jobs, tar_base
+from evilm_core.data.video.read import MAX_VIDEO_BYTES, TarMember
 from evilm_core.errors import EvilmError
 
-if TYPE_CHECKING:  # the frame pickers need torch; reading records and keys does not (an ONNX query process)
+if TYPE_CHECKING:  # the frame pickers need torch; records, keys and tar listings do not (an ONNX query
+    # process, `evilm data check`)
     from evilm_core.data.dataset import FramePicker
     from evilm_core.data.label_cache import LabelCache
 
@@ -32,10 +36,10 @@ class ClipSource:
     shards: ShardSet | None = None  # the frames, when `path` is a shard set
 
     def frames(self, num_frames: int, image_size: int, cache: LabelCache | None = None,
-               decoder: str | None = "pyav") -> FramePicker:
+               decoder: str | None = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> FramePicker:
         """How a dataset over these clips gets its T frames (`decoder`: the resolved backend that
-        decodes a manifest's videos)."""
-        return picker(self.shards, self.path, num_frames, image_size, cache, decoder)
+        decodes a manifest's videos; `max_bytes`: data.max_video_bytes)."""
+        return picker(self.shards, self.path, num_frames, image_size, cache, decoder, max_bytes)
 
     def sample_videos(self) -> list[str]:
         """The video of each sample, in sample order (shard sets hold one sample per distinct video)."""
@@ -49,15 +53,17 @@ class ClipSource:
 
 
 def picker(shards: ShardSet | None, path: str, num_frames: int, image_size: int,
-           cache: LabelCache | None = None, decoder: str | None = "pyav") -> FramePicker:
+           cache: LabelCache | None = None, decoder: str | None = "pyav",
+           max_bytes: int = MAX_VIDEO_BYTES, members: dict[str, TarMember] | None = None) -> FramePicker:
     """Shard sets give their stored candidates; manifests decode with `decoder` (label-cache
-    candidates with a cache)."""
+    candidates with a cache), skipping videos over `max_bytes` unread; `members`: the tar member
+    of each key of a collection of tars (Collection.members)."""
     from evilm_core.data.dataset import CachedCandidates, SegmentFrames, ShardCandidates
 
     if shards is None:
         if cache is not None:
-            return CachedCandidates(cache, num_frames, image_size, decoder)
-        return SegmentFrames(num_frames, image_size, decoder)
+            return CachedCandidates(cache, num_frames, image_size, decoder, max_bytes)
+        return SegmentFrames(num_frames, image_size, decoder, max_bytes, members)
     stored = shards.settings
     if stored["size"] != image_size:
         raise EvilmError(f"the shard set {path} stores {stored['size']} px frames but data.image_size is "
@@ -97,10 +103,13 @@ def open_shards(path: str | os.PathLike) -> ShardSet | None:
 class Collection:
     """The distinct videos a whole-collection command (`label`, `retrieve index`) works on."""
 
-    keys: list[str]  # one per video, in a stable order
-    paths: list[str] | None  # where each video file is (None: frames come from `shards`)
+    keys: list[str]  # one per video, in a stable order; never one twice
+    paths: list[str | TarMember] | None  # where each video is: a file or a tar member (None: from `shards`)
     source: dict  # what was collected, for metadata
     shards: ShardSet | None = None  # the shard set whose sample i is keys[i]
+    metas: dict[str, dict] = field(default_factory=dict)  # key -> its record's `meta` (provenance), where it has one
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (video, reason, detail) of input clips that
+    # are no key: a shard set's skipped.tsv, tar samples without a usable video, duplicates, a damaged tar's tail
 
     def records(self, keys: list[str]) -> list[ClipRecord]:
         """Records of some of the keys (with their samples, for a shard set)."""
@@ -109,17 +118,61 @@ class Collection:
         sample = {k: i for i, k in enumerate(self.keys)}
         return [ClipRecord(video=k, sample=sample[k]) for k in keys]
 
+    @property
+    def members(self) -> dict[str, TarMember] | None:
+        """key -> tar member, for a collection of WebDataset tars (else None)."""
+        if "tars" not in self.source:
+            return None
+        return dict(zip(self.keys, self.paths or []))
+
 
 def collect(videos: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None,
-            format: str = "auto", root: str | os.PathLike | None = None) -> Collection:
-    """`collect_videos`, plus shard sets given as --manifest (keys: each sample's video)."""
-    shards = open_shards(manifest) if manifest is not None and videos is None else None
-    if shards is not None:
-        if root is not None:
-            raise EvilmError("--root does not apply to a shard set (its frames are stored in it)")
-        source = ClipSource(str(manifest), shards.records, str(Path(manifest).absolute()), shards)
-        if not len(source.shards):
-            raise EvilmError(f"the shard set {manifest} holds no sample (see its skipped.tsv)")
-        return Collection(source.sample_videos(), None, {"shards": source.root}, source.shards)
-    keys, paths, described = collect_videos(videos, manifest, format, root)
-    return Collection(keys, paths, described)
+            format: str = "auto", root: str | os.PathLike | None = None,
+            spool_dir: str | None = None) -> Collection:
+    """`collect_videos`, plus shard sets and WebDataset tars given as --manifest (keys: each
+    sample's video; `spool_dir`: where a big tar member is copied to be decoded: the command's --out)."""
+    if manifest is not None and videos is None:
+        shards = open_shards(manifest)
+        if shards is not None:
+            if root is not None:
+                raise EvilmError("--root does not apply to a shard set (its frames are stored in it)")
+            return _shard_collection(manifest, shards)
+        if expand_tars(str(manifest)) is not None:
+            return _tar_collection(str(manifest), spool_dir)
+    metas: dict[str, dict] = {}
+    keys, paths, described = collect_videos(videos, manifest, format, root, metas=metas)
+    return Collection(keys, paths, described, metas=metas)
+
+
+def _shard_collection(manifest: str | os.PathLike, shards: ShardSet) -> Collection:
+    source = ClipSource(str(manifest), shards.records, str(Path(manifest).absolute()), shards)
+    if not len(source.shards):
+        raise EvilmError(f"the shard set {manifest} holds no sample (see its skipped.tsv)")
+    keys = source.sample_videos()
+    if len(set(keys)) != len(keys):  # sets built before duplicate keys were detected
+        twice = next(k for k, n in Counter(keys).items() if n > 1)
+        raise EvilmError(f"the shard set {manifest} holds {twice!r} in more than one sample "
+                         f"({len(keys) - len(set(keys))} duplicates): a label cache or an index of it would hold a key "
+                         "twice. Rebuild it with `evilm data shards` (duplicate keys are now skipped and listed in "
+                         "skipped.tsv)")
+    return Collection(keys, None, {"shards": source.root}, shards, first_metas(source.records), shards.skipped())
+
+
+def _tar_collection(spec: str, spool_dir: str | None) -> Collection:
+    """Every usable video of WebDataset tars, read from the tars (data/shards/tars.py)."""
+    jobs, described = plan_jobs(spec, "auto", None, 1)
+    keys, members, metas, problems = [], [], {}, []
+    for job in jobs:
+        found: list = []
+        for clip in job_clips(job, found, spool_dir):
+            keys.append(clip.video)
+            members.append(clip.source)
+            if clip.records[0].get("meta"):
+                metas[clip.video] = clip.records[0]["meta"]
+        problems += [(video, reason, detail) for _, video, reason, detail in found]
+    if not keys:
+        raise EvilmError(f"{spec}: no usable video in {len(jobs)} tar(s) ({len(problems)} samples skipped, e.g. "
+                         f"{problems[0] if problems else 'none'}); `evilm data check {spec}` lists them")
+    base = tar_base(spec, expand_tars(spec) or [])
+    return Collection(keys, members, {"tars": described["input"], "root": str(base.absolute())}, metas=metas,
+                      problems=problems)

@@ -29,7 +29,7 @@ from evilm_core.data.records.manifest import resolve_video
 from evilm_core.data.records.record import ClipRecord
 from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import ClipTransform
-from evilm_core.data.video.read import Clip, read_clip, read_frames
+from evilm_core.data.video.read import MAX_VIDEO_BYTES, Clip, TarMember, read_clip, read_frames
 from evilm_core.errors import EvilmError, VideoDecodeError
 
 
@@ -59,9 +59,12 @@ class SegmentFrames:
     num_frames: int  # T
     image_size: int  # frames are resized to this size in the decoder
     decoder: str = "pyav"  # the resolved video backend (settings.RunSettings.decoder)
+    max_bytes: int = MAX_VIDEO_BYTES  # data.max_video_bytes: a bigger video is skipped unread
+    members: dict[str, TarMember] | None = None  # record.video -> its tar member (a collection of tars)
 
     def __call__(self, record, path, mode, rng):
-        return read_clip(path, self.num_frames, self.image_size, mode, rng, self.decoder), None
+        source = self.members[record.video] if self.members is not None else path
+        return read_clip(source, self.num_frames, self.image_size, mode, rng, self.decoder, self.max_bytes), None
 
 
 @dataclass
@@ -74,6 +77,7 @@ class CachedCandidates:
     num_frames: int  # T
     image_size: int  # frames are resized to this size in the decoder
     decoder: str = "pyav"  # the resolved video backend (settings.RunSettings.decoder)
+    max_bytes: int = MAX_VIDEO_BYTES  # data.max_video_bytes: a bigger video is skipped unread
 
     @staticmethod
     def check_status(cache: LabelCache, record: ClipRecord) -> None:
@@ -86,7 +90,8 @@ class CachedCandidates:
         self.check_status(self.cache, record)
         frames = self.cache.candidate_frames(record.video)
         cand = choose_candidates(len(frames), self.num_frames, mode, rng)
-        return read_frames(path, lambda n: [int(frames[c]) for c in cand], self.image_size, self.decoder), cand
+        return read_frames(path, lambda n: [int(frames[c]) for c in cand], self.image_size, self.decoder,
+                           self.max_bytes), cand
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from evilm_core.checkpoints import files as ckpt
+from evilm_core.config.sections import MAX_VIDEO_BYTES
 from evilm_core.errors import EvilmError
 from evilm_core.fs import clean_stale_temps
 
@@ -29,7 +30,7 @@ log = logging.getLogger("evilm.engine")
 FREE_KEYS = {"output": None, "logging": None, "data": ("num_workers",),
              "train": ("device", "keep_checkpoints", "log_every", "save_every", "max_nonfinite")}
 # keys added later, hashed only when set away from their default: older checkpoints stay resumable
-LATER_KEYS = {"train": {"compile": False}}
+LATER_KEYS = {"train": {"compile": False}, "data": {"max_video_bytes": MAX_VIDEO_BYTES}}
 
 
 def recipe_hash(recipe: Any) -> str:

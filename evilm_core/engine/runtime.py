@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from evilm_core.data.dataset import collate_clips
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
+from evilm_core.workers import WorkerInit
 
 log = logging.getLogger("evilm.engine")
 METRICS_FILE = "metrics.jsonl"
@@ -73,15 +74,40 @@ def peak_memory(device: torch.device) -> dict[str, float]:
 _EVAL_LOADERS: "weakref.WeakKeyDictionary[Dataset, dict]" = weakref.WeakKeyDictionary()
 
 
+class WorkerDeath:
+    """A DataLoader whose worker death (a decoder's segfault, the out-of-memory killer) ends the run
+    as an EvilmError that says what happened and what to do, not as a traceback. A DataLoader
+    cannot give the clip back (docs/reliability.md, "Workers"): `evilm data check` finds it."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err):
+                raise
+            raise EvilmError(f"a data loader worker process died ({str(err).strip().splitlines()[0][:200]}): a video "
+                             "whose decoder crashes, or the out-of-memory killer. `evilm data check INPUT` finds the "
+                             "clip (it decodes each in a process that may die and lists the one that kills it); drop "
+                             "it from the manifest, or build shards with `evilm data shards`, which skip it. The work "
+                             "done is kept: the same command (training: with --resume) continues") from None
+
+
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn: Callable = collate_clips,
-                pin_memory: bool = False, worker_init_fn: Callable | None = None) -> DataLoader:
+                pin_memory: bool = False, worker_init_fn: Callable | None = None) -> WorkerDeath:
     """In-order batches for evaluation, labelling and indexing. Workers are spawned, never forked
     (decord readers and CUDA state do not survive a fork), and persist: evaluating the same
     dataset again (validation every epoch) reuses the loader and its workers instead of
-    spawning fresh ones with a fresh copy of the dataset. They end when the dataset is freed."""
+    spawning fresh ones with a fresh copy of the dataset. They end when the dataset is freed, and
+    with this process however it ends (evilm_core/workers.py)."""
     if not num_workers:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                          pin_memory=pin_memory)
+        return WorkerDeath(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                                      pin_memory=pin_memory))
     key = (batch_size, num_workers, collate_fn, pin_memory, worker_init_fn)
     try:
         cached = _EVAL_LOADERS.setdefault(dataset, {})
@@ -89,9 +115,10 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn:
         cached = {}
     if key not in cached:
         cached[key] = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                                 num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=worker_init_fn,
+                                 num_workers=num_workers, pin_memory=pin_memory,
+                                 worker_init_fn=WorkerInit(worker_init_fn),
                                  multiprocessing_context="spawn", persistent_workers=True)
-    return cached[key]
+    return WorkerDeath(cached[key])
 
 
 def eval_batches(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, counts: dict):

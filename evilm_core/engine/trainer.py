@@ -39,7 +39,7 @@ from evilm_core.engine.resume import (
     replanned_batch,
     run_identity,
 )
-from evilm_core.engine.runtime import compile_model, environment, peak_memory, to_device
+from evilm_core.engine.runtime import WorkerDeath, compile_model, environment, peak_memory, to_device
 from evilm_core.engine.sampler import ResumableSampler
 from evilm_core.engine.seed import rng_state, set_rng_state
 from evilm_core.engine.tracking import RunLog
@@ -47,6 +47,7 @@ from evilm_core.errors import EvilmError, TrainingInterrupted
 from evilm_core.evaluation.metrics import require_finite_metrics
 from evilm_core.fs import atomic_write_text
 from evilm_core.settings import RunSettings
+from evilm_core.workers import WorkerInit
 
 log = logging.getLogger("evilm.engine")
 # SIGUSR1: what SLURM sends before a time limit or preemption (`--signal=USR1@120`)
@@ -158,7 +159,11 @@ class Trainer:
         self._stop_signal = signum
 
     def _should_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self._stop_signal else 0.0])
+        return self._any_rank(bool(self._stop_signal))
+
+    def _any_rank(self, value: bool) -> bool:
+        """True on every rank when `value` is true on one (all ranks take the same branch)."""
+        flag = torch.tensor([1.0 if value else 0.0])
         if self.info.world > 1:
             flag = flag.to(self.info.device)
             dist.all_reduce(flag)
@@ -176,7 +181,8 @@ class Trainer:
                 self.dataset, batch_size=d.batch_size, sampler=self.sampler, collate_fn=collate_clips,
                 generator=torch.Generator().manual_seed(self.recipe.seed), num_workers=d.num_workers,
                 pin_memory=self.info.device.type == "cuda", persistent_workers=self.persistent and d.num_workers > 0,
-                multiprocessing_context="spawn" if d.num_workers else None)
+                multiprocessing_context="spawn" if d.num_workers else None,
+                worker_init_fn=WorkerInit() if d.num_workers else None)  # workers die with this process
         return self._train_loader
 
     def fit(self, resume: bool | str = False) -> dict[str, Any]:
@@ -220,12 +226,27 @@ class Trainer:
         # The loop leaves by `break` right after the last epoch, before its end-of-epoch eval:
         # evaluate the final weights here, so the reported metrics are those of the checkpoint.
         last_eval = self._evaluate()
-        self.save()
+        path = self.save()
+        self._check_publishable(last_eval, path)
         final = self.task.export(self.model, self.run_dir / "final") if self.info.is_main else None
         in_sync = self._replicas_in_sync()
         return {"checkpoint": str(final or self.run_dir / "final"), "step": self.pos.step,
                 "skipped": self.pos.skipped, "world_size": self.info.world, "replicas_in_sync": in_sync,
                 "metrics": last_eval}
+
+    def _check_publishable(self, last_eval: dict, checkpoint: Path | None) -> None:
+        """A run that skipped non-finite steps publishes final/ only when a finite validation vouches
+        for the weights it ended with: without one, finite but huge weights (an lr far too high skips
+        3 of 4 updates and makes 1e5 of the fourth) would pass as a model (docs/reliability.md,
+        "Non-finite numbers"). Validation ran on rank 0; every rank takes the same branch."""
+        if not self._any_rank(bool(self.pos.nonfinite) and self.info.is_main and not last_eval):
+            return
+        raise EvilmError(
+            f"run {self.run_dir}: {self.pos.nonfinite} of {self.pos.step} optimizer steps were skipped for a NaN/Inf "
+            f"loss or gradient, and without a validation set nothing shows the weights it ended with are usable, so "
+            f"final/ was not written (the last checkpoint, {checkpoint or self.run_dir}, is kept). Lower optim.lr and "
+            "train again into a new output.dir, or let a validation decide: the same command with `--resume --replan "
+            "--set data.val=FILE` evaluates the last checkpoint and writes final/ if the metrics are finite")
 
     def _replicas_in_sync(self) -> bool:
         """Do all ranks end with bit-identical weights? (DDP keeps them so; a False here means a
@@ -258,7 +279,7 @@ class Trainer:
     def _epoch(self) -> None:
         t, accum = self.recipe.train, self.recipe.train.grad_accum
         self.model.train()
-        micro, batches = 0, iter(self._loader())
+        micro, batches = 0, iter(WorkerDeath(self._loader()))
         while True:
             tic = time.perf_counter()
             batch = next(batches, None)

@@ -161,7 +161,7 @@ def evaluate_probe(net: EViLM, dataset: ClipDataset, feature: str, data: DataCon
 def probe_dataset(records, source: ClipSource, data: DataConfig, labels: list[str], seed: int,
                   decoder: str | None) -> ClipDataset:
     """The clips of `records`, read from `source` (a shard set's stored frames, or videos `decoder` decodes)."""
-    frames = source.frames(data.num_frames, data.image_size, decoder=decoder)
+    frames = source.frames(data.num_frames, data.image_size, decoder=decoder, max_bytes=data.max_video_bytes)
     return clip_dataset(records, source.root, data.num_frames, data.image_size, seed=seed, extras=LabelFields(labels),
                         frames=frames)
 

@@ -141,7 +141,7 @@ class FinetuneTask:
                 settings: RunSettings, train: bool = False):
         """The clips of `records` (some or all of `source`'s) with the task's `fields`."""
         d = recipe.data
-        frames = source.frames(d.num_frames, d.image_size, decoder=settings.decoder)
+        frames = source.frames(d.num_frames, d.image_size, decoder=settings.decoder, max_bytes=d.max_video_bytes)
         return clip_dataset(records, source.root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
                             color_jitter=d.color_jitter, seed=recipe.seed, extras=fields, frames=frames)
 
@@ -357,7 +357,8 @@ def evaluate_retrieval(net: EViLM, records: list[ClipRecord], source: ClipSource
     first = {r.video: r for r in reversed(records)}  # the first record of each video
     videos = list(dict.fromkeys(r.video for r in records))
     counts, device = {"skipped": 0}, settings.torch_device
-    frames = source.frames(data.num_frames, data.image_size, decoder=settings.decoder)
+    frames = source.frames(data.num_frames, data.image_size, decoder=settings.decoder,
+                           max_bytes=data.max_video_bytes)
     clips = clip_dataset([ClipRecord(video=v, sample=first[v].sample) for v in videos], source.root, data.num_frames,
                          data.image_size, frames=frames)
     video_emb, kept_tokens, kept = [], [], []

@@ -24,7 +24,7 @@ from evilm_core.data.clips import collect
 from evilm_core.data.label_cache import CORRUPT, MISSING
 from evilm_core.data.shards.layout import ShardSet
 from evilm_core.data.transforms import normalize
-from evilm_core.data.video.read import read_frames, segment_indices
+from evilm_core.data.video.read import MAX_VIDEO_BYTES, TarMember, read_frames, segment_indices
 from evilm_core.data.work_split import WorkSplit
 from evilm_core.engine.runtime import environment, eval_loader
 from evilm_core.errors import EvilmError, VideoDecodeError
@@ -34,6 +34,7 @@ from evilm_core.progress import Progress
 from evilm_core.settings import RunSettings, autocast, label_plan, resolve_settings, set_torch_threads
 
 log = logging.getLogger("evilm.label")
+MIN_CODEBOOK_USAGE = 0.10  # --min-codebook-usage: below it, label warns that the tokenizer's codes say little
 _SKIP_CODES = {"missing": MISSING}  # every other decode failure is recorded as corrupt
 _LOGGED_SKIPS = 10  # skipped clips logged one by one at warning level; the rest at debug
 
@@ -42,10 +43,11 @@ class CandidateFrames(Dataset):
     """Item i: the F candidate frames of one video (segment centres), normalised, or a skip marker.
     From a shard set, the frames it stores (row r = sample r): the very pixels training reads."""
 
-    def __init__(self, rows: list[int], paths: list[str] | None, num_candidates: int, image_size: int,
-                 shards: ShardSet | None = None, decoder: str | None = "pyav"):
+    def __init__(self, rows: list[int], paths: list[str | TarMember] | None, num_candidates: int, image_size: int,
+                 shards: ShardSet | None = None, decoder: str | None = "pyav", max_bytes: int = MAX_VIDEO_BYTES):
         self.rows, self.paths, self.shards = rows, paths, shards
         self.num_candidates, self.image_size, self.decoder = num_candidates, image_size, decoder
+        self.max_bytes = max_bytes  # data.max_video_bytes: a bigger video is skipped unread
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -55,14 +57,15 @@ class CandidateFrames(Dataset):
             sample = self.shards.read(self.rows[i])
             return sample.frames, sample.info["frames"], int(sample.info["num_video_frames"])
         f = self.num_candidates
-        clip = read_frames(self.paths[i], lambda n: segment_indices(n, f, "eval"), self.image_size, self.decoder)
+        clip = read_frames(self.paths[i], lambda n: segment_indices(n, f, "eval"), self.image_size, self.decoder,
+                           self.max_bytes)
         return clip.frames, clip.indices, clip.num_video_frames
 
     def __getitem__(self, i: int) -> dict:
         try:
             frames, indices, total = self._decode(i)
         except VideoDecodeError as err:
-            where = self.paths[i] if self.paths is not None else f"{self.shards.dir} sample {self.rows[i]}"
+            where = str(self.paths[i]) if self.paths is not None else f"{self.shards.dir} sample {self.rows[i]}"
             return {"row": self.rows[i], "skip": (where, err.reason, err.detail)}
         return {"row": self.rows[i], "pixels": normalize(frames), "frames": np.asarray(indices, dtype=np.int32),
                 "nframes": total}
@@ -117,18 +120,20 @@ def _log_skips(skipped: list[tuple], seen_before: int) -> None:
 
 
 def _loader(rows: list[int], paths: list[str] | None, meta: dict, batch_size: int, num_workers: int, pin: bool,
-            shards: ShardSet | None, decoder: str | None):
+            shards: ShardSet | None, decoder: str | None, max_bytes: int):
     ds = CandidateFrames(rows, [paths[r] for r in rows] if paths is not None else None, meta["num_candidates"],
-                         meta["image_size"], shards, decoder)
+                         meta["image_size"], shards, decoder, max_bytes)
     return eval_loader(ds, batch_size, num_workers, collate_candidates, pin_memory=pin, worker_init_fn=_worker_init)
 
 
 def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike, out: str | os.PathLike,
                  settings: RunSettings, *, num_candidates: int = 8, flips: bool = False, batch_size: int = 16,
                  num_workers: int = 2, split: WorkSplit | None = None, source: dict | None = None,
-                 shards: ShardSet | None = None, progress: Progress | None = None) -> dict:
+                 shards: ShardSet | None = None, progress: Progress | None = None,
+                 max_video_bytes: int = MAX_VIDEO_BYTES, min_codebook_usage: float = MIN_CODEBOOK_USAGE) -> dict:
     """Label every pending row of this run's share of `keys` with the resolved `settings`; returns the
-    summary {out, videos, labelled, skipped, missing, corrupt, newly_labelled, codebook_usage, seconds, ...}."""
+    summary {out, videos, labelled, skipped, missing, corrupt, newly_labelled, codebook_usage, seconds, ...}.
+    A codebook usage below `min_codebook_usage` is warned about (and flagged in the summary)."""
     start = time.perf_counter()
     if batch_size < 1 or num_workers < 0:
         raise EvilmError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {num_workers})")
@@ -153,7 +158,8 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
              f"{dev}, {precision}")
     done, new_ok, new_skipped, t0 = 0, 0, 0, time.perf_counter()
     with label_arithmetic(settings, num_workers):
-        for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda", shards, decoder):
+        for batch in _loader(todo, paths, writer.meta, batch_size, num_workers, dev.type == "cuda", shards, decoder,
+                             max_video_bytes):
             codes = None
             if batch["pixels"] is not None:
                 codes = encode_variants(model, batch["pixels"].to(dev, non_blocking=True), flips)
@@ -169,9 +175,17 @@ def label_videos(keys: list[str], paths: list[str], tokenizer: str | os.PathLike
     if counts["missing"] + counts["corrupt"]:
         log.warning("label: %d videos could not be decoded (%d missing, %d corrupt); pretraining skips them",
                     counts["missing"] + counts["corrupt"], counts["missing"], counts["corrupt"])
+    low_usage = bool(counts["ok"]) and usage < min_codebook_usage
+    if low_usage:  # a diverged or collapsed tokenizer: its codes say little about the frames
+        log.warning("label: the tokenizer %s used %.1f%% of its %d codes on these %d videos, below "
+                    "--min-codebook-usage %.0f%%: MVM targets from it carry little information. Check its training "
+                    "(val codebook_usage and loss in its run's metrics.jsonl; a lower optim.lr, "
+                    "codebook.restart_unused) before pretraining with this cache", info["dir"], 100 * usage,
+                    info["codebook_size"], counts["ok"], 100 * min_codebook_usage)
     return {"out": str(out_dir), "videos": len(share), "labelled": counts["ok"],
             "skipped": counts["missing"] + counts["corrupt"], "missing": counts["missing"], "corrupt": counts["corrupt"],
             "pending": counts["pending"], "newly_labelled": new_ok, "codebook_usage": round(usage, 6),
+            "low_codebook_usage": low_usage,
             "seconds": round(time.perf_counter() - start, 3), "videos_per_second": round(done / max(loop_s, 1e-9), 2),
             "shard": writer.meta["shard"], "total_keys": len(keys), "precision": precision,
             "decoder": decoder,
@@ -193,9 +207,13 @@ def run_label(videos=None, manifest=None, format: str = "auto", root=None, devic
     """What `evilm label` does: resolve the run settings (unless a caller that runs several stages
     gives them), collect the videos (a shard set as --manifest: its stored frames), label them."""
     split = WorkSplit.parse(split)  # a bad value fails before any loading
-    coll = collect(videos, manifest, format, root)
+    coll = collect(videos, manifest, format, root, spool_dir=str(kwargs["out"]) if kwargs.get("out") else None)
     settings = (settings or resolve_settings(device, precision, threads, None if coll.shards else decoder)).apply()
-    return label_videos(coll.keys, coll.paths, source=coll.source, shards=coll.shards, settings=settings,
-                        split=split, **kwargs)
+    summary = label_videos(coll.keys, coll.paths, source=coll.source, shards=coll.shards, settings=settings,
+                           split=split, **kwargs)
+    if coll.problems:  # input clips that are no key (a shard set's skipped.tsv, tar samples without a video, ...)
+        log.warning("label: %d clips of the input were skipped before labelling (e.g. %s: %s)", len(coll.problems),
+                    coll.problems[0][0], coll.problems[0][1])
+    return {**summary, "input_skipped": len(coll.problems)}
 
 

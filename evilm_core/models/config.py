@@ -26,6 +26,30 @@ MODEL_SIZES: dict[str, dict] = {
                         "fusion_heads": 1, "codebook_size": 16, "embed_dim": 128},
 }
 GRID_STRIDE = 32  # EdgeNeXt output stride == tokenizer patch size (docs/design.md, "Region grid")
+# The range of every size field, far beyond any published model: a config (a recipe, or a model
+# directory's config.json from a hub) outside it is refused when it is read, naming the field and
+# both values, before anything is built (docs/reliability.md, "Model directories").
+SIZE_RANGES = {"image_size": (0, 4096), "max_frames": (1, 1024), "vocab_size": (0, 1_000_000),
+               "text_hidden": (1, 8192), "text_layers": (1, 128), "text_heads": (1, 256),
+               "text_intermediate": (1, 65536), "max_text_len": (2, 8192), "fusion_dim": (1, 8192),
+               "fusion_layers": (1, 128), "fusion_heads": (1, 256), "mlp_ratio": (0.01, 64),
+               "codebook_size": (1, 1_000_000), "embed_dim": (1, 65536), "code_dim": (1, 8192),
+               "decoder_depth": (0, 128), "decoder_dim": (1, 8192), "decoder_heads": (1, 256),
+               "num_words": (0, 1_000_000)}
+TIMM_ARG_RANGE = (-65536, 65536)  # every integer of video_args / encoder_args (timm's depth, dims, heads)
+
+
+def check_sizes(cfg, section: str = "model") -> None:
+    """Every size field of `cfg` within SIZE_RANGES (ValueError naming the key, its value and the range)."""
+    for name, (low, high) in SIZE_RANGES.items():
+        value = getattr(cfg, name, None)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{section}.{name} is {value}; this evilm builds models with {name} from {low} to {high}")
+    args = getattr(cfg, "video_args", None) or getattr(cfg, "encoder_args", None) or {}
+    low, high = TIMM_ARG_RANGE
+    for key, value in args.items():
+        if not low <= value <= high:
+            raise ValueError(f"{section}.{key} is {value}; timm arguments must be from {low} to {high}")
 
 
 @dataclass
@@ -50,7 +74,8 @@ class EViLMConfig:
     embed_dim: int = 256  # retrieval embedding size (unimodal CLS -> linear)
 
     def __post_init__(self):
-        if self.image_size % GRID_STRIDE:
+        check_sizes(self)
+        if self.image_size % GRID_STRIDE or not self.image_size:
             raise ValueError(f"model.image_size ({self.image_size}) must be a multiple of the video encoder "
                              f"stride {GRID_STRIDE}")
 
@@ -90,6 +115,9 @@ class TokenizerModelConfig:
     decoder_heads: int = 6  # decoder attention heads
     max_frames: int = 16  # size of the decoder's frame embedding table
     num_words: int = 0  # K caption words (set from the vocabulary when the model is built)
+
+    def __post_init__(self):
+        check_sizes(self, "model")
 
 
 @dataclass

@@ -93,7 +93,8 @@ def _prefixes(keys: list[str]) -> str:
 def load_text_side(checkpoint: str | Path) -> tuple[EViLM, Path]:
     """EViLM.text_side of a checkpoint, reading only its tensors (the video encoder stays on disk)."""
     directory = resolve_checkpoint(checkpoint)
-    model = EViLM.text_side(checkpoint_model_config(directory))
+    cfg = checkpoint_model_config(directory)
+    model = ckpt.build_checked(lambda: EViLM.text_side(cfg), directory, "text side")
     try:
         with safe_open(str(directory / ckpt.WEIGHTS), framework="pt") as fh:
             state = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(TEXT_PREFIXES)}

@@ -14,7 +14,7 @@ import torch.nn as nn
 from evilm_core.checkpoints import files as ckpt
 from evilm_core.checkpoints.card import card_text, previous_inputs, run_inputs
 from evilm_core.checkpoints.resolve import resolve_checkpoint
-from evilm_core.config.loader import from_dict
+from evilm_core.config.loader import from_dict, section_error
 from evilm_core.errors import EvilmError, RecipeError
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.heads import CLASS_FILES, HEAD_OUT, attach_head, class_file_text, read_class_file
@@ -33,9 +33,36 @@ def checkpoint_model_config(directory: Path, raw: dict | None = None) -> EViLMCo
     try:
         cfg = from_dict(EViLMConfig, section, "model")
     except RecipeError as err:
-        raise EvilmError(f"{directory} is not an E-ViLM checkpoint ({err})") from None
+        raise EvilmError(f"{ckpt.config_file(directory)}: not a model this evilm builds "
+                         f"({section_error(err)})") from None
     cfg.pretrained = False
+    check_against_weights(cfg, directory)
     return cfg
+
+
+# size fields the weights tell directly: field -> (tensor, dimension)
+SIZES_IN_WEIGHTS = {"vocab_size": ("text.bert.embeddings.word_embeddings.weight", 0),
+                    "text_hidden": ("text.bert.embeddings.word_embeddings.weight", 1),
+                    "max_frames": ("video.frame_embed", 1), "fusion_dim": ("fusion.cls_token", 2),
+                    "codebook_size": ("heads.mvm.3.weight", 0), "embed_dim": ("retrieval.video.weight", 0)}
+LAYERS_IN_WEIGHTS = {"text_layers": "text.bert.encoder.layer.", "fusion_layers": "fusion.blocks."}
+
+
+def check_against_weights(cfg: EViLMConfig, directory: Path) -> None:
+    """The config's sizes against what the weights' header says (nothing is loaded): the error
+    names the field and both values."""
+    shapes = ckpt.weight_shapes(directory)
+    found = {f: (shapes[t][d], f"{t} has shape {shapes[t]}") for f, (t, d) in SIZES_IN_WEIGHTS.items()
+             if t in shapes and len(shapes[t]) > d}
+    for field, prefix in LAYERS_IN_WEIGHTS.items():
+        layers = {k[len(prefix):].split(".", 1)[0] for k in shapes if k.startswith(prefix)}
+        if layers:
+            found[field] = (len(layers), f"{len(layers)} {prefix}N blocks")
+    for field, (value, where) in found.items():
+        if getattr(cfg, field) != value:
+            raise EvilmError(f"{ckpt.config_file(directory)}: model.{field} is {getattr(cfg, field)} but "
+                             f"{directory / ckpt.WEIGHTS} holds {value} ({where}); the config does not belong to "
+                             "these weights: get the model directory again")
 
 
 def build_from_directory(cls, directory: Path) -> tuple[nn.Module, list[str], dict, dict[str, list[str]]]:
@@ -47,8 +74,8 @@ def build_from_directory(cls, directory: Path) -> tuple[nn.Module, list[str], di
     if len(vocab) != cfg.vocab_size:
         raise EvilmError(f"{directory}: vocab.txt has {len(vocab)} entries but the model was built for "
                          f"{cfg.vocab_size}")
+    net = ckpt.build_checked(lambda: cls(cfg), directory)  # shapes checked on the meta device first
     weights = ckpt.read_weights(directory)
-    net = cls(cfg)
     classes = {}
     for task, key in HEAD_OUT.items():
         if key in weights:

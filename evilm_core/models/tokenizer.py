@@ -17,8 +17,8 @@ from timm.models.vision_transformer import Block
 
 from evilm_core.checkpoints import files as ckpt
 from evilm_core.checkpoints.resolve import resolve_checkpoint
-from evilm_core.config.loader import from_dict, to_dict
-from evilm_core.errors import EvilmError
+from evilm_core.config.loader import from_dict, section_error, to_dict
+from evilm_core.errors import EvilmError, RecipeError
 from evilm_core.models.backbones import create_backbone, trunc_normal_init
 from evilm_core.models.config import GRID_STRIDE, CodebookConfig, TokenizerModelConfig
 from evilm_core.models.quantizer import VectorQuantizer
@@ -111,8 +111,14 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tupl
     if cfg.get("format") != EXPORT_FORMAT:
         raise EvilmError(f"{directory} is not an exported tokenizer (config.yaml format is {cfg.get('format')!r}, "
                          f"expected {EXPORT_FORMAT!r})")
-    model_cfg = from_dict(TokenizerModelConfig, cfg["model"], "model")
-    model = SemanticTokenizer(model_cfg, with_decoder=False)
+    if not isinstance(cfg.get("model"), dict):
+        raise EvilmError(f"{ckpt.config_file(directory)} has no 'model' section: not an exported tokenizer")
+    try:
+        model_cfg = from_dict(TokenizerModelConfig, cfg["model"], "model")
+    except RecipeError as err:
+        raise EvilmError(f"{ckpt.config_file(directory)}: not a tokenizer this evilm builds "
+                         f"({section_error(err)})") from None
+    model = ckpt.build_checked(lambda: SemanticTokenizer(model_cfg, with_decoder=False), directory, "tokenizer")
     weights = ckpt.read_weights(directory)
     bad = ckpt.nonfinite_tensors(weights)
     if bad:  # every code would be 0: a cache of nothing, silently

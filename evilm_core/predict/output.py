@@ -73,7 +73,7 @@ class ResultFile:
 
 def json_line(row: dict) -> str:
     """A line as --json prints it and --out stores it (keys are escaped: valid UTF-8, one line)."""
-    return json.dumps(row, ensure_ascii=False)
+    return json.dumps(row, ensure_ascii=False, allow_nan=False)  # a NaN never passes as a result
 
 
 def tsv_lines(row: dict) -> list[str]:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,12 @@ from evilm_core.data.records.table import write_record_table
 from evilm_core.data.shards.layout import FORMAT, INDEX, PARTS, SAMPLES, SKIPPED, VERSION, shard_name
 from evilm_core.data.shards.sources import ShardJob, count_clips, plan_jobs
 from evilm_core.data.shards.writer import ShardSettings, read_part, write_shard
-from evilm_core.data.video.read import check_decoder_name, resolve_decoder, unavailable
+from evilm_core.data.video.read import MAX_VIDEO_BYTES, check_decoder_name, resolve_decoder, unavailable
 from evilm_core.data.work_split import WorkSplit
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_path, atomic_write_text, clean_stale_temps, disk_errors, escape_key
 from evilm_core.progress import Progress
+from evilm_core.workers import run_jobs
 
 log = logging.getLogger("evilm.prepare")
 PLAN = "plan.json"
@@ -55,6 +55,7 @@ def _check_plan(out: Path, plan: dict) -> None:
     path = out / PARTS / PLAN
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
+        old.get("settings", {}).setdefault("max_video_bytes", MAX_VIDEO_BYTES)  # plans written before the limit
         diffs = [f"{k}: {old.get(k)!r} there, {plan[k]!r} now" for k in ("settings", "input", "shards", "samples_per_shard")
                  if old.get(k) != plan[k]]
         if diffs:
@@ -131,14 +132,12 @@ def _run_jobs(todo: list[ShardJob], out: Path, settings: ShardSettings, workers:
         if progress:
             progress(done, total, clips_per_s=done / max(1e-9, time.perf_counter() - tic))
 
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            report(write_shard(job, str(out), settings))
-        return written
-    # spawn: decord and forked parent state do not mix (the trainer's rule, engine/trainer.py)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for result in pool.map(write_shard, todo, [str(out)] * len(todo), [settings] * len(todo)):
-            report(result)
+    # every shard is written in a worker process, even with one worker: a decoder that crashes costs
+    # its clip, not the run (evilm_core/workers.py); spawned (decord and forked state do not mix)
+    for result in run_jobs(partial(write_shard, out=str(out), settings=settings), todo, workers):
+        report(result)
+    for debris in (out, out / PARTS):  # what a worker that died left (its tar, a spooled member)
+        clean_stale_temps(debris)
     return written
 
 
@@ -173,11 +172,12 @@ def merge_shards(out: Path) -> dict:
     return {"out": str(out), **totals, "shards": len(shards), "complete": True, "index": str(out / INDEX)}
 
 
-def settings_of(candidates: int, size: int, quality: int, decoder: str = "auto") -> ShardSettings:
+def settings_of(candidates: int, size: int, quality: int, decoder: str = "auto",
+                max_video_bytes: int = MAX_VIDEO_BYTES) -> ShardSettings:
     """Checked settings (CLI values)."""
-    if candidates < 1 or size < 16 or not 1 <= quality <= 100:
-        raise EvilmError(f"--candidates must be >= 1, --size >= 16 and --quality 1-100 (got {candidates}, {size}, "
-                         f"{quality})")
+    if candidates < 1 or size < 16 or not 1 <= quality <= 100 or max_video_bytes < 1:
+        raise EvilmError(f"--candidates must be >= 1, --size >= 16, --quality 1-100 and --max-video-bytes >= 1 (got "
+                         f"{candidates}, {size}, {quality}, {max_video_bytes})")
     return ShardSettings(candidates=candidates, size=size, quality=quality,
-                         decoder=check_decoder_name(decoder, "--decoder"))
+                         decoder=check_decoder_name(decoder, "--decoder"), max_video_bytes=max_video_bytes)
 

@@ -38,6 +38,7 @@ import numpy as np
 from evilm_core.data.video.write import write_mp4
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text, write_jsonl
+from evilm_core.workers import die_with_parent
 
 # Saturated and far apart in RGB so they survive yuv420p subsampling and resizing.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -323,7 +324,7 @@ def run_jobs(fn: Callable, jobs: list, workers: int, progress: Callable[[int, in
                 progress(done, total)
         return
     chunksize = max(1, min(8, total // (8 * workers)))  # small chunks keep progress smooth
-    with multiprocessing.get_context().Pool(min(workers, total)) as pool:
+    with multiprocessing.get_context().Pool(min(workers, total), initializer=die_with_parent) as pool:
         for done, _ in enumerate(pool.imap_unordered(fn, jobs, chunksize), start=1):
             if progress is not None:
                 progress(done, total)

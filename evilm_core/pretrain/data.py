@@ -38,7 +38,7 @@ def pretrain_dataset(recipe: PretrainRecipe, source: ClipSource, text: TextToken
     d = recipe.data
     return clip_dataset(source.records, source.root, d.num_frames, d.image_size, train=train, hflip=d.hflip,
                         color_jitter=d.color_jitter, seed=recipe.seed, extras=PretrainExtras(text, cache),
-                        frames=source.frames(d.num_frames, d.image_size, cache, decoder))
+                        frames=source.frames(d.num_frames, d.image_size, cache, decoder, d.max_video_bytes))
 
 
 def build_datasets(recipe: PretrainRecipe, source: ClipSource, vocab_dir: Path, cache: LabelCache | None,

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from evilm_core.config.sections import MAX_VIDEO_BYTES
 from evilm_core.data.clips import Collection, collect, picker
 from evilm_core.data.dataset import clip_dataset, collate_clips
 from evilm_core.data.windows import WindowSpec, collate_span
@@ -38,6 +39,7 @@ from evilm_core.retrieval.index import (
     record_skipped,
     skipped_keys,
     write_meta,
+    refuse_nonfinite,
     write_part,
 )
 from evilm_core.retrieval.sides import Tower, open_video_side
@@ -64,6 +66,7 @@ class IndexRequest:
     threads: int = 0  # torch CPU threads (0: auto, evilm_core/settings.py)
     ann: str | None = None  # build an approximate index too: faiss-ivf | faiss-ivfpq | faiss-hnsw
     decoder: str = "auto"  # video decoder (config/sections.py DECODERS)
+    max_video_bytes: int = MAX_VIDEO_BYTES  # a bigger video is skipped and counted, never read
     window: float | None = None  # seconds per window: one row per window of each video (None: one per video)
     stride: float | None = None  # seconds between window starts (None: half the window)
 
@@ -79,7 +82,7 @@ class IndexRequest:
 
 def collection(req: IndexRequest) -> tuple[Collection, str]:
     """-> (the videos in a fixed order, root the keys resolve against): `evilm label`'s collection rules."""
-    coll = collect(req.videos, req.manifest, root=req.root)  # raises on an empty collection
+    coll = collect(req.videos, req.manifest, root=req.root, spool_dir=req.out)  # raises on an empty collection
     source = coll.source
     return coll, str(Path(source.get("videos") or source.get("root") or source["shards"]).absolute())
 
@@ -206,7 +209,7 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
         from evilm_core.retrieval.ann import refresh_ann
 
         counts["ann"] = refresh_ann(out, req.ann)  # built, or rebuilt when rows were added
-    counts["skipped_total"] = len(skipped)
+    counts["skipped_total"] = len(skipped) + len(coll.problems)  # and the input's own (a shard set's skipped.tsv)
     counts["environment"] = env = environment(settings.torch_device)
     atomic_write_text(out / "environment.json", json.dumps(env, indent=2) + "\n", fsync=False)
     counts["index"] = str(out)
@@ -233,10 +236,10 @@ def _embed(side: Tower, req: IndexRequest, job: EmbedJob, counts: dict, progress
     name = f"{time.time_ns():x}-s{job.split.index}of{job.split.count}"
     if job.meta.window is not None:
         embed_windows(job.todo, side, job.meta, job.out, name, job.workers, job.collate, req.part_size, counts,
-                      progress, job.settings.torch_device, job.settings.decoder)
+                      progress, job.settings.torch_device, job.settings.decoder, job.coll.metas)
         return
     frames = picker(job.coll.shards, str(req.manifest), req.num_frames, job.meta.image_size,
-                    decoder=job.settings.decoder)
+                    decoder=job.settings.decoder, max_bytes=req.max_video_bytes, members=job.coll.members)
     dataset = clip_dataset(job.coll.records(job.todo), job.root, req.num_frames, job.meta.image_size, frames=frames)
     loader = eval_loader(dataset, req.batch_size, job.workers, collate_fn=job.collate)
     keys, embs, seen, start, out, device = [], [], 0, time.monotonic(), job.out, job.settings.torch_device
@@ -254,11 +257,16 @@ def _embed(side: Tower, req: IndexRequest, job: EmbedJob, counts: dict, progress
             embs.append(emb if emb is not None else embed_clips(side, batch["pixels"].to(device)))  # [B, E]
             keys += batch["video"]
         if len(keys) >= req.part_size:
-            write_part(out, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs))
+            _write_finite_part(job, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs), req.checkpoint)
             counts["embedded"] += len(keys)
             keys, embs = [], []
         if progress:
             progress(seen, len(job.todo), videos_per_s=seen / max(1e-9, time.monotonic() - start))
     if keys:
-        write_part(out, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs))
+        _write_finite_part(job, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs), req.checkpoint)
         counts["embedded"] += len(keys)
+
+
+def _write_finite_part(job: EmbedJob, name: str, keys: list[str], embeddings: torch.Tensor, checkpoint: str) -> None:
+    refuse_nonfinite(keys, embeddings, checkpoint, job.out)
+    write_part(job.out, name, keys, embeddings, metas=[job.coll.metas.get(k) for k in keys] if job.coll.metas else None)

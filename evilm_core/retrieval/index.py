@@ -8,6 +8,8 @@ Layout of an index directory:
                                 a window index adds "windows" [N, 3] float64: start, end, video duration (s)
     keys.txt                    one key per line: the manifest's `video` path, or the path under --videos
     keys.offsets                int64 byte offset of each line (keys are read without loading them all)
+    meta.jsonl, meta.offsets    optional: row i's provenance (the record's `meta`: a source's url, status, ...) as
+                                JSON, or an empty line; written when a part carried any
     ann.faiss, ann.json         optional approximate index over the rows (`--ann`, evilm_core/retrieval/ann.py)
     parts/                      batches written while indexing (resumable), folded in when complete
     skipped.tsv                 key, reason, detail of every video that could not be decoded
@@ -40,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from evilm_core.checkpoints.files import safetensors_header
 from evilm_core.config.loader import save_yaml
 from evilm_core.errors import EvilmError
 from evilm_core.fs import (
@@ -69,6 +71,8 @@ META, EMBEDDINGS, KEYS, PARTS, SKIPPED = "index.yaml", "embeddings.safetensors",
 WINDOWS = "windows"  # the tensor of a window index's times, beside "embeddings"
 ANN_META = "ann.json"  # present when an approximate index was built (evilm_core/retrieval/ann.py)
 KEY_OFFSETS = "keys.offsets"  # byte offset of every line of keys.txt (evilm_core/retrieval/keys.py)
+META_ROWS, META_OFFSETS = "meta.jsonl", "meta.offsets"  # each row's provenance, aligned with keys.txt
+_FOLDED = (EMBEDDINGS, KEYS, KEY_OFFSETS, META_ROWS, META_OFFSETS)  # the files a consolidation replaces
 JOURNAL, LOCK, NEXT = "consolidate.journal", ".consolidate.lock", ".next"  # NEXT: suffix of the files being folded in
 
 
@@ -139,15 +143,19 @@ def indexed_keys(directory: Path) -> set[str]:
     return done
 
 
-def write_part(directory: Path, name: str, keys: list[str], embeddings, windows: np.ndarray | None = None) -> None:
-    """One finished batch: keys first, then the tensor renamed into place (a part counts only
-    once its .safetensors exists, and then its .keys is complete). `embeddings`: [n, E], a
-    tensor (on any device) or an array; `windows` [n, 3] (a window index: start, end, duration)."""
+def write_part(directory: Path, name: str, keys: list[str], embeddings, windows: np.ndarray | None = None,
+               metas: list[dict | None] | None = None) -> None:
+    """One finished batch: keys (and the rows' metas, when any) first, then the tensor renamed into
+    place (a part counts only once its .safetensors exists, and then its .keys is complete).
+    `embeddings`: [n, E], a tensor (on any device) or an array; `windows` [n, 3] (a window index:
+    start, end, duration)."""
     if hasattr(embeddings, "detach"):
         embeddings = embeddings.detach().float().cpu().numpy()
     parts = directory / PARTS
     parts.mkdir(exist_ok=True)
     write_keys(parts / f"{name}.keys", keys)
+    if metas and any(metas):
+        write_keys(parts / f"{name}.meta", [_meta_line(m) for m in metas])
     tensors = {"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)}
     if windows is not None:
         tensors[WINDOWS] = np.ascontiguousarray(windows, dtype=np.float64)
@@ -174,6 +182,16 @@ def video_order(keys: list[str], times: np.ndarray) -> np.ndarray:
     return np.lexsort((times[:, 0], video))
 
 
+def _meta_line(meta: dict | None) -> str:
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else ""
+
+
+def _meta_rows(keys_file: Path, count: int) -> list[str]:
+    """The meta lines beside a key file (a part's NAME.meta, the index's meta.jsonl), or `count` empty ones."""
+    rows = read_keys(keys_file)
+    return rows if rows else [""] * count
+
+
 def skipped_keys(directory: Path) -> set[str]:
     path = directory / SKIPPED
     lines = read_text(path, "skip list").splitlines() if path.is_file() else []
@@ -192,19 +210,22 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         if not held:
             return False
         _finish_journal(directory)
-        for orphan in (directory / PARTS).glob("*.keys") if (directory / PARTS).is_dir() else ():
-            if not orphan.with_suffix(".safetensors").exists():  # a kill between a part's two files
+        for orphan in [*(directory / PARTS).glob("*.keys"), *(directory / PARTS).glob("*.meta")] \
+                if (directory / PARTS).is_dir() else ():
+            if not orphan.with_suffix(".safetensors").exists():  # a kill between a part's files
                 orphan.unlink()
         parts = _part_files(directory)
         if not parts:
             return True
-        tensors, keys = _fold(directory, parts, meta.window is not None)
+        tensors, keys, metas = _fold(directory, parts, meta.window is not None)
         try:
             needed = sum(t.nbytes for t in tensors.values())
             with disk_errors(directory / EMBEDDINGS, needed=needed):  # the old files stay until the journal
                 save_file(tensors, str(directory / (EMBEDDINGS + NEXT)))
                 readable_mode(directory / (EMBEDDINGS + NEXT))  # safetensors writes 0600
                 write_keys(directory / KEYS, keys, offsets=True, tmp_suffix=NEXT)
+                if any(metas):
+                    write_keys(directory / META_ROWS, metas, offsets=True, tmp_suffix=NEXT)
                 _fsync(directory / (EMBEDDINGS + NEXT))
                 journal = {"count": len(keys), "parts": [p.name for p in parts]}
                 atomic_write_text(directory / JOURNAL, json.dumps(journal) + "\n")  # the commit point
@@ -216,15 +237,18 @@ def consolidate(directory: Path, meta: IndexMeta) -> bool:
         return True
 
 
-def _fold(directory: Path, parts: list[Path], windows: bool) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The folded-in tensors and keys: the rows there were, then the parts' rows (of a window
-    index: grouped by video, video_order)."""
+def _fold(directory: Path, parts: list[Path], windows: bool) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """The folded-in tensors, keys and meta lines: the rows there were, then the parts' rows (of a
+    window index: grouped by video, video_order)."""
     old = read_keys(directory / KEYS)
     names = ("embeddings", WINDOWS) if windows else ("embeddings",)
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
     new: list[str] = []
+    new_metas: list[str] = []
     for part in parts:
-        new += read_keys(part.with_suffix(".keys"))
+        part_keys = read_keys(part.with_suffix(".keys"))
+        new += part_keys
+        new_metas += _meta_rows(part.with_suffix(".meta"), len(part_keys))
         for name in names:
             chunks[name].append(_load_embeddings(part, name))
     order = video_order(new, np.concatenate(chunks[WINDOWS])) if windows else np.arange(len(new))
@@ -233,7 +257,8 @@ def _fold(directory: Path, parts: list[Path], windows: bool) -> tuple[dict[str, 
         before = [_load_embeddings(directory / EMBEDDINGS, name)] if old else []
         tensors[name] = np.ascontiguousarray(np.concatenate(before + [np.concatenate(chunks[name])[order]]),
                                              dtype=np.float32 if name == "embeddings" else np.float64)
-    return tensors, old + [new[i] for i in order]
+    metas = _meta_rows(directory / META_ROWS, len(old)) + [new_metas[i] for i in order]
+    return tensors, old + [new[i] for i in order], metas
 
 
 def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
@@ -242,11 +267,11 @@ def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
     a kill in here is finished by the next call. The caller holds the lock."""
     path = directory / JOURNAL
     if not path.is_file():
-        for name in (EMBEDDINGS, KEYS, KEY_OFFSETS):
+        for name in _FOLDED:
             (directory / (name + NEXT)).unlink(missing_ok=True)
         return
     journal = json.loads(read_text(path, "consolidation journal"))
-    for name in (EMBEDDINGS, KEYS, KEY_OFFSETS):
+    for name in _FOLDED:
         if (directory / (name + NEXT)).exists():
             os.replace(directory / (name + NEXT), directory / name)
     meta = meta or read_meta(directory)
@@ -256,6 +281,7 @@ def _finish_journal(directory: Path, meta: IndexMeta | None = None) -> None:
         part = directory / PARTS / name
         part.unlink(missing_ok=True)
         part.with_suffix(".keys").unlink(missing_ok=True)
+        part.with_suffix(".meta").unlink(missing_ok=True)
     path.unlink()
 
 
@@ -281,13 +307,11 @@ def _mapped_tensor(path: Path, name: str, dtype: str = "F32") -> np.ndarray:
     (no copy into RAM)."""
     damaged = f"{path} is damaged or truncated; rebuild the index (`evilm retrieve index` into a new --out)"
     try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
+        size, header = safetensors_header(path)
         entry = header[name]
         start, end = entry["data_offsets"]
         shape = tuple(entry["shape"])
-    except (struct.error, ValueError, KeyError, TypeError, OSError, MemoryError, OverflowError):
+    except (ValueError, KeyError, TypeError, OSError, OverflowError):
         raise EvilmError(damaged) from None
     numpy_type = {"F32": np.float32, "F64": np.float64}[dtype]
     if entry.get("dtype") != dtype or len(shape) != 2:
@@ -308,7 +332,8 @@ class IndexView:
         self.directory = Path(directory)
         self.meta = read_meta(self.directory)
         recover(self.directory)
-        consolidated, pending = KeyList(self.directory / KEYS), []
+        consolidated, pending, self._pending_metas = KeyList(self.directory / KEYS), [], []
+        self._metas = KeyList(self.directory / META_ROWS) if (self.directory / META_ROWS).is_file() else None
         blocks: list[np.ndarray] = []
         windowed = self.meta.window is not None
         times: list[np.ndarray] = []  # a window index's [n, 3] per block
@@ -321,7 +346,9 @@ class IndexView:
             if windowed:
                 times.append(_mapped_tensor(self.directory / EMBEDDINGS, WINDOWS, "F64"))
         for part in _part_files(self.directory):
-            pending += read_keys(part.with_suffix(".keys"))
+            part_keys = read_keys(part.with_suffix(".keys"))
+            pending += part_keys
+            self._pending_metas += _meta_rows(part.with_suffix(".meta"), len(part_keys))
             blocks.append(_load_embeddings(part))
             if windowed:
                 times.append(_load_embeddings(part, WINDOWS))
@@ -343,6 +370,19 @@ class IndexView:
             row -= block.shape[0]
         raise IndexError(f"row out of range of the index {self.directory}")
 
+    def row_meta(self, row: int) -> dict | None:
+        """Row `row`'s provenance (its record's `meta`), None when it has none."""
+        n = len(self.keys.consolidated)
+        if row < n:
+            line = self._metas[row] if self._metas is not None and row < len(self._metas) else ""
+        else:
+            line = self._pending_metas[row - n]
+        try:
+            return json.loads(line) if line else None
+        except ValueError:
+            raise EvilmError(f"{self.directory / META_ROWS}: row {row + 1} is not JSON; the index is damaged, "
+                             "rebuild it with `evilm retrieve index`") from None
+
     def search(self, queries: np.ndarray, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by dot product for l2-normalised queries [Q, E] float32 -> (scores [Q, k],
         rows [Q, k] int64), best first (equal scores: the lower row first), scanning the rows in
@@ -355,6 +395,9 @@ class IndexView:
         for block in self.blocks:
             for start in range(0, block.shape[0], chunk):
                 s = queries @ block[start:start + chunk].T  # [Q, n]
+                if not np.isfinite(s).all():  # a NaN row would drop out of every ranking unseen
+                    row = offset + start + int(np.nonzero(~np.isfinite(s).all(axis=0))[0][0])
+                    raise nonfinite_index(self, row)
                 top = top_k(s, k)
                 best_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)
                 best_i = np.concatenate([best_i, top + offset + start], 1)
@@ -362,6 +405,27 @@ class IndexView:
                 best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
             offset += block.shape[0]
         return best_s, best_i
+
+
+def refuse_nonfinite(keys: list[str], embeddings, checkpoint: str, out: Path) -> None:
+    """An error naming the model when a row about to be written is not finite: a NaN embedding
+    would rank first or last for every query, and a score of NaN is not a result
+    (docs/reliability.md, "Non-finite numbers")."""
+    rows = embeddings.detach().float().cpu().numpy() if hasattr(embeddings, "detach") else np.asarray(embeddings)
+    bad = np.nonzero(~np.isfinite(rows).all(axis=1))[0].tolist()
+    if bad:
+        raise EvilmError(f"the model {checkpoint} embeds {len(bad)} of these {len(keys)} rows as NaN or infinity "
+                         f"(e.g. {keys[bad[0]]!r}): its weights are not usable (a diverged training run?), and these "
+                         f"embeddings were not written to {out}. Index with a checkpoint whose validation is finite")
+
+
+def nonfinite_index(index: IndexView, row: int | None = None) -> EvilmError:
+    """The error for an index holding a NaN or infinite embedding (written before `retrieve index`
+    checked them, or damaged): its scores are not results."""
+    where = f" (row {row + 1}, {index.keys[row]!r})" if row is not None else ""
+    return EvilmError(f"index {index.directory} holds NaN or infinite embeddings{where}, so its scores are not "
+                      f"results (built by {index.meta.checkpoint}, a diverged model?); rebuild it with `evilm "
+                      "retrieve index` from a checkpoint whose validation is finite")
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

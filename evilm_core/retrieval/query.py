@@ -23,13 +23,16 @@ import numpy as np
 
 from evilm_core.errors import EvilmError
 from evilm_core.evaluation.moments import DEFAULT_MERGE
-from evilm_core.retrieval.index import IndexView
+from evilm_core.retrieval.index import IndexView, nonfinite_index
 from evilm_core.retrieval.moments import VideoRuns, find_moments
 from evilm_core.retrieval.sides import open_ann, open_text_side
 from evilm_core.settings import RunSettings, autocast, resolve_settings
 from evilm_core.text.tokens import TextTokens
 
 log = logging.getLogger("evilm.retrieval")
+# The model reads the first max_text_len tokens of a query (~40 words): the rest of a longer one is
+# never tokenized, so a 10 MB line costs no more than a sentence.
+MAX_QUERY_CHARS = 10_000
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Hit:
     rank: int  # 1 = best
     key: str  # the clip's key in the index
     score: float  # cosine similarity of the embeddings (a moment: of its best window)
+    meta: dict | None = None  # the clip's provenance (its record's `meta`: a source's url, status, ...), if any
     start: float | None = None  # a moment of a window index: where it starts in the video (seconds)
     end: float | None = None  # and where it ends
 
@@ -82,25 +86,33 @@ class Searcher:
             return self.text.embed_text(ids, mask).float().numpy()  # [Q, E]
 
     def search(self, texts: list[str], k: int) -> list[list[Hit]]:
-        for text in texts:
+        read = [text[:MAX_QUERY_CHARS] for text in texts]
+        for text in read:
             unknown = self.tokens.unknown_words(text)
             if unknown:
-                log.warning("query %r: %s not in the model's vocabulary (%d words); searched without %s",
-                            text, ", ".join(repr(w) for w in unknown), self.tokens.vocab_size,
+                log.warning("query %s: %s%s not in the model's vocabulary (%d words); searched without %s",
+                            short_text(text), ", ".join(repr(w[:40]) for w in unknown[:10]),
+                            f" and {len(unknown) - 10} more" if len(unknown) > 10 else "", self.tokens.vocab_size,
                             "it" if len(unknown) == 1 else "them")
-        return self.rank(self.embed(texts), texts, k)
+        return self.rank(self.embed(read), texts, k)
 
     def rank(self, queries: np.ndarray, texts: list[str], k: int) -> list[list[Hit]]:
         """The top-k clips (moments, on a window index) of each embedded query [Q, E]: through the
         ANN index when there is one, else exactly."""
         search = self.index.search if self.ann is None else self.ann.search
         if self.runs is not None:
-            return [[Hit(q, r + 1, m.key, m.score, m.start, m.end) for r, m in enumerate(
-                find_moments(self.index, self.runs, query, k, self.per_video, search, self.merge))]
-                for q, query in zip(texts, queries)]
+            found = [find_moments(self.index, self.runs, query, k, self.per_video, search, self.merge)
+                     for query in queries]
+            if not all(np.isfinite(m.score) for moments in found for m in moments):  # the ANN index's scores
+                raise nonfinite_index(self.index)
+            return [[Hit(q, r + 1, m.key, m.score, start=m.start, end=m.end) for r, m in enumerate(moments)]
+                    for q, moments in zip(texts, found)]
         scores, rows = search(queries, min(k, len(self.index)))
-        keys = self.index.keys
-        return [[Hit(q, r + 1, keys[int(i)], float(s)) for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+        if not np.isfinite(scores[rows >= 0]).all():  # the ANN index's scores (the exact scan checks its own)
+            raise nonfinite_index(self.index)
+        keys, index = self.index.keys, self.index
+        return [[Hit(q, r + 1, keys[int(i)], float(s), index.row_meta(int(i)))
+                 for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
                 for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]
 
     def stream(self, queries: Iterable[str], k: int, batch: int = 64) -> Iterator[list[Hit]]:
@@ -133,6 +145,11 @@ def _drain(queries: Iterator[str], arrived: queue.Queue) -> None:
     except BaseException as err:  # raised again in the consumer, after the queries before it
         arrived.put(("error", err))
     arrived.put(("end", None))
+
+
+def short_text(text: str, limit: int = 200) -> str:
+    """A query as messages and results echo it: its first `limit` characters, then how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def check_moment_options(index: Path, window: float | None, per_video: int | None,

@@ -25,7 +25,14 @@ from evilm_core.engine.runtime import eval_loader
 from evilm_core.engine.windows import WindowModel, embed_span, split_model, whole_model
 from evilm_core.errors import EvilmError, VideoDecodeError
 from evilm_core.progress import Progress
-from evilm_core.retrieval.index import IndexMeta, indexed_rows, record_skipped, skipped_keys, write_part
+from evilm_core.retrieval.index import (
+    IndexMeta,
+    indexed_rows,
+    record_skipped,
+    refuse_nonfinite,
+    skipped_keys,
+    write_part,
+)
 from evilm_core.retrieval.sides import Tower
 
 log = logging.getLogger("evilm.retrieval")
@@ -91,9 +98,11 @@ def plan_spans(coll: Collection, keys: list[str], root: str, out: Path, spec: Wi
 
 @torch.no_grad()
 def embed_windows(spans: list, side: Tower, meta: IndexMeta, out: Path, name: str, workers: int, collate: Callable,
-                  part_size: int, counts: dict, progress: Progress | None, device: torch.device, decoder: str) -> None:
+                  part_size: int, counts: dict, progress: Progress | None, device: torch.device, decoder: str,
+                  metas: dict[str, dict] | None = None) -> None:
     """Decode and embed the spans (in `workers` loader processes; `collate` embeds there on the
-    CPU, else here), writing a part whenever `part_size` rows are done (at a span's end)."""
+    CPU, else here), writing a part whenever `part_size` rows are done (at a span's end), with
+    each video's provenance (`metas`, key -> its record's meta) beside its rows."""
     dataset = SpanDataset(spans, meta.image_size, decoder)
     loader = eval_loader(dataset, 1, workers, collate_fn=collate)
     model = None if side.model is None and side.kind == "torch" else window_model(side, device, meta.image_size,
@@ -119,16 +128,20 @@ def embed_windows(spans: list, side: Tower, meta: IndexMeta, out: Path, name: st
                 counts["decode_s"] += batch["decode_s"]
                 counts["embed_s"] += batch["embed_s"]
             if len(keys) >= part_size:
-                _write(out, name, keys, embs, times, counts)
+                _write(out, name, keys, embs, times, counts, meta.checkpoint, metas)
                 keys, embs, times = [], [], []
             if progress:
                 progress(seen, len(spans), windows_per_s=counts["embedded"] / max(1e-9, time.monotonic() - start))
         if keys:
-            _write(out, name, keys, embs, times, counts)
+            _write(out, name, keys, embs, times, counts, meta.checkpoint, metas)
     finally:
         dataset.close()
 
 
-def _write(out: Path, name: str, keys: list[str], embs: list, times: list, counts: dict) -> None:
-    write_part(out, f"{name}-{counts['embedded']:09d}", keys, torch.cat(embs), np.concatenate(times))
+def _write(out: Path, name: str, keys: list[str], embs: list, times: list, counts: dict, checkpoint: str,
+           metas: dict[str, dict] | None) -> None:
+    embeddings = torch.cat(embs)
+    refuse_nonfinite(keys, embeddings, checkpoint, out)
+    write_part(out, f"{name}-{counts['embedded']:09d}", keys, embeddings, np.concatenate(times),
+               [metas.get(k) for k in keys] if metas else None)
     counts["embedded"] += len(keys)

@@ -113,12 +113,14 @@ def build_datasets(recipe: TokenizerRecipe, source: ClipSource, targets: WordTar
     d, extras = recipe.data, WordExtras(targets)
     train = clip_dataset(source.records, source.root, d.num_frames, d.image_size, train=True, hflip=d.hflip,
                          color_jitter=d.color_jitter, seed=recipe.seed, extras=extras,
-                         frames=source.frames(d.num_frames, d.image_size, decoder=decoder))
+                         frames=source.frames(d.num_frames, d.image_size, decoder=decoder,
+                                              max_bytes=d.max_video_bytes))
     val = None
     if d.val:
         val_source = open_clips(d.val, d.format, d.root, "data.val")
         val = clip_dataset(val_source.records, val_source.root, d.num_frames, d.image_size, seed=recipe.seed,
-                           extras=extras, frames=val_source.frames(d.num_frames, d.image_size, decoder=decoder))
+                           extras=extras, frames=val_source.frames(d.num_frames, d.image_size, decoder=decoder,
+                                                    max_bytes=d.max_video_bytes))
     return train, val
 
 

@@ -169,13 +169,13 @@ def test_damaged_weights_fail_before_the_index_records_them(model, synth_dir, tm
                      tmp_path / "idx", "--workers", "1", check=False)
     assert proc.returncode == 2 and "damaged or truncated" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "idx").exists()
-    # weights that read but do not fit the config fail in the worker that loads them: the same
-    # clear error, and the index this run created (still empty) is gone
+    # weights that read but do not fit the config: refused from the weights' header, before any
+    # index directory exists (models/pretrained.py, check_against_weights)
     other = EViLM(EViLMConfig(vocab_size=len(ckpt.read_checkpoint_vocab(model)), **{**TINY, "fusion_dim": 64}))
     ckpt.save_weights(other.state_dict(), weights)
     proc = run_evilm("retrieve", "index", "--checkpoint", broken, "--manifest", synth_dir / "test.jsonl", "--out",
                      tmp_path / "idx", "--workers", "1", check=False)
-    assert proc.returncode == 2 and "weights do not fit" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "does not belong to these weights" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "idx").exists()
 
 

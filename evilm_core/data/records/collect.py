@@ -9,16 +9,19 @@ from pathlib import Path
 
 from evilm_core.data.records.formats import VIDEO_EXTS
 from evilm_core.data.records.manifest import read_manifest, resolve_video, video_root
+from evilm_core.data.records.record import first_metas
 from evilm_core.errors import EvilmError
 
 
 def collect_videos(videos: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None,
-                   format: str = "auto", root: str | os.PathLike | None = None) -> tuple[list[str], list[str], dict]:
+                   format: str = "auto", root: str | os.PathLike | None = None,
+                   metas: dict | None = None) -> tuple[list[str], list[str], dict]:
     """(keys, paths, source): the distinct videos to label, in a stable order.
 
     --videos DIR: every video file under DIR (sorted; key = path relative to DIR).
     --manifest FILE: the manifest's distinct `video` strings in order (key = that string),
     resolved against --root (default: the manifest's directory).
+    `metas`, when given, receives key -> the `meta` of the key's first record that has one.
     """
     if (videos is None) == (manifest is None):
         raise EvilmError("give exactly one of --videos DIR or --manifest FILE")
@@ -37,5 +40,7 @@ def collect_videos(videos: str | os.PathLike | None = None, manifest: str | os.P
     records = read_manifest(manifest, format)
     base = video_root(str(root) if root is not None else None, manifest)
     keys = list(dict.fromkeys(r.video for r in records))
+    if metas is not None:
+        metas.update(first_metas(records))
     source = {"manifest": str(Path(manifest).absolute()), "format": format, "root": base}
     return keys, [str(resolve_video(k, base)) for k in keys], source

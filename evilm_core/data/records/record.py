@@ -54,6 +54,8 @@ class ClipRecord:
     options: list[str] | None = None  # multiple choice candidates
     label: str | None = None          # recognition class name
     split: str | None = None          # "train" | "val" | "test" when the source says
+    meta: dict | None = None          # provenance as the source gives it (video2dataset's url, status, key,
+                                      # ...): carried into shards and `retrieve query --json`, never interpreted
     start: float | None = None        # a moment: where the caption starts in the video, seconds (with `end`)
     end: float | None = None          # a moment: where it ends, seconds (after `start`)
     # the shard-set sample holding this clip's frames (set by the record table of a shard set,
@@ -78,6 +80,15 @@ class ClipRecord:
         return cls(**obj)
 
 
+def first_metas(records) -> dict[str, dict]:
+    """video -> the `meta` of its first record that has one (several records may share a video)."""
+    metas: dict[str, dict] = {}
+    for record in records:
+        if record.meta and record.video not in metas:
+            metas[record.video] = record.meta
+    return metas
+
+
 def _check_types(obj: dict, where: str) -> None:
     """Reject wrongly typed values at read time, where the file and line are still known."""
     video = obj["video"]
@@ -95,8 +106,10 @@ def _check_types(obj: dict, where: str) -> None:
         not isinstance(options, list) or not all(isinstance(o, str) for o in options)
     ):
         raise ManifestError(f"{where}: key 'options' must be a list of strings, got {options!r}")
-
-
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ManifestError(f"{where}: key 'meta' must be an object (the clip's provenance: url, status, ...), got "
+                            f"{type(meta).__name__}")
 
 
 def check_moment(start, end, where: str) -> None:

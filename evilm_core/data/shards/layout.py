@@ -25,6 +25,7 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from evilm_core.data.records.table import RecordTable
 from evilm_core.errors import EvilmError, VideoDecodeError
+from evilm_core.fs import unescape_key
 
 FORMAT, VERSION = "evilm-shards", 1
 INDEX, SAMPLES, SKIPPED, PARTS = "index.json", "samples.i64", "skipped.tsv", "parts"
@@ -114,6 +116,13 @@ class ShardSet:
     def __len__(self) -> int:
         return int(self.samples.shape[0])
 
+    def skipped(self) -> list[tuple[str, str, str]]:
+        """(video, reason, detail) of each input clip `evilm data shards` did not store (skipped.tsv)."""
+        path = self.dir / SKIPPED
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+        rows = [line.split("\t") for line in lines]
+        return [(unescape_key(f[1]), f[2], unescape_key(f[3])) for f in rows if len(f) >= 4]
+
     def read_members(self, sample: int) -> dict[str, bytes]:
         """The sample's members as {extension: bytes}, by one positioned read."""
         shard, offset, length = (int(v) for v in self.samples[sample])
@@ -133,20 +142,37 @@ class ShardSet:
     def read(self, sample: int, which: list[int] | None = None) -> FrameSample:
         """The sample's candidate frames [F, H, W, 3] (only those at positions `which`, when given:
         a training step decodes T of the F JPEGs) and its JSON."""
-        from PIL import Image  # the training loop's only image decoder
-
         members = self.read_members(sample)
         where = f"{self.dir / self.names[int(self.samples[sample, 0])]} sample {sample}"
         try:
             info = json.loads(members["json"])
             which = range(len(info["frames"])) if which is None else which
-            frames = [np.asarray(Image.open(io.BytesIO(members[frame_member(j)])).convert("RGB")) for j in which]
+            frames = [decode_frame(members[frame_member(j)], self.settings["size"], where, j) for j in which]
         except (KeyError, ValueError, OSError) as err:
             raise VideoDecodeError(where, "corrupt", f"unreadable member ({type(err).__name__}: {err})") from None
-        size = self.settings["size"]
-        if any(f.shape != (size, size, 3) for f in frames):
-            raise VideoDecodeError(where, "corrupt", f"frame shape {frames[0].shape}, expected ({size}, {size}, 3)")
         return FrameSample(np.stack(frames), info)
+
+
+def decode_frame(data: bytes, size: int, where: str, j: int) -> np.ndarray:
+    """One stored JPEG frame as [size, size, 3] uint8. Its dimensions are read from its header
+    first (Pillow's `open` reads nothing else): a frame of another size than the shard set's is
+    corrupt and never decoded, so a decompression bomb costs no memory (docs/reliability.md,
+    "Bounded reading")."""
+    from PIL import Image  # the training loop's only image decoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by size
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as err:
+            raise VideoDecodeError(where, "corrupt", f"frame {j}: {err}") from None
+    if image.size != (size, size):
+        raise VideoDecodeError(where, "corrupt", f"frame {j} is {image.size[0]}x{image.size[1]} (its JPEG header), "
+                               f"the shard set stores {size}x{size}; not decoded")
+    frame = np.asarray(image.convert("RGB"))
+    if frame.shape != (size, size, 3):
+        raise VideoDecodeError(where, "corrupt", f"frame {j} has shape {frame.shape}, expected ({size}, {size}, 3)")
+    return frame
 
 
 def read_index(directory: Path) -> dict:

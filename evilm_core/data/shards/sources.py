@@ -15,23 +15,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 from evilm_core.data.records.formats import VIDEO_EXTS
 from evilm_core.data.records.manifest import read_manifest, resolve_video, video_root
-from evilm_core.data.video.read import VideoBytes
-from evilm_core.errors import EvilmError
+from evilm_core.data.shards.tars import TarDamage, TarSample, read_text_member, tar_samples
+from evilm_core.data.video.read import TarMember
+from evilm_core.errors import EvilmError, VideoDecodeError
 
 _VIDEO_MEMBERS = tuple(e.lstrip(".") for e in VIDEO_EXTS)
+META_FIELD_CHARS = 2000  # a source JSON field longer than this (as JSON) is not kept in the record's meta
 
 
 @dataclass
 class SourceClip:
     key: str  # the sample key: SHARD_POS (dot-free, unique, stable)
     video: str  # the records' `video` (tar input: "TAR/KEY.mp4")
-    source: str | VideoBytes  # a path to decode, or the video's bytes
+    source: str | TarMember  # a path to decode, or the video inside a tar
     records: list[dict] = field(default_factory=list)  # the records of this video (canonical JSON)
 
 
@@ -71,8 +73,7 @@ def plan_jobs(spec: str, format: str, root: str | None, samples_per_shard: int) 
     """(one job per output shard, a description of the input for the plan)."""
     tars = expand_tars(spec)
     if tars is not None:
-        # names relative to the folder all the tars share: a pattern over two folders keeps them apart
-        base = Path(spec) if Path(spec).is_dir() else Path(os.path.commonpath([t.absolute().parent for t in tars]))
+        base = tar_base(spec, tars)
         jobs = [ShardJob(j, tar=str(t), tar_name=_rel(t, base)) for j, t in enumerate(tars)]
         sizes = [t.stat().st_size for t in tars]
         digest = hashlib.sha256(json.dumps([[j.tar_name, s] for j, s in zip(jobs, sizes)]).encode()).hexdigest()
@@ -90,6 +91,12 @@ def plan_jobs(spec: str, format: str, root: str | None, samples_per_shard: int) 
                   "records": len(records), "videos": len(videos), "digest": digest[:16]}
 
 
+def tar_base(spec: str, tars: list[Path]) -> Path:
+    """The folder tar names are relative to: the one all the tars share (a pattern over two folders
+    keeps them apart)."""
+    return Path(spec) if Path(spec).is_dir() else Path(os.path.commonpath([t.absolute().parent for t in tars]))
+
+
 def _rel(path: Path, base: Path) -> str:
     try:
         return path.absolute().relative_to(base.absolute()).as_posix()
@@ -97,70 +104,48 @@ def _rel(path: Path, base: Path) -> str:
         return path.name
 
 
-def job_clips(job: ShardJob, problems: list[tuple[str, str, str, str]]) -> Iterator[SourceClip]:
-    """The clips of one job, in input order; a damaged tar adds its problem to `problems` and ends."""
+def job_clips(job: ShardJob, problems: list[tuple[str, str, str, str]], spool_dir: str | None = None
+              ) -> Iterator[SourceClip]:
+    """The clips of one job, in input order; a sample that cannot be a clip (a duplicate key, no
+    video member, an oversized caption) and a damaged tar's lost tail add their problem to
+    `problems`. `spool_dir`: where a big tar member is copied to be decoded (tars.py)."""
     if job.clips is not None:
         for pos, (video, path, records) in enumerate(job.clips):
             yield SourceClip(sample_key(job.index, pos), video, path, records)
         return
-    yield from _tar_clips(job, problems)
-
-
-def _tar_clips(job: ShardJob, problems: list) -> Iterator[SourceClip]:
-    for pos, sample, error in _tar_samples(job.tar):
-        if error is not None:  # tarfile.ReadError / EOF inside a member: the rest of this tar is lost
-            problems.append((sample_key(job.index, pos), job.tar_name, "corrupt",
-                             f"tar damaged after {pos} samples ({type(error).__name__}: {str(error)[:160]})"))
+    for sample in tar_samples(job.tar, job.tar_name, spool_dir):
+        if isinstance(sample, TarDamage):  # the rest of this tar is lost
+            problems.append((sample_key(job.index, sample.pos), job.tar_name, "corrupt",
+                             f"tar damaged after {sample.pos} samples ({sample.detail})"))
             return
-        clip = _tar_sample(job, pos, sample, problems)
+        clip = _tar_clip(job, sample, problems)
         if clip is not None:
             yield clip
 
 
-def _tar_samples(tar: str) -> Iterator[tuple[int, dict | None, Exception | None]]:
-    """(position, {"__key__", ext: bytes}, None) per sample of a tar read as a stream, then
-    (position, None, error) if it is damaged. webdataset's file iterator reads the members; they
-    are grouped here (not with its group_by_keys) so that the sample held when the read fails is
-    still given when its video member was read whole."""
-    from webdataset.tariterators import base_plus_ext, tar_file_expander
-
-    pos, current = 0, None
-    try:
-        with open(tar, "rb") as fh:
-            for member in tar_file_expander([{"url": tar, "stream": fh}]):
-                if "fname" not in member:  # the end-of-shard marker
-                    continue
-                key, ext = base_plus_ext(member["fname"])
-                if key is None:  # a member without an extension belongs to no sample
-                    continue
-                ext = ext.lower()
-                if current is not None and current["__key__"] != key:
-                    yield pos, current, None
-                    pos, current = pos + 1, None
-                current = current or {"__key__": key}
-                current[ext] = member["data"]
-    except Exception as err:
-        if current is not None and any(e in current for e in _VIDEO_MEMBERS):
-            yield pos, current, None
-            pos, current = pos + 1, None
-        yield pos, None, err
-        return
-    if current is not None:
-        yield pos, current, None
-
-
-def _tar_sample(job: ShardJob, pos: int, sample: dict, problems: list) -> SourceClip | None:
-    key = sample_key(job.index, pos)
-    ext = next((e for e in _VIDEO_MEMBERS if e in sample), None)
-    name = f"{job.tar_name}/{sample['__key__']}"
+def _tar_clip(job: ShardJob, sample: TarSample, problems: list) -> SourceClip | None:
+    key, name = sample_key(job.index, sample.pos), f"{job.tar_name}/{sample.key}"
+    ext = next((e for e in _VIDEO_MEMBERS if e in sample.members), None)
+    if sample.duplicate_of is not None:
+        problems.append((key, f"{name}.{ext}" if ext else name, "duplicate",
+                         f"the key {sample.key!r} is sample {sample.duplicate_of} of the tar too; the first is kept"))
+        return None
     if ext is None:
-        problems.append((key, name, "missing", f"no video member ({', '.join(sorted(k for k in sample if k[0] != '_'))})"))
+        problems.append((key, name, "missing", f"no video member ({', '.join(sorted(sample.members))})"))
         return None
     video = f"{name}.{ext}"
-    meta = _json_member(sample.get("json"))
-    caption = sample["txt"].decode("utf-8", "replace").strip() if "txt" in sample else meta.get("caption")
-    record = {"video": video, **({"caption": caption} if caption else {})}
-    return SourceClip(key, video, VideoBytes(video, sample[ext]), [record])
+    try:
+        text = read_text_member(sample.members.get("txt"))
+        meta = _json_member(read_text_member(sample.members.get("json")))
+    except VideoDecodeError as err:
+        problems.append((key, video, "corrupt", err.detail))
+        return None
+    caption = text.decode("utf-8", "replace").strip() if text is not None else meta.get("caption")
+    record = {"video": video, **({"caption": caption} if isinstance(caption, str) and caption else {})}
+    provenance = source_meta(meta)
+    if provenance:
+        record["meta"] = provenance
+    return SourceClip(key, video, replace(sample.members[ext], name=video), [record])
 
 
 def _json_member(data: bytes | None) -> dict:
@@ -169,6 +154,14 @@ def _json_member(data: bytes | None) -> dict:
     except (ValueError, UnicodeDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def source_meta(obj: dict) -> dict:
+    """A source's JSON (video2dataset's `url`, `status`, `key`, sizes, ...) as the record's `meta`:
+    every field but the caption (the record's own), and none whose JSON is over META_FIELD_CHARS
+    (a downloader's nested page dump is not provenance)."""
+    return {k: v for k, v in obj.items()
+            if k != "caption" and len(json.dumps(v, ensure_ascii=False)) <= META_FIELD_CHARS}
 
 
 def count_clips(jobs: list[ShardJob]) -> int | None:

@@ -19,18 +19,24 @@ shared across DataLoader workers can hang and a long-lived one leaks memory).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from evilm_core.config.sections import DECODERS
+from evilm_core.config.sections import DECODERS, MAX_VIDEO_BYTES
 from evilm_core.errors import EvilmError, VideoDecodeError
+from evilm_core.fs import disk_errors, human_size, temp_sibling
 
 AUTO_ORDER = DECODERS[1:]  # what `auto` tries, fastest measured first (docs/benchmarks.md, "Decoders")
+SPOOL_BYTES = 64 << 20  # a video up to this size may be held in memory; a bigger tar member is decoded from a copy
 
 
 @dataclass
@@ -62,7 +68,7 @@ def segment_indices(num_video_frames: int, num_samples: int, mode: str = "eval",
 
 @dataclass
 class VideoBytes:
-    """A video held in memory (a member of a WebDataset tar): decoded without touching disk."""
+    """A video held in memory: decoded without touching disk."""
 
     name: str  # what messages call it (e.g. "00000.tar/000000042.mp4")
     data: bytes  # the container's bytes
@@ -71,25 +77,105 @@ class VideoBytes:
         return self.name
 
 
-def _source(path: Path | VideoBytes):
+@dataclass(frozen=True)
+class TarMember:
+    """A video inside a tar (a WebDataset / video2dataset shard), read where it lies: a member up
+    to SPOOL_BYTES is read into memory, a bigger one is copied in 1 MiB pieces to a temporary
+    file in `spool_dir` and decoded from there, so memory never holds more than SPOOL_BYTES of it
+    (docs/reliability.md, "Bounded reading")."""
+
+    tar: str  # the tar file
+    name: str  # what keys and messages call it: "00000.tar/000000042.mp4"
+    offset: int  # byte offset of its data in the tar
+    size: int  # its length in bytes (from its header)
+    spool_dir: str | None = None  # where a big member is copied to be decoded (None: the system's temporary directory)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def read(self, limit: int = SPOOL_BYTES) -> bytes:
+        """The member's bytes (at most `limit`: more is an error, never an allocation)."""
+        if self.size > limit:
+            raise VideoDecodeError(self.name, "corrupt", f"{human_size(self.size)}, more than the "
+                                   f"{human_size(limit)} read into memory")
+        with open(self.tar, "rb") as fh:
+            data = os.pread(fh.fileno(), self.size, self.offset)
+        if len(data) != self.size:
+            raise VideoDecodeError(self.name, "corrupt", f"truncated: {len(data)} of {self.size} bytes")
+        return data
+
+    @contextlib.contextmanager
+    def spooled(self) -> Iterator[str]:
+        """The member copied to a temporary file (the `.NAME.HOST.PID.tmp` of evilm_core/fs.py, so a
+        killed run's copy is removed by the next run), removed afterwards."""
+        directory = Path(self.spool_dir or tempfile.gettempdir())
+        path = temp_sibling(directory / f"spool-{self.offset}-{Path(self.tar).name}")
+        try:
+            with disk_errors(path), open(self.tar, "rb") as src, open(path, "wb") as dst:
+                done = 0
+                while done < self.size:
+                    block = os.pread(src.fileno(), min(1 << 20, self.size - done), self.offset + done)
+                    if not block:
+                        raise VideoDecodeError(self.name, "corrupt", f"truncated: {done} of {self.size} bytes")
+                    dst.write(block)
+                    done += len(block)
+            yield str(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _too_large(name: str, size: int, max_bytes: int) -> VideoDecodeError:
+    return VideoDecodeError(name, "corrupt", f"too large: {human_size(size)} ({size} bytes), more than "
+                            f"data.max_video_bytes ({human_size(max_bytes)})")
+
+
+@contextlib.contextmanager
+def _source(path: Path | VideoBytes | TarMember, max_bytes: int) -> Iterator:
     """What a backend opens: a path string, or bytes (in memory; a file name that is not UTF-8,
-    which FFmpeg cannot be given). Missing, empty and directory paths raise VideoDecodeError."""
+    which FFmpeg cannot be given). Missing, empty, directory and too large (over `max_bytes`)
+    sources raise VideoDecodeError before a byte of them is read."""
+    if isinstance(path, TarMember):
+        if path.size > max_bytes:
+            raise _too_large(path.name, path.size, max_bytes)
+        if not path.size:
+            raise VideoDecodeError(path.name, "corrupt", "empty file (0 bytes)")
+        if path.size <= SPOOL_BYTES:
+            yield path.read()
+        else:
+            with path.spooled() as copy:
+                yield copy
+        return
     if isinstance(path, VideoBytes):
         if not path.data:
             raise VideoDecodeError(path.name, "corrupt", "empty file (0 bytes)")
-        return path.data
+        if len(path.data) > max_bytes:
+            raise _too_large(path.name, len(path.data), max_bytes)
+        yield path.data
+        return
     if not path.exists():
         raise VideoDecodeError(str(path), "missing", "no such file")
     if path.is_dir():
         raise VideoDecodeError(str(path), "corrupt", "is a directory")
-    if os.path.getsize(path) == 0:
+    size = os.path.getsize(path)
+    if size == 0:
         raise VideoDecodeError(str(path), "corrupt", "empty file (0 bytes)")
+    if size > max_bytes:
+        raise _too_large(str(path), size, max_bytes)
     if _utf8(str(path)):
-        return str(path)
+        yield str(path)
+        return
+    if size > SPOOL_BYTES and sys.platform.startswith("linux"):  # too big to hold: FFmpeg opens it by descriptor
+        with open(path, "rb") as fh:
+            yield f"/proc/self/fd/{fh.fileno()}"
+        return
+    if size > SPOOL_BYTES:
+        raise VideoDecodeError(str(path), "corrupt", f"the file name is not UTF-8 and the file ({human_size(size)}) is "
+                               f"more than the {human_size(SPOOL_BYTES)} read into memory; rename it")
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as err:
         raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+    yield data
 
 
 def _utf8(text: str) -> bool:
@@ -101,25 +187,59 @@ def _utf8(text: str) -> bool:
 
 
 def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()
+    """One line of a backend's error, without PyAV's errno and the '<none>' it gives as the name
+    of a video read from memory (the message names the video itself)."""
+    strerror = getattr(err, "strerror", None)
+    text = (strerror if isinstance(strerror, str) and strerror else str(err)).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:200]
 
 
-def open_reader(path: str | Path | VideoBytes, size: int | None = None, decoder: str = "pyav"):
+class _OpenReader:
+    """A backend's reader and the source it reads from (a tar member's spooled copy, an open
+    descriptor), both released by `close`."""
+
+    def __init__(self, reader, source: contextlib.ExitStack):
+        self._reader, self._source = reader, source
+
+    @property
+    def num_frames(self) -> int:
+        return self._reader.num_frames
+
+    @property
+    def fps(self) -> float:
+        return self._reader.fps
+
+    def get(self, indices: list[int]):
+        return self._reader.get(indices)
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        finally:
+            self._source.close()
+
+
+def open_reader(path: str | Path | VideoBytes | TarMember, size: int | None = None, decoder: str = "pyav",
+                max_bytes: int = MAX_VIDEO_BYTES) -> _OpenReader:
     """An opened reader of the resolved backend `decoder` (`num_frames`, `fps`, `get`, `close`)
-    holding at least one frame; VideoDecodeError for anything that cannot be used. The caller
-    closes it."""
-    path = path if isinstance(path, VideoBytes) else Path(path)
+    holding at least one frame; VideoDecodeError for anything that cannot be used, a source over
+    `max_bytes` (data.max_video_bytes) included, unread. The caller closes it."""
+    path = path if isinstance(path, (VideoBytes, TarMember)) else Path(path)
     opener = _opener(decoder)
-    source = _source(path)
+    stack = contextlib.ExitStack()
     try:
-        reader = opener(source, size)
-    except Exception as err:  # each backend raises its own errors for a file it cannot open
-        raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
-    if int(reader.num_frames) < 1:
-        reader.close()
-        raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
-    return reader
+        source = stack.enter_context(_source(path, max_bytes))
+        try:
+            reader = opener(source, size)
+        except Exception as err:  # each backend raises its own errors for a file it cannot open
+            raise VideoDecodeError(str(path), "corrupt", _short(err)) from None
+        if int(reader.num_frames) < 1:
+            reader.close()
+            raise VideoDecodeError(str(path), "corrupt", "no decodable frames")
+    except BaseException:
+        stack.close()
+        raise
+    return _OpenReader(reader, stack)
 
 
 def decode(reader, path, indices: list[int]) -> np.ndarray:
@@ -133,10 +253,12 @@ def decode(reader, path, indices: list[int]) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = None, decoder: str = "pyav") -> Clip:
-    """Open `path` (a file, or a video in memory) with the resolved backend `decoder`, pick indices
-    with `indices_fn(num_video_frames)` (the same whatever decodes), decode them."""
-    reader = open_reader(path, size, decoder)
+def read_frames(path: str | Path | VideoBytes | TarMember, indices_fn, size: int | None = None,
+                decoder: str = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> Clip:
+    """Open `path` (a file, a tar member, or a video in memory) with the resolved backend
+    `decoder`, pick indices with `indices_fn(num_video_frames)` (the same whatever decodes), decode
+    them. A source over `max_bytes` (data.max_video_bytes) is skipped unread."""
+    reader = open_reader(path, size, decoder, max_bytes)
     try:
         total = int(reader.num_frames)
         indices = [int(i) for i in indices_fn(total)]
@@ -147,10 +269,10 @@ def read_frames(path: str | Path | VideoBytes, indices_fn, size: int | None = No
     return Clip(frames=frames, indices=indices, num_video_frames=total, fps=fps)
 
 
-def read_times(path: str | Path | VideoBytes, seconds: list[float], size: int | None = None,
-               decoder: str = "pyav") -> Clip:
+def read_times(path: str | Path | VideoBytes | TarMember, seconds: list[float], size: int | None = None,
+               decoder: str = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> Clip:
     """The frames on screen at the given times (seconds from the start; frame_at)."""
-    reader = open_reader(path, size, decoder)
+    reader = open_reader(path, size, decoder, max_bytes)
     try:
         total, fps = int(reader.num_frames), float(reader.fps or 0.0)
         indices = [frame_at(t, fps, total) if fps > 0 else 0 for t in seconds]
@@ -167,13 +289,13 @@ def frame_at(seconds, fps: float, num_video_frames: int):
     return index.astype(np.int64) if index.ndim else int(index)
 
 
-def read_clip(path: str | Path, num_frames: int, size: int | None = None, mode: str = "eval", rng=None,
-              decoder: str = "pyav") -> Clip:
+def read_clip(path: str | Path | TarMember, num_frames: int, size: int | None = None, mode: str = "eval", rng=None,
+              decoder: str = "pyav", max_bytes: int = MAX_VIDEO_BYTES) -> Clip:
     """Decode T = `num_frames` frames of `path` by segment sampling, resized to size x size.
 
     Raises `VideoDecodeError` (reason missing | corrupt) for anything that cannot be used.
     """
-    return read_frames(path, lambda n: segment_indices(n, num_frames, mode, rng), size, decoder)
+    return read_frames(path, lambda n: segment_indices(n, num_frames, mode, rng), size, decoder, max_bytes)
 
 
 # ---------------------------------------------------------------------------- backends

@@ -266,6 +266,21 @@ def test_unknown_key_in_jsonl(tmp_path):
         read_manifest(path)
 
 
+def test_meta_is_the_one_open_field_and_the_others_stay_strict(tmp_path):
+    """`meta` carries a source's provenance (video2dataset's url, status, ...) as any JSON object;
+    it must be an object, and a misspelt key elsewhere is still an error."""
+    path = write(tmp_path / "m.jsonl", '{"video": "a.mp4", "meta": {"url": "https://x/a.mp4", "status": "success", '
+                                       '"size": [596, 336]}}\n')
+    [record] = read_manifest(path)
+    assert record.meta == {"url": "https://x/a.mp4", "status": "success", "size": [596, 336]}
+    write_jsonl([record], tmp_path / "out.jsonl")
+    assert read_manifest(tmp_path / "out.jsonl") == [record]
+    with pytest.raises(ManifestError, match=r"f:1: key 'meta' must be an object"):
+        ClipRecord.from_json({"video": "v", "meta": "https://x"}, "f:1")
+    with pytest.raises(ManifestError, match=r"f:2: unknown key 'url'"):
+        ClipRecord.from_json({"video": "v", "url": "https://x"}, "f:2")
+
+
 def test_missing_video_key_and_bad_type(tmp_path):
     with pytest.raises(ManifestError, match=r"f:1: missing key 'video'"):
         ClipRecord.from_json({"caption": "x"}, "f:1")
