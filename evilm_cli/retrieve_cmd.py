@@ -40,6 +40,7 @@ def index(
     threads: int = options.threads("retrieve index"),
     json_out: bool = options.json_out(),
     decoder: str = options.decoder("retrieve index"),
+    runtime: str = options.runtime("retrieve index"),
     window: float = typer.Option(None, "--window", help="Seconds per window: each video longer than this gets one "
                                  "row per window, with its start and end (search inside long videos; "
                                  "docs/retrieval.md, \"Moments\"). A shorter video is one row."),
@@ -53,6 +54,7 @@ def index(
 
     Example: evilm retrieve index --checkpoint runs/synthetic/retrieval --manifest data/synth/test.jsonl --out runs/synthetic/index
     From an export (onnxruntime): evilm retrieve index --checkpoint runs/synthetic/export --manifest data/synth/test.jsonl --out runs/synthetic/index-onnx
+    OpenVINO in bf16: evilm retrieve index --checkpoint runs/synthetic/export --manifest data/synth/test.jsonl --out runs/synthetic/index-ov --runtime openvino --precision bf16
     At scale: evilm retrieve index --checkpoint CKPT --videos /data/clips --out /data/index --ann faiss-ivf
     Long videos: evilm retrieve index --checkpoint CKPT --videos /data/lectures --out /data/moments --window 4 --stride 2
     """
@@ -63,7 +65,8 @@ def index(
                        manifest=str(manifest) if manifest else None, root=str(root) if root else None,
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
                        shard=WorkSplit.parse(shard) or WHOLE, part_size=part_size, device=device,
-                       precision=precision, threads=threads, ann=ann, decoder=decoder, window=window, stride=stride)
+                       precision=precision, threads=threads, ann=ann, decoder=decoder, window=window, stride=stride,
+                       runtime=runtime)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
@@ -124,6 +127,7 @@ def query(
     exact: bool = typer.Option(False, "--exact", help="Scan every embedding even when the index has an ANN index."),
     precision: str = options.precision("retrieve query"),
     threads: int = options.threads("retrieve query"),
+    runtime: str = options.runtime("retrieve query"),
     per_video: int = typer.Option(None, "--per-video", min=1, show_default="1", help="A window index: keep the N "
                                   "best moments of each video."),
     merge: float = typer.Option(None, "--merge", min=0.0, max=1.0, show_default="0.1", help="A window index: how far "
@@ -148,7 +152,7 @@ def query(
     from evilm_core.retrieval.query import Searcher
 
     searcher = Searcher(index_dir, checkpoint, precision=precision, exact=exact, threads=threads, per_video=per_video,
-                        merge=merge)
+                        merge=merge, runtime=runtime)
     rows, answered = [], 0
     for hits in searcher.stream(_queries(queries or []), k, batch=batch):
         answered += 1

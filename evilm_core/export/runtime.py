@@ -2,11 +2,12 @@
 as EViLM (`embed_video`, `embed_text`), so retrieval treats an export like a checkpoint.
 
 Only the tower asked for is loaded, on first use: a query process never reads the video tower.
-onnxruntime sessions take their intra-op thread count from the project's thread policy
-(evilm_core/settings.py) when they are created; inter-op parallelism stays at 1 (one
-tower is one sequential graph). The ONNX towers run on NumPy arrays: given arrays, nothing here
-imports torch (a query over an ONNX export starts in about a second); given tensors, they
-return tensors (the index build path).
+An ONNX export runs in the run's runtime (settings.RunSettings.runtime): onnxruntime, in fp32,
+or OpenVINO (export/openvino.py), in the run's precision. Either takes its intra-op thread count
+from the project's thread policy (evilm_core/settings.py) when it is created; inter-op
+parallelism stays at 1 (one tower is one sequential graph). The ONNX towers run on NumPy
+arrays: given arrays, nothing here imports torch (a query over an ONNX export starts in about a
+second); given tensors, they return tensors (the index build path).
 
 The constants here (file names, format string) are the contract between the exporter
 (towers.py) and every reader; they live in this light module so a reader imports no exporter.
@@ -117,20 +118,26 @@ class ExportedTowers:
     """The towers of one export directory; `open` it, then embed. Same shapes and semantics as
     EViLM.embed_video / embed_text: l2-normalised float32 [B, E], on the CPU."""
 
-    def __init__(self, directory: str | Path, meta: dict, threads: int = 1):
+    def __init__(self, directory: str | Path, meta: dict, threads: int = 1, runtime: str = "onnxruntime",
+                 precision: str = "fp32"):
         self.directory, self.meta, self.threads = Path(directory), meta, threads
+        self.kind: str = meta["format_kind"]
+        # what computes, and in what arithmetic: an index records both (retrieval/index.py)
+        self.runtime: str = {"torch": "torch.export"}.get(self.kind, runtime)
+        self.precision: str = precision if self.runtime == "openvino" else "fp32"
         self.model_hash: str = meta["model_hash"]
         self.embed_dim: int = int(meta["embed_dim"])
         self.num_frames: int = int(meta["num_frames"])
         self.image_size: int = int(meta["image_size"])
         self.max_text_len: int = int(meta["max_text_len"])
-        self.kind: str = meta["format_kind"]
         self._runners: dict[str, Callable] = {}
 
     @classmethod
-    def open(cls, directory: str | Path, threads: int = 1) -> ExportedTowers:
-        """`threads`: onnxruntime's intra-op threads (the run's settings.threads)."""
-        return cls(directory, read_meta(directory), threads)
+    def open(cls, directory: str | Path, threads: int = 1, runtime: str = "onnxruntime",
+             precision: str = "fp32") -> ExportedTowers:
+        """`threads`: the runtime's intra-op threads (the run's settings.threads); `runtime` and
+        `precision`: the run's resolved settings.runtime and settings.precision (onnxruntime runs fp32)."""
+        return cls(directory, read_meta(directory), threads, runtime, precision)
 
     def _runner(self, tower: str) -> Callable:
         """The tower's program, loaded on first use only."""
@@ -139,12 +146,17 @@ class ExportedTowers:
             if not path.is_file():
                 raise EvilmError(f"{self.directory}: {path.name} is missing; export again with "
                                  f"`evilm export CKPT --out {self.directory} --format {self.kind}`")
-            if self.kind == "onnx":
-                names = [i["name"] for i in self.meta["inputs"][tower]]
+            names = [i["name"] for i in self.meta["inputs"][tower]]
+            if self.runtime == "openvino":
+                from evilm_core.export.openvino import openvino_runner
+
+                runner = openvino_runner(path, names, self.threads, self.precision, static_batch=tower == "video")
+            elif self.kind == "onnx":
                 runner = _onnx_runner(path, names, self.meta["outputs"][tower][0]["name"], self.threads)
             else:
                 runner = _torch_runner(path)
-            log.debug("export %s: loaded the %s tower (%s)", self.directory, tower, path.name)
+            log.debug("export %s: loaded the %s tower (%s, %s %s)", self.directory, tower, path.name, self.runtime,
+                      self.precision)
             self._runners[tower] = runner
         return self._runners[tower]
 
