@@ -128,6 +128,10 @@ def query(
     precision: str = options.precision("retrieve query"),
     threads: int = options.threads("retrieve query"),
     runtime: str = options.runtime("retrieve query"),
+    text_int8: bool = typer.Option(False, "--text-int8", help="An ONNX export in onnxruntime: its text tower with "
+                                   "int8 weights (made once, kept in the export's .runtime-cache/): 0.4x of fp32's "
+                                   "time per query, but near ties may swap (quickstart: top-10 keys as fp32's for "
+                                   "93% of captions; docs/benchmarks.md, \"Single queries in int8\")."),
     per_video: int = typer.Option(None, "--per-video", min=1, show_default="1", help="A window index: keep the N "
                                   "best moments of each video."),
     merge: float = typer.Option(None, "--merge", min=0.0, max=1.0, show_default="0.1", help="A window index: how far "
@@ -147,12 +151,13 @@ def query(
 
     Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red star shrinks on a black background"
     Pipeline: cut -f2 captions.tsv | evilm retrieve query --index runs/synthetic/index --json | jq .key
+    From an export, int8 text: evilm retrieve query --index runs/synthetic/index-onnx --text-int8 "a blue star grows"
     Moments: evilm retrieve query --index runs/synthetic/moments --per-video 2 "a blue star grows" --contact-sheet m.png
     """
     from evilm_core.retrieval.query import Searcher
 
     searcher = Searcher(index_dir, checkpoint, precision=precision, exact=exact, threads=threads, per_video=per_video,
-                        merge=merge, runtime=runtime)
+                        merge=merge, runtime=runtime, text_int8=text_int8)
     rows, answered = [], 0
     for hits in searcher.stream(_queries(queries or []), k, batch=batch):
         answered += 1

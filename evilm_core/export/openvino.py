@@ -2,8 +2,8 @@
 docs/performance.md, "Runtimes"). The CPU plugin runs the export's graph in bf16 where the CPU
 computes in it (INFERENCE_PRECISION_HINT, the run's resolved precision), else in fp32.
 
-Start-up stays short: compiled models are cached on disk (OpenVINO's CACHE_DIR), in the export
-directory's OV_CACHE when it is writable, else in the user's cache directory; the second process
+Start-up stays short: compiled models are cached on disk (OpenVINO's CACHE_DIR), in the export's
+runtime cache (runtime.py cache_dir: in the export when it is writable, else the user's); the second process
 to open a tower reads the compiled blob instead of compiling (about 0.1 s instead of 0.4 s, docs/
 benchmarks.md, "Runtimes"). The video tower is compiled once per batch size it is given (static
 shapes run about 13% faster than the export's dynamic batch; an index gives it one or two sizes),
@@ -13,27 +13,17 @@ the text tower once with its dynamic batch (a query stream gives it every size f
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from evilm_core.errors import EvilmError
+from evilm_core.export.runtime import cache_dir
 from evilm_core.settings import OPENVINO_EXTRA
 
 log = logging.getLogger("evilm.export")
-OV_CACHE = ".openvino-cache"  # beside the towers: removed with the export, replaced with it
 PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}  # the run's precision -> OpenVINO's inference precision
-
-
-def cache_dir(export: Path) -> Path:
-    """Where compiled models are cached: the export's OV_CACHE if the export is writable, else
-    $XDG_CACHE_HOME/evilm/openvino (OpenVINO keys each blob by the model and its settings)."""
-    if os.access(export, os.W_OK):
-        return export / OV_CACHE
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "evilm" / "openvino"
 
 
 def _core():
@@ -48,7 +38,7 @@ def openvino_runner(path: Path, names: list[str], threads: int, precision: str, 
     """A tower run by OpenVINO's CPU plugin: arrays in (in `names` order), its one output out.
     `static_batch`: compile once per batch size seen (the video tower), else once, dynamic."""
     core = _core()
-    cache = cache_dir(path.parent)
+    cache = cache_dir(path.parent) / "openvino"  # OpenVINO keys each blob by the model and its settings
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision], "CACHE_DIR": str(cache)}
     compiled: dict[int | None, object] = {}

@@ -49,14 +49,14 @@ class Searcher:
 
     def __init__(self, index: str | Path, checkpoint: str | Path | None = None, precision: str = "fp32",
                  exact: bool = False, threads: int = 0, settings: RunSettings | None = None, per_video: int | None = None,
-                 merge: float | None = None, runtime: str = "auto"):
+                 merge: float | None = None, runtime: str = "auto", text_int8: bool = False):
         settings = settings or resolve_settings("cpu", precision, threads, decoder=None, runtime=runtime)
         self.index = IndexView(index)
         meta = self.index.meta
         self.runs = VideoRuns(self.index) if meta.window is not None else None  # moments (docs/retrieval.md)
         self.per_video, self.merge = check_moment_options(self.index.directory, meta.window, per_video, merge)
         self.text = open_text_side(checkpoint if checkpoint is not None else meta.checkpoint, settings,
-                                   given=checkpoint is not None)
+                                   given=checkpoint is not None, text_int8=text_int8)
         if self.text.kind == "torch":
             settings.apply()  # an export's query process never imports torch
         if self.text.model_hash != meta.model_hash:

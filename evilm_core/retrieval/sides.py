@@ -60,26 +60,29 @@ def _towers(source: str | Path, given: bool = True) -> Path:
         raise EvilmError(f"{err}{hint}") from None
 
 
-def _export(directory: Path, side: str, settings: RunSettings) -> Tower | None:
+def _export(directory: Path, side: str, settings: RunSettings, text_int8: bool = False) -> Tower | None:
     if not (directory / EXPORT_META).is_file():
         return None
     from evilm_core.export.runtime import ExportedTowers
 
-    towers = ExportedTowers.open(directory, settings.threads, settings.runtime, settings.precision)
+    towers = ExportedTowers.open(directory, settings.threads, settings.runtime, settings.precision, text_int8)
     embed = towers.embed_video if side == "video" else towers.embed_text
     return Tower("export", directory, towers.model_hash, towers.embed_dim, towers.image_size, towers.max_text_len,
                  towers.num_frames, embed, fixed_frames=towers.num_frames, runtime=towers.runtime,
                  precision=towers.precision)
 
 
-def open_text_side(source: str | Path, settings: RunSettings, given: bool = True) -> Tower:
+def open_text_side(source: str | Path, settings: RunSettings, given: bool = True, text_int8: bool = False) -> Tower:
     """The text tower of a checkpoint (its text side only, models/loading.py for_precision) or of
-    an export directory (run by settings.runtime on settings.threads threads). `given`: the user
-    named it (else the index did)."""
+    an export directory (run by settings.runtime on settings.threads threads; `text_int8`: its
+    int8 text tower in onnxruntime). `given`: the user named it (else the index did)."""
     directory = _towers(source, given)
-    exported = _export(directory, "text", settings)
+    exported = _export(directory, "text", settings, text_int8)
     if exported is not None:
         return exported
+    if text_int8:
+        raise EvilmError(f"--text-int8 runs the text tower of an ONNX export; {directory} is a checkpoint (make an "
+                         f"export with `evilm export {directory} --out DIR` and query with --checkpoint DIR)")
     from evilm_core.checkpoints import files as ckpt
     from evilm_core.models.loading import for_precision, load_text_side
 
