@@ -45,8 +45,9 @@ def openvino_runner(path: Path, names: list[str], threads: int, precision: str, 
 
     def request(batch: int | None):
         if batch not in compiled:
-            model = core.read_model(str(path))
+            model = str(path)  # from a path, a cached blob is loaded without reading the ONNX file at all
             if batch is not None:
+                model = core.read_model(model)
                 model.reshape({n: [batch] + [d.get_length() for d in list(model.input(n).get_partial_shape())[1:]]
                                for n in names})  # the export's other dimensions are fixed already
             try:
