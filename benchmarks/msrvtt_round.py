@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -101,7 +102,7 @@ def runtime_rows(export: Path, pixels: torch.Tensor) -> dict:
         try:
             towers = ExportedTowers.open(export, 1, runtime, precision)
             side = Tower("export", export, "", 0, 0, 0, 4, towers.embed_video)
-            out[f"video_encode_s_per_clip_{runtime}_{precision}"] = _timed(lambda x: embed_clips(side, x), pixels)
+            out[f"video_encode_s_per_clip_{runtime}_{precision}"] = _timed(partial(embed_clips, side), pixels)
         except Exception as err:  # a runtime that is not installed
             print(f"{runtime} {precision}: {err}", file=sys.stderr)
     return out

@@ -26,7 +26,7 @@ EXE = str(Path(sys.executable).with_name("evilm"))
 
 def evilm(*args, stdin: str | None = None) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run([EXE, *map(str, args)], input=stdin, capture_output=True, text=True, env=env)
+    proc = subprocess.run([EXE, *map(str, args)], input=stdin, capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
         raise SystemExit(f"evilm {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     return proc.stdout

@@ -161,7 +161,8 @@ def test_runtime_auto_is_openvino_only_in_bf16_where_installed(monkeypatch):
     real = importlib.util.find_spec
     for installed in (True, False):
         monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a: (real("json") if installed else None) if name == "openvino" else real(name))
+                            lambda name, *a, on=installed: (real("json") if on else None) if name == "openvino"
+                            else real(name))
         assert resolve_runtime("auto", "bf16") == ("openvino" if installed else "onnxruntime")
         assert resolve_runtime("auto", "fp32") == "onnxruntime"
         assert resolve_runtime("onnxruntime", "bf16") == "onnxruntime"

@@ -40,7 +40,12 @@ def openvino_runner(path: Path, names: list[str], threads: int, precision: str, 
     core = _core()
     cache = cache_dir(path.parent) / "openvino"  # OpenVINO keys each blob by the model and its settings
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision], "CACHE_DIR": str(cache)}
+              "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision]}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        config["CACHE_DIR"] = str(cache)
+    except OSError as err:  # no writable cache anywhere: compile in every process (slower start, same results)
+        log.warning("openvino: no compiled-model cache (%s); each process compiles its towers", err)
     compiled: dict[int | None, object] = {}
 
     def request(batch: int | None):
