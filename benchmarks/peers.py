@@ -30,7 +30,7 @@ import torch
 
 CAPTION = "a man in a red shirt throws a ball to a dog on the beach"
 PEERS = {"CLIP ViT-B/32 x4": "ViT-B-32", "MobileCLIP2-S0": "MobileCLIP2-S0", "PE-Core-T-16-384": "PE-Core-T-16-384"}
-OV_CONFIG = {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+OV_CONFIG = {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}  # as export/openvino.py
 
 
 def interleave(fns: dict, rounds: int, warm: int = 2) -> dict[str, float]:

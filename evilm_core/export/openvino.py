@@ -39,8 +39,10 @@ def openvino_runner(path: Path, names: list[str], threads: int, precision: str, 
     `static_batch`: compile once per batch size seen (the video tower), else once, dynamic."""
     core = _core()
     cache = cache_dir(path.parent) / "openvino"  # OpenVINO keys each blob by the model and its settings
+    # no pinning: two index workers (one thread each) ran 0.7-0.9x as fast pinned (docs/benchmarks.md,
+    # "Runtimes"); the thread policy (settings.py) already shares the cores out
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision]}
+              "INFERENCE_PRECISION_HINT": PRECISION_HINT[precision], "ENABLE_CPU_PINNING": False}
     try:
         cache.mkdir(parents=True, exist_ok=True)
         config["CACHE_DIR"] = str(cache)
