@@ -131,7 +131,7 @@ def query(
     text_int8: bool = typer.Option(False, "--text-int8", help="An ONNX export in onnxruntime: its text tower with "
                                    "int8 weights (made once, kept in the export's .runtime-cache/): 0.4x of fp32's "
                                    "time per query, but near ties may swap (quickstart: top-10 keys as fp32's for "
-                                   "93% of captions; docs/benchmarks.md, \"Single queries in int8\")."),
+                                   "93% of captions; docs/benchmarks.md, \"Runtimes\")."),
     per_video: int = typer.Option(None, "--per-video", min=1, show_default="1", help="A window index: keep the N "
                                   "best moments of each video."),
     merge: float = typer.Option(None, "--merge", min=0.0, max=1.0, show_default="0.1", help="A window index: how far "

@@ -25,12 +25,13 @@ Decoder. `auto` is the first backend that works here (data/video/read.py, resolv
 
 Runtime (what runs the towers of an ONNX export; a checkpoint always runs in PyTorch). `auto` is
 OpenVINO where it is installed (extra `evilm[openvino]`) and the run computes in bf16, else
-onnxruntime: OpenVINO's CPU plugin in bf16 embeds a paper-size clip in 0.53x of onnxruntime's
-fp32 time (0.61x of PyTorch autocast's), while in fp32 the two are within 7% and onnxruntime is
-the faster (docs/benchmarks.md, "Runtimes").
+onnxruntime: OpenVINO's CPU plugin in bf16 embeds a paper-size clip in 0.47-0.51x of
+onnxruntime's fp32 time (0.58x of PyTorch's bf16 path), while in fp32 the two are within 3-7%,
+either way round (docs/benchmarks.md, "Runtimes"), and onnxruntime starts a query process faster.
 
-PyTorch on the CPU in bf16 runs with bf16 weights (models/cpu_bf16.py), not autocast: 0.9x of
-autocast's time at the same cosine to fp32 (docs/benchmarks.md, "Runtimes").
+PyTorch on the CPU in bf16 stores the encoders in bf16 (models/loading.py for_precision) under
+autocast: 0.87-0.95x of autocast alone's time at the same cosine to fp32 (docs/benchmarks.md,
+"Runtimes").
 """
 
 from __future__ import annotations

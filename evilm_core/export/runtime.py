@@ -85,7 +85,7 @@ def int8_text_tower(text_onnx: Path) -> Path:
     """The text tower with its MatMul/Gemm weights in int8 (onnxruntime dynamic quantization:
     activations quantized per call), made once and kept in the cache: 0.43x of fp32's time for
     one query, at cosine 0.999 to fp32, which swaps near ties (the quickstart's top-10 keys are
-    fp32's for 93% of its captions; docs/benchmarks.md, "Single queries in int8"): opt-in."""
+    fp32's for 93% of its captions; docs/benchmarks.md, "Runtimes"): opt-in."""
     out = cache_dir(text_onnx.parent) / f"{text_onnx.stem}.int8.onnx"
     if out.is_file() and out.stat().st_mtime >= text_onnx.stat().st_mtime:
         return out
