@@ -1,6 +1,6 @@
 """The options several commands share, each declared once here: --device, --precision, --threads,
---decoder, --max-video-bytes and --json. Commands differ only in their defaults, and every default is in the one
-table below. None means "the recipe's value" (train.device, train.precision, train.threads,
+--decoder, --runtime, --max-video-bytes and --json. Commands differ only in their defaults, and every
+default is in the one table below. None means "the recipe's value" (train.device, train.precision, train.threads,
 data.decoder): a recipe command passes the flag on as an override only when it is given.
 The core resolves each value once, where the run starts (evilm_core/settings.py)."""
 
@@ -11,8 +11,8 @@ import typer
 # command -> its default for each shared setting it takes
 DEFAULTS: dict[str, dict[str, str | int | None]] = {
     "label": {"device": "auto", "precision": "fp32", "threads": 0, "decoder": "auto"},
-    "retrieve index": {"device": "auto", "precision": "auto", "threads": 0, "decoder": "auto"},
-    "retrieve query": {"precision": "fp32", "threads": 0},
+    "retrieve index": {"device": "auto", "precision": "auto", "threads": 0, "decoder": "auto", "runtime": "auto"},
+    "retrieve query": {"precision": "fp32", "threads": 0, "runtime": "auto"},
     "predict": {"device": "auto", "precision": "auto", "threads": 0, "decoder": "auto"},
     "data check": {"decoder": "auto"},
     "data shards": {"decoder": "auto"},
@@ -22,7 +22,7 @@ DEFAULTS: dict[str, dict[str, str | int | None]] = {
     "finetune": {"threads": None},
     "profile": {"threads": None},
     "quickstart": {"threads": 0},
-    "serve": {"device": "auto", "precision": "fp32", "threads": 0},
+    "serve": {"device": "auto", "precision": "fp32", "threads": 0, "runtime": "auto"},
 }
 
 _HELP = {
@@ -31,6 +31,9 @@ _HELP = {
     "threads": "torch CPU threads (0: auto, the cores idle at start; docs/performance.md).",
     "decoder": "Video decoder: auto (the fastest that works here), pyav, decord or torchcodec (docs/data.md, "
                "\"Decoders\").",
+    "runtime": "What runs an ONNX export: auto, onnxruntime or openvino (pip install 'evilm[openvino]'; auto: "
+               "OpenVINO where installed and the precision is bf16, else onnxruntime; docs/performance.md, "
+               "\"Runtimes\"). A checkpoint always runs in PyTorch.",
 }
 _RECIPE_KEY = {"device": "train.device", "precision": "train.precision", "threads": "train.threads",
                "decoder": "data.decoder"}
@@ -68,6 +71,10 @@ def max_video_bytes():
     return typer.Option(MAX_VIDEO_BYTES, "--max-video-bytes", min=1, show_default=False,
                         help="A video file or tar member bigger than this many bytes is skipped and counted, never "
                         "read [default: 4 GiB; recipes: data.max_video_bytes].")
+
+
+def runtime(command: str):
+    return _option("runtime", command)
 
 
 def json_out(what: str = "the summary", help: str | None = None):

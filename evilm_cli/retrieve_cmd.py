@@ -42,6 +42,7 @@ def index(
     json_out: bool = options.json_out(),
     decoder: str = options.decoder("retrieve index"),
     max_video_bytes: int = options.max_video_bytes(),
+    runtime: str = options.runtime("retrieve index"),
     window: float = typer.Option(None, "--window", help="Seconds per window: each video longer than this gets one "
                                  "row per window, with its start and end (search inside long videos; "
                                  "docs/retrieval.md, \"Moments\"). A shorter video is one row."),
@@ -55,6 +56,7 @@ def index(
 
     Example: evilm retrieve index --checkpoint runs/synthetic/retrieval --manifest data/synth/test.jsonl --out runs/synthetic/index
     From an export (onnxruntime): evilm retrieve index --checkpoint runs/synthetic/export --manifest data/synth/test.jsonl --out runs/synthetic/index-onnx
+    OpenVINO in bf16: evilm retrieve index --checkpoint runs/synthetic/export --manifest data/synth/test.jsonl --out runs/synthetic/index-ov --runtime openvino --precision bf16
     At scale: evilm retrieve index --checkpoint CKPT --videos /data/clips --out /data/index --ann faiss-ivf
     Long videos: evilm retrieve index --checkpoint CKPT --videos /data/lectures --out /data/moments --window 4 --stride 2
     """
@@ -66,7 +68,7 @@ def index(
                        num_frames=frames, batch_size=batch_size, num_workers=workers,
                        shard=WorkSplit.parse(shard) or WHOLE, part_size=part_size, device=device,
                        precision=precision, threads=threads, ann=ann, decoder=decoder, window=window, stride=stride,
-                       max_video_bytes=max_video_bytes)
+                       max_video_bytes=max_video_bytes, runtime=runtime)
     with progress("retrieve index") as update:
         summary = build_index(req, progress=update)
     state = "complete" if summary["complete"] else "incomplete (other shards still to run)"
@@ -132,6 +134,11 @@ def query(
     exact: bool = typer.Option(False, "--exact", help="Scan every embedding even when the index has an ANN index."),
     precision: str = options.precision("retrieve query"),
     threads: int = options.threads("retrieve query"),
+    runtime: str = options.runtime("retrieve query"),
+    text_int8: bool = typer.Option(False, "--text-int8", help="An ONNX export in onnxruntime: its text tower with "
+                                   "int8 weights (made once, kept in the export's .runtime-cache/): 0.4x of fp32's "
+                                   "time per query, but near ties may swap (quickstart: top-10 keys as fp32's for "
+                                   "93% of captions; docs/benchmarks.md, \"Runtimes\")."),
     per_video: int = typer.Option(None, "--per-video", min=1, show_default="1", help="A window index: keep the N "
                                   "best moments of each video."),
     merge: float = typer.Option(None, "--merge", min=0.0, max=1.0, show_default="0.1", help="A window index: how far "
@@ -151,12 +158,13 @@ def query(
 
     Example: evilm retrieve query --index runs/synthetic/index -k 5 "a red star shrinks on a black background"
     Pipeline: cut -f2 captions.tsv | evilm retrieve query --index runs/synthetic/index --json | jq .key
+    From an export, int8 text: evilm retrieve query --index runs/synthetic/index-onnx --text-int8 "a blue star grows"
     Moments: evilm retrieve query --index runs/synthetic/moments --per-video 2 "a blue star grows" --contact-sheet m.png
     """
     from evilm_core.retrieval.query import Searcher
 
     searcher = Searcher(index_dir, checkpoint, precision=precision, exact=exact, threads=threads, per_video=per_video,
-                        merge=merge)
+                        merge=merge, runtime=runtime, text_int8=text_int8)
     rows, answered = [], 0
     for hits in searcher.stream(_queries(queries or []), k, batch=batch):
         answered += 1

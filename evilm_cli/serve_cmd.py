@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         device: str = options.device("serve"),
         precision: str = options.precision("serve"),
         threads: int = options.threads("serve"),
+        runtime: str = options.runtime("serve"),
     ):
         """Serve text-to-video search over indexes, with a web page at /.
 
@@ -48,5 +49,6 @@ def register(app: typer.Typer) -> None:
         from evilm_core.serve.server import serve as run
 
         run(index, host=host, port=port, token=token, insecure=insecure, exact=exact, max_batch=max_batch,
-            max_wait_ms=max_wait_ms, batches_in_flight=in_flight, max_k=max_k, qa=qa, device=device, precision=precision, threads=threads,
+            max_wait_ms=max_wait_ms, batches_in_flight=in_flight, max_k=max_k, qa=qa, device=device,
+            precision=precision, threads=threads, runtime=runtime,
             announce=lambda url: console.print(f"evilm serve: {url} (API docs: {url}docs)", highlight=False))

@@ -22,11 +22,22 @@ support it; x86 CPUs with AVX512-BF16 or AMX; ARM CPUs with the BF16 extension) 
 elsewhere, where bf16 is emulated and slower than fp32.
 
 Decoder. `auto` is the first backend that works here (data/video/read.py, resolve_decoder).
+
+Runtime (what runs the towers of an ONNX export; a checkpoint always runs in PyTorch). `auto` is
+OpenVINO where it is installed (extra `evilm[openvino]`) and the run computes in bf16, else
+onnxruntime: OpenVINO's CPU plugin in bf16 embeds a paper-size clip in 0.47-0.51x of
+onnxruntime's fp32 time (0.58x of PyTorch's bf16 path), while in fp32 the two are within 3-7%,
+either way round (docs/benchmarks.md, "Runtimes"), and onnxruntime starts a query process faster.
+
+PyTorch on the CPU in bf16 stores the encoders in bf16 (models/loading.py for_precision) under
+autocast: 0.87-0.95x of autocast alone's time at the same cosine to fp32 (docs/benchmarks.md,
+"Runtimes").
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import platform
@@ -37,7 +48,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from evilm_core.config.sections import DEVICE_PATTERN, PRECISIONS
+from evilm_core.config.sections import DEVICE_PATTERN, PRECISIONS, RUNTIMES
 from evilm_core.data.video.read import resolve_decoder
 from evilm_core.errors import EvilmError
 
@@ -54,6 +65,7 @@ class RunSettings:
     precision: str = "fp32"  # "fp32" | "bf16" (autocast)
     threads: int = 1  # torch's intra-op threads (onnxruntime's and FAISS's in a torch-free process)
     decoder: str | None = "pyav"  # the video backend: "pyav" | "decord" | "torchcodec"; None: the run decodes nothing
+    runtime: str = "onnxruntime"  # what runs an ONNX export: "onnxruntime" | "openvino" (a checkpoint: PyTorch)
 
     @property
     def torch_device(self):
@@ -80,15 +92,17 @@ class RunSettings:
 
 
 def resolve_settings(device: str = "auto", precision: str = "auto", threads: int = 0, decoder: str | None = "auto",
-                     local_rank: int | None = None, decoder_key: str = "--decoder") -> RunSettings:
-    """Resolve each setting of a run once (the four rules in the module docstring), log why, and
+                     local_rank: int | None = None, decoder_key: str = "--decoder",
+                     runtime: str = "auto") -> RunSettings:
+    """Resolve each setting of a run once (the five rules in the module docstring), log why, and
     return the concrete values. `local_rank` picks this process's GPU (default: LOCAL_RANK);
     `decoder` None: the run decodes no video (a query, frames from a shard set)."""
     rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
     dev = resolve_device(device, rank)
     n, why = resolve_threads(threads)
     backend = resolve_decoder(decoder, decoder_key) if decoder is not None else None
-    settings = RunSettings(dev, resolve_precision(precision, dev), n, backend)
+    resolved = resolve_precision(precision, dev)
+    settings = RunSettings(dev, resolved, n, backend, resolve_runtime(runtime, resolved))
     log.info("run settings: %s (threads: %s)", settings.describe(), why)
     return settings
 
@@ -161,6 +175,23 @@ def autocast(precision: str, device):
     import torch
 
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------- runtime
+
+OPENVINO_EXTRA = "--runtime openvino needs the openvino extra: pip install 'evilm[openvino]'"
+
+
+def resolve_runtime(runtime: str, precision: str) -> str:
+    """auto | onnxruntime | openvino -> what runs an ONNX export, given the run's resolved precision."""
+    if runtime not in RUNTIMES:
+        raise EvilmError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    if runtime == "openvino" and not has_openvino:
+        raise EvilmError(OPENVINO_EXTRA)
+    if runtime == "auto":
+        return "openvino" if has_openvino and precision == "bf16" else "onnxruntime"
+    return runtime
 
 
 # ---------------------------------------------------------------------------- threads

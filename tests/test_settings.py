@@ -150,3 +150,23 @@ def test_index_plan_shares_the_threads_out_among_cpu_workers():
     assert index_plan(RunSettings(threads=8), 2) == ProcessPlan(2, 4, 1)
     assert index_plan(RunSettings(threads=8), 0) == ProcessPlan(0, 8, 8)
     assert index_plan(RunSettings(device="cuda:0", threads=4), None) == ProcessPlan(settings.GPU_AUTO_WORKERS, 1, 4)
+
+
+def test_runtime_auto_is_openvino_only_in_bf16_where_installed(monkeypatch):
+    import importlib.util
+
+    from evilm_core.errors import EvilmError
+    from evilm_core.settings import resolve_runtime
+
+    real = importlib.util.find_spec
+    for installed in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, on=installed: (real("json") if on else None) if name == "openvino"
+                            else real(name))
+        assert resolve_runtime("auto", "bf16") == ("openvino" if installed else "onnxruntime")
+        assert resolve_runtime("auto", "fp32") == "onnxruntime"
+        assert resolve_runtime("onnxruntime", "bf16") == "onnxruntime"
+    with pytest.raises(EvilmError, match=r"pip install 'evilm\[openvino\]'"):
+        resolve_runtime("openvino", "bf16")  # not installed (still patched)
+    with pytest.raises(EvilmError, match="--runtime must be one of auto, onnxruntime, openvino"):
+        resolve_runtime("tensorrt", "fp32")

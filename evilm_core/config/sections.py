@@ -13,6 +13,7 @@ from evilm_core.config.loader import path_field
 # evilm_core/settings.py resolves them, once per run.
 DECODERS = ("auto", "pyav", "decord", "torchcodec")  # auto: the first of the others that works here (fastest first)
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes in it natively
+RUNTIMES = ("auto", "onnxruntime", "openvino")  # what runs an ONNX export (auto: settings.py resolve_runtime)
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # auto: this rank's GPU where CUDA exists, else the CPU
 MAX_VIDEO_BYTES = 4 << 30  # data.max_video_bytes' default: a bigger video is skipped and counted, never read
 

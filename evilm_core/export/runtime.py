@@ -2,11 +2,12 @@
 as EViLM (`embed_video`, `embed_text`), so retrieval treats an export like a checkpoint.
 
 Only the tower asked for is loaded, on first use: a query process never reads the video tower.
-onnxruntime sessions take their intra-op thread count from the project's thread policy
-(evilm_core/settings.py) when they are created; inter-op parallelism stays at 1 (one
-tower is one sequential graph). The ONNX towers run on NumPy arrays: given arrays, nothing here
-imports torch (a query over an ONNX export starts in about a second); given tensors, they
-return tensors (the index build path).
+An ONNX export runs in the run's runtime (settings.RunSettings.runtime): onnxruntime, in fp32,
+or OpenVINO (export/openvino.py), in the run's precision. Either takes its intra-op thread count
+from the project's thread policy (evilm_core/settings.py) when it is created; inter-op
+parallelism stays at 1 (one tower is one sequential graph). The ONNX towers run on NumPy
+arrays: given arrays, nothing here imports torch (a query over an ONNX export starts in about a
+second); given tensors, they return tensors (the index build path).
 
 The constants here (file names, format string) are the contract between the exporter
 (towers.py) and every reader; they live in this light module so a reader imports no exporter.
@@ -14,8 +15,10 @@ The constants here (file names, format string) are the contract between the expo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +33,7 @@ FORMAT = "evilm-export/1"
 KINDS = ("onnx", "torch")
 FILES = {"onnx": {"video": "video.onnx", "text": "text.onnx"}, "torch": {"video": "video.pt2", "text": "text.pt2"}}
 ONNX_EXTRA = "--format onnx needs the onnx extra: pip install 'evilm[onnx]'"
+RUNTIME_CACHE = ".runtime-cache"  # in the export: what runtimes derive from it (removed and replaced with it)
 _REQUIRED = ("model_hash", "format_kind", "image_size", "num_frames", "max_text_len", "embed_dim", "inputs",
              "outputs")
 
@@ -65,6 +69,42 @@ def is_export_dir(path: str | Path) -> bool:
     except (EvilmError, OSError):
         return False
     return True
+
+
+def cache_dir(export: Path) -> Path:
+    """Where what a runtime derives from an export is kept (OpenVINO's compiled models, the int8
+    text tower): the export's RUNTIME_CACHE when the export is writable, else
+    $XDG_CACHE_HOME/evilm/exports/<its path's hash>."""
+    if os.access(export, os.W_OK):
+        return export / RUNTIME_CACHE
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "evilm" / "exports" / hashlib.sha256(str(export.absolute()).encode()).hexdigest()[:16]
+
+
+def int8_text_tower(text_onnx: Path) -> Path:
+    """The text tower with its MatMul/Gemm weights in int8 (onnxruntime dynamic quantization:
+    activations quantized per call), made once and kept in the cache: 0.43x of fp32's time for
+    one query, at cosine 0.999 to fp32, which swaps near ties (the quickstart's top-10 keys are
+    fp32's for 93% of its captions; docs/benchmarks.md, "Runtimes"): opt-in."""
+    out = cache_dir(text_onnx.parent) / f"{text_onnx.stem}.int8.onnx"
+    if out.is_file() and out.stat().st_mtime >= text_onnx.stat().st_mtime:
+        return out
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise EvilmError(f"the int8 text tower: {ONNX_EXTRA}") from None
+    from evilm_core.fs import atomic_path
+
+    hint = logging.Filter("evilm")  # the quantizer's "consider pre-processing" note goes to the root logger
+    logging.getLogger().addFilter(hint)
+    try:
+        with atomic_path(out) as tmp:
+            quantize_dynamic(str(text_onnx), str(tmp), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        logging.getLogger().removeFilter(hint)
+    log.info("export %s: made the int8 text tower %s", text_onnx.parent, out)
+    return out
 
 
 def _onnx_runner(path: Path, names: list[str], output: str, threads: int) -> Callable:
@@ -117,20 +157,33 @@ class ExportedTowers:
     """The towers of one export directory; `open` it, then embed. Same shapes and semantics as
     EViLM.embed_video / embed_text: l2-normalised float32 [B, E], on the CPU."""
 
-    def __init__(self, directory: str | Path, meta: dict, threads: int = 1):
+    def __init__(self, directory: str | Path, meta: dict, threads: int = 1, runtime: str = "onnxruntime",
+                 precision: str = "fp32", text_int8: bool = False):
         self.directory, self.meta, self.threads = Path(directory), meta, threads
+        self.kind: str = meta["format_kind"]
+        self.text_int8 = text_int8  # the text tower in onnxruntime dynamic int8 (int8_text_tower)
+        # what computes, and in what arithmetic: an index records both (retrieval/index.py)
+        self.runtime: str = {"torch": "torch.export"}.get(self.kind, runtime)
+        self.precision: str = precision if self.runtime == "openvino" else "fp32"
         self.model_hash: str = meta["model_hash"]
         self.embed_dim: int = int(meta["embed_dim"])
         self.num_frames: int = int(meta["num_frames"])
         self.image_size: int = int(meta["image_size"])
         self.max_text_len: int = int(meta["max_text_len"])
-        self.kind: str = meta["format_kind"]
         self._runners: dict[str, Callable] = {}
 
     @classmethod
-    def open(cls, directory: str | Path, threads: int = 1) -> ExportedTowers:
-        """`threads`: onnxruntime's intra-op threads (the run's settings.threads)."""
-        return cls(directory, read_meta(directory), threads)
+    def open(cls, directory: str | Path, threads: int = 1, runtime: str = "onnxruntime",
+             precision: str = "fp32", text_int8: bool = False) -> ExportedTowers:
+        """`threads`: the runtime's intra-op threads (the run's settings.threads); `runtime` and
+        `precision`: the run's resolved settings.runtime and settings.precision (onnxruntime runs
+        fp32); `text_int8`: the text tower in int8 (an ONNX export in onnxruntime only)."""
+        towers = cls(directory, read_meta(directory), threads, runtime, precision, text_int8)
+        if text_int8 and (towers.kind != "onnx" or towers.runtime != "onnxruntime"):
+            raise EvilmError(f"--text-int8 runs an ONNX export's text tower in onnxruntime; {directory} is "
+                             f"{'a ' + towers.kind + ' export' if towers.kind != 'onnx' else 'run by ' + runtime} "
+                             "(give --runtime onnxruntime, or leave --text-int8 out)")
+        return towers
 
     def _runner(self, tower: str) -> Callable:
         """The tower's program, loaded on first use only."""
@@ -139,12 +192,19 @@ class ExportedTowers:
             if not path.is_file():
                 raise EvilmError(f"{self.directory}: {path.name} is missing; export again with "
                                  f"`evilm export CKPT --out {self.directory} --format {self.kind}`")
-            if self.kind == "onnx":
-                names = [i["name"] for i in self.meta["inputs"][tower]]
+            names = [i["name"] for i in self.meta["inputs"][tower]]
+            if self.runtime == "openvino":
+                from evilm_core.export.openvino import openvino_runner
+
+                runner = openvino_runner(path, names, self.threads, self.precision, static_batch=tower == "video")
+            elif self.kind == "onnx":
+                if tower == "text" and self.text_int8:
+                    path = int8_text_tower(path)
                 runner = _onnx_runner(path, names, self.meta["outputs"][tower][0]["name"], self.threads)
             else:
                 runner = _torch_runner(path)
-            log.debug("export %s: loaded the %s tower (%s)", self.directory, tower, path.name)
+            log.debug("export %s: loaded the %s tower (%s, %s %s)", self.directory, tower, path.name, self.runtime,
+                      self.precision)
             self._runners[tower] = runner
         return self._runners[tower]
 

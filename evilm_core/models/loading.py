@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
@@ -27,6 +28,7 @@ from evilm_core.models.evilm import EViLM
 from evilm_core.models.pretrained import FORMAT, build_from_directory, checkpoint_model_config
 
 log = logging.getLogger("evilm.models")
+BF16_TRUNK = ("video", "text", "fusion")  # what the CPU's bf16 path stores in bf16 (heads, projections: fp32)
 SAFE_MODEL_KEYS = ("dropout",)  # recipe values that may differ from the checkpoint's
 TEXT_PREFIXES = ("text.", "fusion.", "retrieval.", "logit_scale")  # what EViLM.text_side holds
 
@@ -107,3 +109,18 @@ def load_text_side(checkpoint: str | Path) -> tuple[EViLM, Path]:
     return model.eval(), directory
 
 
+
+
+def for_precision(model: EViLM, precision: str, device: str = "cpu") -> EViLM:
+    """The model as a run computes with it. On the CPU in bf16 the encoders and the fusion
+    decoder are stored in bf16 and still run under the run's autocast: autocast alone converts
+    every weight on every forward pass, and bf16 weights take 0.87x (one clip) to 0.95x (four)
+    of its time at the same cosine to fp32 (docs/benchmarks.md, "Runtimes"). The retrieval
+    projections, the heads and the logit scale stay fp32: scores and embeddings are computed in
+    fp32 as under autocast (EViLM._project, models/scoring.py). Elsewhere: unchanged."""
+    if precision == "bf16" and str(device).split(":")[0] == "cpu":
+        for name in BF16_TRUNK:
+            part = getattr(model, name, None)
+            if part is not None:
+                part.to(torch.bfloat16)
+    return model

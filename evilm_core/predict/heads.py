@@ -84,11 +84,12 @@ def error_row(video: str, reason: str, detail: str) -> dict:
     return {"key": escape_key(video), "error": reason, "detail": detail}
 
 
-def open_predictor(directory: str, head: Head, threads: int):
-    """In a CPU loader worker (engine/workers.py): the checkpoint's model, as a batch -> scores function."""
-    from evilm_core.models.loading import load_checkpoint
+def open_predictor(directory: str, head: Head, threads: int, precision: str = "fp32"):
+    """In a CPU loader worker (engine/workers.py): the checkpoint's model, in the run's `precision`
+    (bf16 weights in bf16: models/loading.py for_precision), as a batch -> scores function."""
+    from evilm_core.models.loading import for_precision, load_checkpoint
 
-    net = load_checkpoint(directory).model.eval()
+    net = for_precision(load_checkpoint(directory).model.eval(), precision)
     return lambda batch: head.compute(net, batch)
 
 

@@ -88,7 +88,7 @@ def _answer(req: PredictRequest, info: CheckpointInfo, plan: Plan, settings: Run
     device, workers = settings.torch_device, processes.workers
     in_workers = settings.is_cpu and workers > 0
     tokens = TextTokens(info.directory, info.model.max_text_len)
-    net = None if in_workers else _load(info).to(device)
+    net = None if in_workers else _load(info, settings).to(device)
     head = Head(plan.head, info.classes, info.feature)
     if plan.head == "texts":
         head.text_emb = _embed_texts(info, net, tokens, plan.texts, settings)
@@ -96,7 +96,8 @@ def _answer(req: PredictRequest, info: CheckpointInfo, plan: Plan, settings: Run
     extras = PairFields(tokens, [c.items for c in todo]) if plan.head in ("qa", "mc") else None
     dataset = clip_dataset([c.record for c in todo], plan.source.root, req.num_frames, info.model.image_size,
                            frames=frames, extras=extras)
-    collate = ComputeInWorker(partial(open_predictor, str(info.directory), head), settings.precision,
+    collate = ComputeInWorker(partial(open_predictor, str(info.directory), head, precision=settings.precision),
+                              settings.precision,
                               processes.worker_threads) if in_workers else collate_clips
     position, start = 0, time.monotonic()
     for batch in eval_loader(dataset, req.batch_size, workers, collate_fn=collate):
@@ -138,19 +139,20 @@ def _batch_rows(head: Head, plan: Plan, clips: list[Clip], batch: dict, done: se
     return rows
 
 
-def _load(info: CheckpointInfo):
-    from evilm_core.models.loading import load_checkpoint
+def _load(info: CheckpointInfo, settings: RunSettings):
+    """The model as this process computes with it (bf16 weights on the CPU in bf16: models/loading.py)."""
+    from evilm_core.models.loading import for_precision, load_checkpoint
 
-    return load_checkpoint(info.directory).model.eval()
+    return for_precision(load_checkpoint(info.directory).model.eval(), settings.precision, settings.device)
 
 
 def _embed_texts(info: CheckpointInfo, net, tokens: TextTokens, texts: list[str], settings: RunSettings):
     """The texts' embeddings [T, E] (CPU): with the loaded model, else its text side alone."""
     if net is None:
-        from evilm_core.models.loading import load_text_side
+        from evilm_core.models.loading import for_precision, load_text_side
 
         net, _ = load_text_side(info.directory)
-        net.to(settings.torch_device)
+        for_precision(net, settings.precision, settings.device).to(settings.torch_device)
     for text in texts:
         unknown = tokens.unknown_words(text)
         if unknown:

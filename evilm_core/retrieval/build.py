@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -32,6 +32,7 @@ from evilm_core.retrieval.index import (
     META,
     PARTS,
     IndexMeta,
+    check_same_arithmetic,
     consolidate,
     indexed_keys,
     indexed_rows,
@@ -67,6 +68,7 @@ class IndexRequest:
     ann: str | None = None  # build an approximate index too: faiss-ivf | faiss-ivfpq | faiss-hnsw
     decoder: str = "auto"  # video decoder (config/sections.py DECODERS)
     max_video_bytes: int = MAX_VIDEO_BYTES  # a bigger video is skipped and counted, never read
+    runtime: str = "auto"  # what runs an ONNX export: auto | onnxruntime | openvino (settings.resolve_runtime)
     window: float | None = None  # seconds per window: one row per window of each video (None: one per video)
     stride: float | None = None  # seconds between window starts (None: half the window)
 
@@ -87,8 +89,7 @@ def collection(req: IndexRequest) -> tuple[Collection, str]:
     return coll, str(Path(source.get("videos") or source.get("root") or source["shards"]).absolute())
 
 
-def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precision: str,
-                    source: dict | None = None) -> IndexMeta:
+def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, source: dict | None = None) -> IndexMeta:
     spec = req.window_spec()
     if (out / META).is_file():
         meta = read_meta(out)
@@ -100,9 +101,7 @@ def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precis
         if meta.num_frames != req.num_frames:
             raise EvilmError(f"index {out} samples {meta.num_frames} frames per video but --frames is "
                              f"{req.num_frames}; use the same value to extend it")
-        if meta.precision != precision:
-            raise EvilmError(f"index {out} holds {meta.precision} embeddings but this run computes {precision}; "
-                             f"extend it with --precision {meta.precision} (one index never mixes the two)")
+        check_same_arithmetic(meta, side.runtime, side.precision, out)
         if meta.root != root:
             log.warning("index %s: new videos resolve against %s (index root: %s)", out, root, meta.root)
         return meta
@@ -110,8 +109,8 @@ def _open_or_create(out: Path, side: Tower, req: IndexRequest, root: str, precis
         raise EvilmError(f"--out {out} exists and is not an index (no {META}); choose a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
     meta = IndexMeta(FORMAT if spec is None else FORMAT_WINDOWS, side.model_hash, str(side.directory.absolute()),
-                     side.embed_dim, req.num_frames, side.image_size, root, precision=precision,
-                     window=spec and spec.window, stride=spec and spec.stride, source=source)
+                     side.embed_dim, req.num_frames, side.image_size, root, precision=side.precision,
+                     runtime=side.runtime, window=spec and spec.window, stride=spec and spec.stride, source=source)
     write_meta(out, meta)
     return meta
 
@@ -125,11 +124,12 @@ def _check_frames(side: Tower, num_frames: int) -> None:
         raise EvilmError(f"--frames {num_frames}: the model of {side.directory} takes 1 to {side.max_frames} frames")
 
 
-def open_embedder(source: str, threads: int, meta: IndexMeta | None = None):
-    """In a CPU loader worker (engine/workers.py): the video side of `source`, as a batch ->
-    {"embedding" [B, E], "embed_s"} function that takes the pixels off the batch (a window
-    index's span: its frames, embedded window by window: engine/windows.py)."""
-    side = open_video_side(source, threads=threads).to(torch.device("cpu"))
+def open_embedder(source: str, threads: int, settings: RunSettings, meta: IndexMeta | None = None):
+    """In a CPU loader worker (engine/workers.py): the video side of `source` (the run's
+    `settings` on this worker's `threads`), as a batch -> {"embedding" [B, E], "embed_s"}
+    function that takes the pixels off the batch (a window index's span: its frames, embedded
+    window by window: engine/windows.py)."""
+    side = open_video_side(source, replace(settings, threads=threads)).to(torch.device("cpu"))
     model = window_model(side, torch.device("cpu"), meta.image_size, meta.num_frames) if meta is not None else None
 
     def embed(batch: dict) -> dict:
@@ -165,21 +165,23 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
         raise EvilmError(f"--window needs the videos themselves; {req.manifest} is a shard set, which stores a few "
                          "frames per clip; index the manifest the shards were made from")
     settings = settings or resolve_settings(req.device, req.precision, req.threads,
-                                            None if coll.shards else req.decoder)  # before any file is written
+                                            None if coll.shards else req.decoder,
+                                            runtime=req.runtime)  # before any file is written
     plan = index_plan(settings, req.num_workers)
     set_torch_threads(plan.main_threads)
     in_workers = settings.is_cpu and plan.workers > 0
-    side = open_video_side(req.checkpoint, load=not in_workers, threads=plan.main_threads)  # workers load their own
+    side = open_video_side(req.checkpoint, replace(settings, threads=plan.main_threads),
+                           load=not in_workers)  # workers load their own
     out = Path(req.out)
     _check_frames(side, req.num_frames)
     for debris in (out, out / PARTS):  # what killed runs of this host left behind
         clean_stale_temps(debris)
-    precision = settings.precision if side.kind == "torch" else "fp32"  # an export computes in fp32
+    precision = side.precision  # an export in onnxruntime computes in fp32 whatever the run's precision
     fresh = not (out / META).is_file()
-    meta = _open_or_create(out, side, req, root, precision, coll.source)
+    meta = _open_or_create(out, side, req, root, coll.source)
     mine = split.take(coll.keys)
     counts = {"total": len(coll.keys), "embedded": 0, "already": 0, "skipped": 0, "precision": precision,
-              "decoder": settings.decoder}
+              "runtime": side.runtime, "decoder": settings.decoder}
     if spec is None:
         done = indexed_keys(out) | skipped_keys(out)
         todo = [k for k in mine if k not in done]
@@ -187,12 +189,13 @@ def build_index(req: IndexRequest, progress: Progress | None = None, settings: R
     else:
         counts.update(windows=0, short=0, skipped_spans=0, decode_s=0.0, embed_s=0.0)
         todo = plan_spans(coll, mine, root, out, spec, settings.decoder, counts)
-    log.info("index %s: %d videos, part %s owns %d, %d %s to embed (%s, %s)", out, len(coll.keys), split, len(mine),
-             len(todo), "videos" if spec is None else f"spans ({counts['windows']} windows)", settings.device,
-             precision)
+    log.info("index %s: %d videos, part %s owns %d, %d %s to embed (%s, %s %s)", out, len(coll.keys), split,
+             len(mine), len(todo), "videos" if spec is None else f"spans ({counts['windows']} windows)", settings.device,
+             side.runtime, precision)
     if todo:
         collate_items = collate_clips if spec is None else collate_span
-        collate = ComputeInWorker(partial(open_embedder, str(side.directory), meta=spec and meta), precision,
+        collate = ComputeInWorker(partial(open_embedder, str(side.directory), settings=settings, meta=spec and meta),
+                                  precision,
                                   plan.worker_threads, collate_items) if in_workers else collate_items
         job = EmbedJob(coll, todo, root, meta, out, split, settings, plan.workers, collate)
         try:

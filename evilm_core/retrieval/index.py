@@ -2,7 +2,8 @@
 
 Layout of an index directory:
 
-    index.yaml                  {format, model_hash, checkpoint, embed_dim, num_frames, image_size, root, count}
+    index.yaml                  {format, model_hash, checkpoint, embed_dim, num_frames, image_size, root, count,
+                                precision, runtime}
                                 (+ window, stride: a window index, format evilm-index/2)
     embeddings.safetensors      "embeddings" [N, E] float32, l2-normalised, row i = line i of keys.txt;
                                 a window index adds "windows" [N, 3] float64: start, end, video duration (s)
@@ -88,6 +89,8 @@ class IndexMeta:
     count: int = 0  # consolidated rows
     precision: str = "fp32"  # fp32 | bf16: the arithmetic of the video side (an index never mixes them)
     source: dict | None = None  # what was collected: {"manifest", "format", "root"} | {"videos"} | {"shards"}
+    runtime: str | None = None  # torch | onnxruntime | openvino | torch.export: what computed it (never mixed);
+    # None: an index written before runtimes were recorded (by PyTorch or onnxruntime)
     window: float | None = None  # seconds per window (a window index); None: one row per video
     stride: float | None = None  # seconds between a video's window starts (a window index)
 
@@ -118,8 +121,29 @@ def read_meta(directory: str | Path) -> IndexMeta:
 
 def write_meta(directory: Path, meta: IndexMeta) -> None:
     """index.yaml; the window keys only in a window index (an index without them is written as before)."""
-    save_yaml({k: v for k, v in asdict(meta).items() if v is not None or k not in ("window", "stride")},
+    save_yaml({k: v for k, v in asdict(meta).items() if v is not None or k not in ("window", "stride", "runtime")},
               directory / META)
+
+
+LEGACY_RUNTIMES = ("torch", "onnxruntime", "torch.export")  # what could have written an index without `runtime`
+
+
+def check_same_arithmetic(meta: IndexMeta, runtime: str, precision: str, directory: Path) -> None:
+    """Extending an index: the run must compute as the index's rows were computed (same runtime,
+    same precision); a mix would rank rows of two arithmetics against each other."""
+    same_runtime = meta.runtime == runtime if meta.runtime is not None else runtime in LEGACY_RUNTIMES
+    if same_runtime and meta.precision == precision:
+        return
+    made = f"{meta.runtime or 'PyTorch or onnxruntime'} in {meta.precision}"
+    if meta.runtime in ("onnxruntime", "openvino"):
+        how = f"its export with --runtime {meta.runtime} --precision {meta.precision}"
+    elif meta.runtime == "torch":
+        how = f"its checkpoint with --precision {meta.precision}"
+    else:
+        how = f"--precision {meta.precision} and the source that built it"
+    raise EvilmError(f"index {directory} holds {meta.precision} embeddings computed by {made}, but this run computes "
+                     f"with {runtime} in {precision}; extend it with {how} (one index never mixes runtimes or "
+                     "precisions), or write to a new --out")
 
 
 def _load_embeddings(path: Path, name: str = "embeddings") -> np.ndarray:

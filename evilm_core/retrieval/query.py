@@ -2,8 +2,8 @@
 
 A query needs the text encoder, the fusion decoder (the text-only pass [CLS, e^L + t^L]) and
 the text retrieval projection; the video encoder and every head stay on disk (safetensors reads
-tensors by name), or the text tower of an export runs in onnxruntime, on NumPy arrays: that path
-never imports torch, so a one-query process starts in about a second (docs/performance.md,
+tensors by name), or the text tower of an export runs in onnxruntime or OpenVINO, on NumPy arrays:
+that path never imports torch, so a one-query process starts in about a second (docs/performance.md,
 "Start-up"). The checkpoint is the one
 the index records unless another is given, and its weights must hash to the index's
 `model_hash`: embeddings of two models are not comparable. Queries are embedded in batches of
@@ -48,19 +48,19 @@ class Hit:
 
 class Searcher:
     """An index plus the text side of the model that built it (a checkpoint's PyTorch text side,
-    or the text tower of an `evilm export` directory run by onnxruntime), and its ANN index when
-    one was built (`--ann`) unless `exact`."""
+    or the text tower of an `evilm export` directory run by onnxruntime or OpenVINO), and its ANN
+    index when one was built (`--ann`) unless `exact`."""
 
     def __init__(self, index: str | Path, checkpoint: str | Path | None = None, precision: str = "fp32",
                  exact: bool = False, threads: int = 0, settings: RunSettings | None = None, per_video: int | None = None,
-                 merge: float | None = None):
-        settings = settings or resolve_settings("cpu", precision, threads, decoder=None)
+                 merge: float | None = None, runtime: str = "auto", text_int8: bool = False):
+        settings = settings or resolve_settings("cpu", precision, threads, decoder=None, runtime=runtime)
         self.index = IndexView(index)
         meta = self.index.meta
         self.runs = VideoRuns(self.index) if meta.window is not None else None  # moments (docs/retrieval.md)
         self.per_video, self.merge = check_moment_options(self.index.directory, meta.window, per_video, merge)
-        self.text = open_text_side(checkpoint if checkpoint is not None else meta.checkpoint,
-                                   given=checkpoint is not None, threads=settings.threads)
+        self.text = open_text_side(checkpoint if checkpoint is not None else meta.checkpoint, settings,
+                                   given=checkpoint is not None, text_int8=text_int8)
         if self.text.kind == "torch":
             settings.apply()  # an export's query process never imports torch
         if self.text.model_hash != meta.model_hash:
@@ -71,7 +71,7 @@ class Searcher:
         if self.text.embed_dim != meta.embed_dim:
             raise EvilmError(f"index {self.index.directory} has {meta.embed_dim}-d embeddings but the model gives "
                              f"{self.text.embed_dim}-d")
-        self.precision = settings.precision if self.text.kind == "torch" else "fp32"  # an export computes in fp32
+        self.precision = self.text.precision  # an export in onnxruntime computes in fp32
         self.tokens = TextTokens(self.text.directory, self.text.max_text_len)
         self.ann = None if exact else open_ann(self.index, threads=settings.threads)
 

@@ -99,12 +99,12 @@ def parse_indexes(specs: list[str]) -> dict[str, str]:
 
 def serve(index: list[str], host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           insecure: bool = False, device: str = "auto", precision: str = "fp32", threads: int = 0,
-          announce: Callable[[str], None] = lambda url: None, **limits) -> None:
+          runtime: str = "auto", announce: Callable[[str], None] = lambda url: None, **limits) -> None:
     """What `evilm serve` does: resolve the run settings once, check, bind and run until stopped.
     `limits`: ServeConfig's fields (max_batch, max_wait_ms, max_k, exact, ...)."""
     from evilm_core.settings import resolve_settings
 
     config = ServeConfig(parse_indexes(index), settings=None, host=host, port=port, token=token or None, **limits)
     check_config(config, insecure)
-    config.settings = resolve_settings(device, precision, threads, "auto")
+    config.settings = resolve_settings(device, precision, threads, "auto", runtime=runtime)
     run_server(config, announce)

@@ -1,5 +1,5 @@
-"""The other ways through `evilm retrieve`: from an `evilm export` directory (onnxruntime), in
-bf16, with an ANN index, and the warnings and errors that go with them. Console script, files
+"""The other ways through `evilm retrieve`: from an `evilm export` directory (onnxruntime, and
+OpenVINO where installed), in bf16, with an ANN index, and the warnings and errors that go with them. Console script, files
 on disk, the tiny random model of test_retrieve_cli.py."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def onnx_index(setup):
     base, model, common = setup
     export = base / "export"
     run_evilm("export", model, "--out", export, "--format", "onnx")
-    run_evilm("retrieve", "index", "--checkpoint", export, "--out", base / "onnx", *common)
+    run_evilm("retrieve", "index", "--checkpoint", export, "--out", base / "onnx", "--runtime", "onnxruntime", *common)
     return export, base / "onnx"
 
 
@@ -90,8 +90,8 @@ def test_bf16_index_is_recorded_close_and_never_mixed(setup, synth_dir):
     base, model, common = setup
     summary = last_json(run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "bf16",
                                   "--precision", "bf16", *common).stdout)
-    assert summary["precision"] == "bf16"
-    assert "precision: bf16" in (base / "bf16" / "index.yaml").read_text()
+    assert summary["precision"] == "bf16" and summary["runtime"] == "torch"  # bf16 weights (models/loading.py)
+    assert "precision: bf16\nruntime: torch" in (base / "bf16" / "index.yaml").read_text()
     from safetensors.torch import load_file
 
     a = load_file(str(base / "torch" / "embeddings.safetensors"))["embeddings"]
@@ -144,7 +144,8 @@ def test_window_index_from_an_export_and_its_query_without_torch(setup, onnx_ind
 
     base, model, _ = setup
     export, _ = onnx_index
-    windows = ["--manifest", long_dir / "moments.jsonl", "--window", "2", "--stride", "1", "--workers", "0"]
+    windows = ["--manifest", long_dir / "moments.jsonl", "--window", "2", "--stride", "1", "--workers", "0",
+               "--runtime", "onnxruntime"]
     run_evilm("retrieve", "index", "--checkpoint", export, "--out", base / "onnx-windows", *windows)
     from evilm_core.retrieval.build import IndexRequest, build_index
 

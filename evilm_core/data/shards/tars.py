@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from evilm_core.data.video.read import TarMember
-from evilm_core.errors import VideoDecodeError
 
 META_BYTES = 1 << 20  # the most a caption, a JSON member or an extended tar header may hold
 _KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
