@@ -88,9 +88,9 @@ class IndexMeta:
     root: str  # where relative keys resolve (for contact sheets)
     count: int = 0  # consolidated rows
     precision: str = "fp32"  # fp32 | bf16: the arithmetic of the video side (an index never mixes them)
-    source: dict | None = None  # what was collected: {"manifest", "format", "root"} | {"videos"} | {"shards"}
     runtime: str | None = None  # torch | onnxruntime | openvino | torch.export: what computed it (never mixed);
     # None: an index written before runtimes were recorded (by PyTorch or onnxruntime)
+    source: dict | None = None  # what was collected: {"manifest", "format", "root"} | {"videos"} | {"shards"}
     window: float | None = None  # seconds per window (a window index); None: one row per video
     stride: float | None = None  # seconds between a video's window starts (a window index)
 
