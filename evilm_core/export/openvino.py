@@ -7,7 +7,8 @@ runtime cache (runtime.py cache_dir: in the export when it is writable, else the
 to open a tower reads the compiled blob instead of compiling (about 0.1 s instead of 0.4 s, docs/
 benchmarks.md, "Runtimes"). The video tower is compiled once per batch size it is given (static
 shapes run about 13% faster than the export's dynamic batch; an index gives it one or two sizes),
-the text tower once with its dynamic batch (a query stream gives it every size from 1 to --batch).
+the text tower once with its dynamic batch and length (a query stream gives it every size from 1
+to --batch, each cut to its longest query: runtime.py trim_text; one blob, no per-call reshape).
 """
 
 from __future__ import annotations

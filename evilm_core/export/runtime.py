@@ -9,6 +9,11 @@ parallelism stays at 1 (one tower is one sequential graph). The ONNX towers run 
 arrays: given arrays, nothing here imports torch (a query over an ONNX export starts in about a
 second); given tensors, they return tensors (the index build path).
 
+A text tower exported with a dynamic length (export.json "text_length": "dynamic") runs on ids
+and mask cut to the batch's longest real length (trim_text): a caption of 11 tokens costs 0.4x
+of the 40-token padded pass (docs/benchmarks.md, "Runtimes"). An export without that key has
+a fixed length and is run padded to max_text_len, as before.
+
 The constants here (file names, format string) are the contract between the exporter
 (towers.py) and every reader; they live in this light module so a reader imports no exporter.
 """
@@ -34,6 +39,8 @@ KINDS = ("onnx", "torch")
 FILES = {"onnx": {"video": "video.onnx", "text": "text.onnx"}, "torch": {"video": "video.pt2", "text": "text.pt2"}}
 ONNX_EXTRA = "--format onnx needs the onnx extra: pip install 'evilm[onnx]'"
 RUNTIME_CACHE = ".runtime-cache"  # in the export: what runtimes derive from it (removed and replaced with it)
+DYNAMIC_LENGTH = "dynamic"  # export.json "text_length" of a text tower that takes any length up to max_text_len
+MIN_TEXT_LEN = 2  # the shortest length such a tower takes (torch.export specialises sizes 0 and 1)
 _REQUIRED = ("model_hash", "format_kind", "image_size", "num_frames", "max_text_len", "embed_dim", "inputs",
              "outputs")
 
@@ -138,6 +145,18 @@ def _torch_runner(path: Path) -> Callable:
     return run
 
 
+def trim_text(ids: np.ndarray, mask: np.ndarray, min_len: int = MIN_TEXT_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """ids and mask [B, L] cut to the columns up to the batch's last real token (at least
+    `min_len`, zero-padded up to it if L is shorter): the same embeddings as the padded pass,
+    since the model attends to no masked position, for a fraction of its arithmetic."""
+    real = np.flatnonzero(mask.any(axis=0))  # columns where some row has a real token
+    length = max(min_len, int(real[-1]) + 1 if real.size else 0)
+    if length >= ids.shape[1]:
+        extra = ((0, 0), (0, length - ids.shape[1]))
+        return (np.pad(ids, extra), np.pad(mask, extra)) if extra[1][1] else (ids, mask)
+    return np.ascontiguousarray(ids[:, :length]), np.ascontiguousarray(mask[:, :length])
+
+
 def _as_array(x, dtype) -> tuple[np.ndarray, bool]:
     """(a contiguous CPU array of `x`, whether `x` was a torch tensor)."""
     if hasattr(x, "detach"):
@@ -170,6 +189,9 @@ class ExportedTowers:
         self.num_frames: int = int(meta["num_frames"])
         self.image_size: int = int(meta["image_size"])
         self.max_text_len: int = int(meta["max_text_len"])
+        # a dynamic-length text tower runs on trimmed ids (trim_text); an older export is fixed at max_text_len
+        self.min_text_len: int | None = (int(meta.get("min_text_len", MIN_TEXT_LEN))
+                                         if meta.get("text_length") == DYNAMIC_LENGTH else None)
         self._runners: dict[str, Callable] = {}
 
     @classmethod
@@ -221,15 +243,21 @@ class ExportedTowers:
         return _like(self._runner("video")(x).astype(np.float32, copy=False), tensor)
 
     def embed_text(self, input_ids, attention_mask):
-        """Token ids and mask [B, L] (L = max_text_len, as evilm_core.text.tokens pads) -> [B, E];
-        arrays in, an array out; tensors in, a tensor out."""
+        """Token ids and mask [B, L] (L = max_text_len, as evilm_core.text.tokens pads; a dynamic-
+        length export also takes a shorter L) -> [B, E]; arrays in, an array out; tensors in, a
+        tensor out."""
         ids, tensor = _as_array(input_ids, np.int64)  # [B, L]
         mask, _ = _as_array(attention_mask, np.int64)  # [B, L]
-        if ids.ndim != 2 or ids.shape[1] != self.max_text_len or ids.shape != mask.shape:
-            raise EvilmError(f"the export {self.directory} takes ids and mask [B, {self.max_text_len}], got "
+        dynamic = self.min_text_len is not None
+        if (ids.ndim != 2 or ids.shape != mask.shape or ids.shape[1] > self.max_text_len
+                or (not dynamic and ids.shape[1] != self.max_text_len)):
+            want = f"at most {self.max_text_len}" if dynamic else str(self.max_text_len)
+            raise EvilmError(f"the export {self.directory} takes ids and mask [B, L] with L {want}, got "
                              f"{list(ids.shape)} and {list(mask.shape)}")
         if ids.shape[0] == 0:
             return _like(np.zeros((0, self.embed_dim), np.float32), tensor)
+        if dynamic:
+            ids, mask = trim_text(ids, mask, self.min_text_len)  # [B, L'], L' = the longest real length
         return _like(self._runner("text")(ids, mask).astype(np.float32, copy=False), tensor)
 
     @property

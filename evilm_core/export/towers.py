@@ -6,11 +6,13 @@ standalone programs, plus what a server needs to feed them (vocab.txt, export.js
     DIR/vocab.txt                the checkpoint's vocabulary (queries are tokenized with it)
     DIR/export.json              evilm-export/1: model_hash, shapes, input normalisation, check
 
-The batch dimension is dynamic; the frame count (--frames) and the text length (the model's
-max_text_len) are fixed, as the tokenizer pads to max_text_len and an index samples a fixed
-number of frames. Everything is written in a temporary directory beside DIR, checked against
-PyTorch there (an export that does not reproduce the model is never published), export.json
-written last, and the directory swapped in whole: a crash leaves the previous export or none.
+The batch dimension is dynamic, and so is the text length (2 to the model's max_text_len,
+export.json "text_length": "dynamic"): runtime.py cuts a batch of queries to its longest real
+length (about 0.4x of the padded pass's time for a caption; docs/benchmarks.md, "Runtimes"). The
+frame count (--frames) is fixed, as an index samples a fixed number of frames. Everything is
+written in a temporary directory beside DIR, checked against PyTorch there (an export that
+does not reproduce the model is never published), export.json written last, and the directory
+swapped in whole: a crash leaves the previous export or none.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ from evilm_core.checkpoints import files as ckpt
 from evilm_core.checkpoints.resolve import resolve_checkpoint
 from evilm_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from evilm_core.errors import EvilmError
-from evilm_core.export.runtime import FILES, FORMAT, KINDS, META, ONNX_EXTRA, ExportedTowers
+from evilm_core.export.runtime import (
+    DYNAMIC_LENGTH,
+    FILES,
+    FORMAT,
+    KINDS,
+    META,
+    MIN_TEXT_LEN,
+    ONNX_EXTRA,
+    ExportedTowers,
+)
 from evilm_core.fs import atomic_dir, atomic_write_text, clean_stale_temps
 from evilm_core.models.evilm import EViLM
 from evilm_core.models.loading import LoadedCheckpoint, load_checkpoint
@@ -135,13 +146,18 @@ def _quiet() -> Iterator[None]:
         chatty.setLevel(level)
 
 
-def _dynamic(names: tuple[str, ...]) -> dict:
-    batch = torch.export.Dim("batch", min=1)  # one Dim for all inputs: they share the batch
-    return {n: {0: batch} for n in names}
+def _dynamic(names: tuple[str, ...], max_text_len: int) -> dict:
+    """The dynamic dimensions of a tower's inputs: the batch, and for the text tower the length
+    (traced at max_text_len with padded tails; one Dim per kind: the inputs share them)."""
+    batch = torch.export.Dim("batch", min=1)
+    if names != TEXT_INPUTS:
+        return {n: {0: batch} for n in names}
+    length = torch.export.Dim("length", min=MIN_TEXT_LEN, max=max_text_len)
+    return {n: {0: batch, 1: length} for n in names}
 
 
 def _export_onnx(tower: nn.Module, args: tuple, names: tuple[str, ...], output: str, path: Path,
-                 opset: int | None) -> dict:
+                 opset: int | None, dims: dict) -> dict:
     """The one place the ONNX exporter is chosen. First torch.onnx's dynamo exporter
     (torch.export + onnxscript): it is the supported one, its dynamic batch comes from
     torch.export's symbolic shapes (checked, not assumed) and opset None means its own default.
@@ -151,14 +167,14 @@ def _export_onnx(tower: nn.Module, args: tuple, names: tuple[str, ...], output: 
     try:
         with _quiet():
             torch.onnx.export(tower, args, str(path), input_names=list(names), output_names=[output], dynamo=True,
-                              dynamic_shapes=_dynamic(names), opset_version=opset, external_data=False,
+                              dynamic_shapes=dims, opset_version=opset, external_data=False,
                               verbose=False)
         exporter = "torch.onnx dynamo"
     except Exception as err:  # anything the tracer or translator raises: try the other exporter
         log.warning("the dynamo ONNX exporter failed (%s); using the TorchScript exporter",
                     str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__)
         path.unlink(missing_ok=True)
-        axes = {n: {0: "batch"} for n in (*names, output)}
+        axes = {output: {0: "batch"}, **{n: {a: d.__name__ for a, d in dims[n].items()} for n in names}}
         with _quiet():
             torch.onnx.export(tower, args, str(path), input_names=list(names), output_names=[output], dynamo=False,
                               dynamic_axes=axes, opset_version=opset or LEGACY_OPSET)
@@ -170,9 +186,9 @@ def _export_onnx(tower: nn.Module, args: tuple, names: tuple[str, ...], output: 
                                                 None)}
 
 
-def _export_torch(tower: nn.Module, args: tuple, names: tuple[str, ...], path: Path) -> dict:
+def _export_torch(tower: nn.Module, args: tuple, path: Path, dims: dict) -> dict:
     with _quiet():
-        program = torch.export.export(tower, args, dynamic_shapes=_dynamic(names))
+        program = torch.export.export(tower, args, dynamic_shapes=dims)
         torch.export.save(program, str(path))
     return {"exporter": "torch.export", "opset": None}
 
@@ -181,7 +197,7 @@ def _io_specs(model: EViLM, num_frames: int) -> tuple[dict, dict]:
     cfg = model.cfg
     inputs = {"video": [{"name": "pixels", "shape": ["batch", num_frames, 3, cfg.image_size, cfg.image_size],
                          "dtype": "float32"}],
-              "text": [{"name": n, "shape": ["batch", cfg.max_text_len], "dtype": "int64"} for n in TEXT_INPUTS]}
+              "text": [{"name": n, "shape": ["batch", "length"], "dtype": "int64"} for n in TEXT_INPUTS]}
     outputs = {t: [{"name": OUTPUTS[t], "shape": ["batch", cfg.embed_dim], "dtype": "float32"}] for t in OUTPUTS}
     return inputs, outputs
 
@@ -199,6 +215,8 @@ def _metadata(loaded: LoadedCheckpoint, fmt: str, num_frames: int, how: dict) ->
         "image_size": cfg.image_size,
         "num_frames": num_frames,
         "max_text_len": cfg.max_text_len,
+        "text_length": DYNAMIC_LENGTH,  # the text tower takes min_text_len..max_text_len (runtime.py trim_text)
+        "min_text_len": MIN_TEXT_LEN,
         "embed_dim": cfg.embed_dim,
         # pixels: RGB frames resized (no crop) to image_size x image_size by the decoder, /255, then (x - mean) / std
         "mean": list(IMAGENET_MEAN),
@@ -210,22 +228,41 @@ def _metadata(loaded: LoadedCheckpoint, fmt: str, num_frames: int, how: dict) ->
     }
 
 
+def _text_checks(model: EViLM, num_frames: int) -> list[tuple]:
+    """The (ids, mask) the text tower is checked on: CHECK_BATCHES with padded tails (run trimmed
+    to their longest real length, a length the trace never saw), and one query without padding
+    (the whole max_text_len)."""
+    cases = [example_inputs(model, num_frames, b, seed=100 + i)["text"] for i, b in enumerate(CHECK_BATCHES)]
+    ids, mask = example_inputs(model, num_frames, 1, seed=99)["text"]
+    ids[mask == 0] = 7  # a word where the padding was
+    return [*cases, (ids, torch.ones_like(mask))]
+
+
+def _diff(tower: str, got: torch.Tensor, want: torch.Tensor) -> float:
+    if got.shape != want.shape:
+        raise EvilmError(f"the exported {tower} tower gives shape {list(got.shape)} for batch {len(want)}, "
+                         f"PyTorch {list(want.shape)}; report this with `evilm --debug export ...`")
+    return float((got - want).abs().max())
+
+
 def verify(towers: ExportedTowers, model: EViLM, num_frames: int) -> dict:
-    """Run the exported towers as a server would (runtime.ExportedTowers) and compare with
-    PyTorch; an export off by more than TOLERANCE is an error, never a published directory."""
+    """Run the exported towers as a server would (runtime.ExportedTowers: the text tower on
+    trimmed ids) and compare with PyTorch on padded ones; an export off by more than TOLERANCE
+    is an error, never a published directory."""
     diffs = {"video": 0.0, "text": 0.0}
     for seed, batch in enumerate(CHECK_BATCHES):
-        inputs = example_inputs(model, num_frames, batch, seed=100 + seed)
+        pixels = example_inputs(model, num_frames, batch, seed=100 + seed)["video"]
         with torch.inference_mode():
-            want = {"video": model.embed_video(*inputs["video"]), "text": model.embed_text(*inputs["text"])}
-        got = {"video": towers.embed_video(*inputs["video"]), "text": towers.embed_text(*inputs["text"])}
-        for t in diffs:
-            if got[t].shape != want[t].shape:
-                raise EvilmError(f"the exported {t} tower gives shape {list(got[t].shape)} for batch {batch}, "
-                                 f"PyTorch {list(want[t].shape)}; report this with `evilm --debug export ...`")
-            diffs[t] = max(diffs[t], float((got[t] - want[t]).abs().max()))
+            want = model.embed_video(*pixels)
+        diffs["video"] = max(diffs["video"], _diff("video", towers.embed_video(*pixels), want))
+    lengths = []
+    for ids, mask in _text_checks(model, num_frames):
+        with torch.inference_mode():
+            want = model.embed_text(ids, mask)
+        diffs["text"] = max(diffs["text"], _diff("text", towers.embed_text(ids, mask), want))
+        lengths.append(int(mask.any(0).nonzero().max()) + 1)
     check = {"video_max_abs_diff": diffs["video"], "text_max_abs_diff": diffs["text"], "tolerance": TOLERANCE,
-             "batch_sizes": list(CHECK_BATCHES)}
+             "batch_sizes": list(CHECK_BATCHES), "text_lengths": lengths}
     bad = [t for t, d in diffs.items() if not d <= TOLERANCE]  # `not <=`: a NaN diff fails too
     if bad:
         raise EvilmError(f"the exported {' and '.join(bad)} tower differs from PyTorch by "
@@ -240,10 +277,11 @@ def _write(loaded: LoadedCheckpoint, tmp: Path, fmt: str, num_frames: int, opset
     how = {}
     for name, tower, names in (("video", VideoTower(model), VIDEO_INPUTS), ("text", TextTower(model), TEXT_INPUTS)):
         start, path = time.monotonic(), tmp / FILES[fmt][name]
+        dims = _dynamic(names, model.cfg.max_text_len)
         if fmt == "onnx":
-            how = _export_onnx(tower.eval(), inputs[name], names, OUTPUTS[name], path, opset)
+            how = _export_onnx(tower.eval(), inputs[name], names, OUTPUTS[name], path, opset, dims)
         else:
-            how = _export_torch(tower.eval(), inputs[name], names, path)
+            how = _export_torch(tower.eval(), inputs[name], path, dims)
         log.info("exported the %s tower to %s in %.1f s (%s)", name, path.name, time.monotonic() - start,
                  how["exporter"])
     shutil.copyfile(loaded.directory / VOCAB_FILE, tmp / VOCAB_FILE)

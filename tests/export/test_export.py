@@ -13,13 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from evilm_core.checkpoints import files as ckpt
 from evilm_core.errors import EvilmError
 from evilm_core.export import towers as towers_mod
-from evilm_core.export.runtime import ExportedTowers, is_export_dir
+from evilm_core.export.runtime import ExportedTowers, is_export_dir, trim_text
 from evilm_core.export.towers import example_inputs, export_towers
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
@@ -82,6 +83,9 @@ def test_export_directory_and_metadata(exports, model, kind):
     assert (meta["num_frames"], meta["image_size"], meta["max_text_len"], meta["embed_dim"]) == (4, 64, 24, 128)
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]
     assert meta["inputs"]["video"][0]["shape"] == ["batch", 4, 3, 64, 64]
+    assert meta["inputs"]["text"][0]["shape"] == ["batch", "length"]
+    assert (meta["text_length"], meta["min_text_len"]) == ("dynamic", 2)
+    assert meta["check"]["text_lengths"][-1] == 24 and max(meta["check"]["text_lengths"][:-1]) < 24  # trimmed too
     assert [i["name"] for i in meta["inputs"]["text"]] == ["input_ids", "attention_mask"]
     assert meta["model"]["vocab_size"] == len(VOCAB) and meta["torch_version"] == torch.__version__
     assert meta["check"]["video_max_abs_diff"] <= 1e-4 and meta["check"]["text_max_abs_diff"] <= 1e-4
@@ -108,6 +112,44 @@ def test_exported_towers_match_pytorch_for_any_batch(exports, model, kind):
         assert (got_t - want_t).abs().max() <= 1e-4 and (got_v - want_v).abs().max() <= 1e-4
     with pytest.raises(EvilmError, match=r"takes pixels \[B, 4, 3, 64, 64\]"):
         towers.embed_video(torch.zeros(1, 2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_text_tower_runs_trimmed_and_an_old_fixed_length_export_padded(exports, model, kind):
+    """A dynamic-length text tower runs on the batch's longest real length and gives the padded
+    pass's embeddings; export.json without "text_length" (an export from before) is run padded."""
+    out, _ = _export(exports, kind)
+    net = load_checkpoint(model).model.eval()
+    ids, mask = example_inputs(net, 4, 3, seed=5)["text"]  # [3, 24], padded tails
+    real = int(mask.sum(1).max())
+    with torch.inference_mode():
+        want = net.embed_text(ids, mask)
+    new = ExportedTowers.open(out)
+    old_meta = {k: v for k, v in new.meta.items() if k not in ("text_length", "min_text_len")}
+    old = ExportedTowers(out, {**old_meta, "inputs": {**new.meta["inputs"], "text": [
+        {**i, "shape": ["batch", 24]} for i in new.meta["inputs"]["text"]]}})
+    runs = []
+    for towers in (new, old):
+        run = towers._runner("text")
+        towers._runners["text"] = lambda *a, run=run: runs.append(a[0].shape[1]) or run(*a)
+    padded = new._runner("text")(ids.numpy(), mask.numpy())
+    got_new, got_short, got_old = new.embed_text(ids, mask), new.embed_text(ids[:, :real], mask[:, :real]), \
+        old.embed_text(ids, mask)
+    assert runs == [24, real, real, 24]
+    for got in (got_new, got_short, got_old):
+        assert (got - torch.from_numpy(padded)).abs().max() <= 1e-5 and (got - want).abs().max() <= 1e-4
+    with pytest.raises(EvilmError, match=r"takes ids and mask \[B, L\] with L 24, got \[3, 5\]"):
+        old.embed_text(ids[:, :5], mask[:, :5])
+    with pytest.raises(EvilmError, match=r"with L at most 24, got \[3, 25\]"):
+        new.embed_text(torch.zeros(3, 25, dtype=torch.long), torch.zeros(3, 25, dtype=torch.long))
+
+
+def test_trim_text_keeps_the_longest_real_length_and_the_minimum():
+    ids, mask = np.arange(12).reshape(2, 6), np.array([[1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 0]])
+    assert [a.tolist() for a in trim_text(ids, mask)] == [ids[:, :4].tolist(), mask[:, :4].tolist()]
+    short = trim_text(ids[:, :1], mask[:, :1], min_len=2)  # shorter than the minimum: zero-padded up to it
+    assert short[0].tolist() == [[0, 0], [6, 0]] and short[1].tolist() == [[1, 0], [1, 0]]
+    assert trim_text(ids, np.zeros_like(mask))[0].shape == (2, 2)
 
 
 def test_a_tokenizer_checkpoint_is_refused(tmp_path):

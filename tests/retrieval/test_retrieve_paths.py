@@ -91,7 +91,8 @@ def test_bf16_index_is_recorded_close_and_never_mixed(setup, synth_dir):
     summary = last_json(run_evilm("retrieve", "index", "--checkpoint", model, "--out", base / "bf16",
                                   "--precision", "bf16", *common).stdout)
     assert summary["precision"] == "bf16" and summary["runtime"] == "torch"  # bf16 weights (models/loading.py)
-    assert "precision: bf16\nruntime: torch" in (base / "bf16" / "index.yaml").read_text()
+    recorded = (base / "bf16" / "index.yaml").read_text()  # `source` sits between the two keys
+    assert "\nprecision: bf16\n" in recorded and "\nruntime: torch\n" in recorded
     from safetensors.torch import load_file
 
     a = load_file(str(base / "torch" / "embeddings.safetensors"))["embeddings"]

@@ -52,7 +52,8 @@ def test_openvino_bf16_is_recorded_close_and_never_mixed(setup, synth_dir):
     base, _, captions = setup
     summary = _index(setup, "ovbf16", "--runtime", "openvino", "--precision", "bf16")
     assert summary["runtime"] == "openvino" and summary["precision"] == "bf16"
-    assert "precision: bf16\nruntime: openvino" in (base / "ovbf16" / "index.yaml").read_text()
+    recorded = (base / "ovbf16" / "index.yaml").read_text()  # `source` sits between the two keys
+    assert "\nprecision: bf16\n" in recorded and "\nruntime: openvino\n" in recorded
     a, b = (load_file(str(base / d / "embeddings.safetensors"))["embeddings"] for d in ("torch", "ovbf16"))
     assert (a * b).sum(1).min() > 0.99  # unit vectors: cosine of OpenVINO bf16 to PyTorch fp32
     rows = hits(base / "ovbf16", captions[:2], "--runtime", "openvino", "--precision", "bf16")
