@@ -3,9 +3,9 @@ docs/performance.md, "Runtimes"). The CPU plugin runs the export's graph in bf16
 computes in it (INFERENCE_PRECISION_HINT, the run's resolved precision), else in fp32.
 
 Start-up stays short: compiled models are cached on disk (OpenVINO's CACHE_DIR), in the export's
-runtime cache (runtime.py cache_dir: in the export when it is writable, else the user's); the second process
-to open a tower reads the compiled blob instead of compiling (about 0.1 s instead of 0.4 s, docs/
-benchmarks.md, "Runtimes"). The video tower is compiled once per batch size it is given (static
+runtime cache (runtime.py cache_dir, passed in: in the export when it is writable, else the
+user's); the second process to open a tower reads the compiled blob instead of compiling
+(about 0.1 s instead of 0.4 s, docs/benchmarks.md, "Runtimes"). The video tower is compiled once per batch size it is given (static
 shapes run about 13% faster than the export's dynamic batch; an index gives it one or two sizes),
 the text tower once with its dynamic batch and length (a query stream gives it every size from 1
 to --batch, each cut to its longest query: runtime.py trim_text; one blob, no per-call reshape).
@@ -20,7 +20,6 @@ from typing import Callable
 import numpy as np
 
 from evilm_core.errors import EvilmError
-from evilm_core.export.runtime import cache_dir
 from evilm_core.settings import OPENVINO_EXTRA
 
 log = logging.getLogger("evilm.export")
@@ -35,11 +34,12 @@ def _core():
     return ov.Core()
 
 
-def openvino_runner(path: Path, names: list[str], threads: int, precision: str, static_batch: bool) -> Callable:
+def openvino_runner(path: Path, names: list[str], threads: int, precision: str, static_batch: bool,
+                    cache: Path) -> Callable:
     """A tower run by OpenVINO's CPU plugin: arrays in (in `names` order), its one output out.
-    `static_batch`: compile once per batch size seen (the video tower), else once, dynamic."""
+    `static_batch`: compile once per batch size seen (the video tower), else once, dynamic.
+    `cache`: where compiled blobs are kept (OpenVINO keys each by the model and its settings)."""
     core = _core()
-    cache = cache_dir(path.parent) / "openvino"  # OpenVINO keys each blob by the model and its settings
     # no pinning: two index workers (one thread each) ran 0.7-0.9x as fast pinned (docs/benchmarks.md,
     # "Runtimes"); the thread policy (settings.py) already shares the cores out
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",

@@ -218,7 +218,8 @@ class ExportedTowers:
             if self.runtime == "openvino":
                 from evilm_core.export.openvino import openvino_runner
 
-                runner = openvino_runner(path, names, self.threads, self.precision, static_batch=tower == "video")
+                runner = openvino_runner(path, names, self.threads, self.precision, static_batch=tower == "video",
+                                         cache=cache_dir(path.parent) / "openvino")
             elif self.kind == "onnx":
                 if tower == "text" and self.text_int8:
                     path = int8_text_tower(path)
