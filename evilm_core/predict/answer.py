@@ -11,6 +11,7 @@ import torch
 
 from evilm_core.data.clips import ClipSource
 from evilm_core.data.dataset import clip_dataset, collate_clips
+from evilm_core.data.records.record import ClipRecord
 from evilm_core.engine.runtime import to_device
 from evilm_core.errors import EvilmError
 from evilm_core.predict.checkpoint import CheckpointInfo, describe_checkpoint
@@ -53,8 +54,6 @@ class ClipAnswerer:
         """The clip's answer line (predict's): qa -> top-k answers; mc -> each option's score and
         the chosen one. An unreadable clip is an EvilmError naming it and why."""
         item = self._item(question, options)
-        from evilm_core.data.records.record import ClipRecord
-
         clip = Clip(ClipRecord(video=video, sample=sample), [item])
         frames = source.frames(self.num_frames, self.info.model.image_size, decoder=self.settings.decoder)
         dataset = clip_dataset([clip.record], source.root, self.num_frames, self.info.model.image_size,
