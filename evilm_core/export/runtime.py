@@ -41,6 +41,10 @@ ONNX_EXTRA = "--format onnx needs the onnx extra: pip install 'evilm[onnx]'"
 RUNTIME_CACHE = ".runtime-cache"  # in the export: what runtimes derive from it (removed and replaced with it)
 DYNAMIC_LENGTH = "dynamic"  # export.json "text_length" of a text tower that takes any length up to max_text_len
 MIN_TEXT_LEN = 2  # the shortest length such a tower takes (torch.export specialises sizes 0 and 1)
+# What one more text-tower call costs, in padded token positions: a call's fixed overhead in
+# onnxruntime (~0.15 ms) over one position's share of a batch (~0.03 ms), quickstart model,
+# one thread (docs/performance.md, "Text batches by length"); larger models make it smaller.
+GROUP_CALL_COST = 6
 _REQUIRED = ("model_hash", "format_kind", "image_size", "num_frames", "max_text_len", "embed_dim", "inputs",
              "outputs")
 
@@ -157,6 +161,24 @@ def trim_text(ids: np.ndarray, mask: np.ndarray, min_len: int = MIN_TEXT_LEN) ->
     return np.ascontiguousarray(ids[:, :length]), np.ascontiguousarray(mask[:, :length])
 
 
+def length_groups(lengths: np.ndarray, call_cost: int = GROUP_CALL_COST) -> list[np.ndarray]:
+    """Rows of a batch of texts with real lengths `lengths` [B], split into groups each run as
+    one trimmed call: contiguous runs of the rows sorted by length, chosen to minimise the
+    padded positions computed (a group costs its size x its longest length) plus `call_cost` per
+    call. A batch of queries of 10-17 tokens runs as two calls instead of one padded to 17
+    (docs/performance.md, "Text batches by length")."""
+    order = np.argsort(lengths, kind="stable")
+    ranked = [int(lengths[i]) for i in order]
+    best, cut = [0] + [0] * len(ranked), [0] * (len(ranked) + 1)  # best[j]: cheapest split of the first j
+    for j in range(1, len(ranked) + 1):
+        best[j], cut[j] = min((best[i] + (j - i) * ranked[j - 1] + call_cost, i) for i in range(j))
+    groups, j = [], len(ranked)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
 def _as_array(x, dtype) -> tuple[np.ndarray, bool]:
     """(a contiguous CPU array of `x`, whether `x` was a torch tensor)."""
     if hasattr(x, "detach"):
@@ -257,9 +279,13 @@ class ExportedTowers:
                              f"{list(ids.shape)} and {list(mask.shape)}")
         if ids.shape[0] == 0:
             return _like(np.zeros((0, self.embed_dim), np.float32), tensor)
-        if dynamic:
-            ids, mask = trim_text(ids, mask, self.min_text_len)  # [B, L'], L' = the longest real length
-        return _like(self._runner("text")(ids, mask).astype(np.float32, copy=False), tensor)
+        if not dynamic:
+            return _like(self._runner("text")(ids, mask).astype(np.float32, copy=False), tensor)
+        real = np.where(mask.any(axis=1), mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1), 0)  # [B]
+        out = np.empty((ids.shape[0], self.embed_dim), np.float32)
+        for rows in length_groups(real):  # similar lengths together, each group trimmed to its longest
+            out[rows] = self._runner("text")(*trim_text(ids[rows], mask[rows], self.min_text_len))
+        return _like(out, tensor)
 
     @property
     def loaded(self) -> list[str]:

@@ -80,7 +80,7 @@ class EViLM(PretrainedMixin, nn.Module):
         b, k = input_ids.shape[:2]
         video = self.video(pixels).repeat_interleave(k, dim=0)  # [B*K, N, D], clip i's tokens K times
         ids, mask = input_ids.flatten(0, 1), attention_mask.flatten(0, 1)
-        h = self.fusion(self.text(ids, mask), mask, video)
+        h = self.fusion(self.text(ids, mask), mask, video, cls_only=self._cls_only)
         return {"cls": h[:, 0].unflatten(0, (b, k))}
 
     def forward_pretrain(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -114,8 +114,16 @@ class EViLM(PretrainedMixin, nn.Module):
         """Unimodal pass [CLS, e^V + t^V] -> the [CLS] output [B, D] (before the retrieval projection)."""
         return self._video_cls(self.video(pixels))
 
+    @property
+    def _cls_only(self) -> bool:
+        """Whether a pass that needs only the [CLS] output computes the fusion's last block for [CLS]
+        alone (fusion.cls_block): at inference, yes; in training, the full block, so the published
+        training runs stay bit-identical (the values agree to float rounding either way;
+        docs/performance.md, "[CLS]-only last block")."""
+        return not self.training
+
     def _video_cls(self, video: torch.Tensor) -> torch.Tensor:
-        return self.fusion(None, None, video)[:, 0]
+        return self.fusion(None, None, video, cls_only=self._cls_only)[:, 0]
 
     def _video_embedding(self, video: torch.Tensor) -> torch.Tensor:
         """Video tokens e^V -> l2-normalised retrieval embedding [B, E]."""
@@ -139,7 +147,7 @@ class EViLM(PretrainedMixin, nn.Module):
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal pass [CLS, e^L + t^L] -> l2-normalised retrieval embedding [B, E]."""
-        h = self.fusion(self.text(input_ids, attention_mask), attention_mask, None)
+        h = self.fusion(self.text(input_ids, attention_mask), attention_mask, None, cls_only=self._cls_only)
         return self._project("text", h[:, 0])
 
     def trunk_parameters(self) -> int:

@@ -345,7 +345,8 @@ def _mapped_tensor(path: Path, name: str, dtype: str = "F32") -> np.ndarray:
         raise EvilmError(f"{damaged} (the file is shorter than its header says)")
     if shape[0] == 0:
         return np.zeros(shape, dtype=numpy_type)
-    return np.memmap(path, dtype=numpy_type, mode="r", offset=8 + size + start, shape=shape)
+    # a plain array over the map: np.memmap's own slicing costs Python calls per search (serve)
+    return np.asarray(np.memmap(path, dtype=numpy_type, mode="r", offset=8 + size + start, shape=shape))
 
 
 class IndexView:

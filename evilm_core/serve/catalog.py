@@ -60,6 +60,12 @@ class Catalog:
         return self._described(key)
 
     @functools.lru_cache(maxsize=65_536)
+    def described_json(self, key: str) -> str:
+        """describe(key) as JSON members, without the braces (`"key": ..., "caption": ...`):
+        serialised once per clip, not once per result (docs/serving.md, "Batching")."""
+        return json.dumps(self._described(key), ensure_ascii=False, allow_nan=False)[1:-1]
+
+    @functools.lru_cache(maxsize=65_536)
     def _described(self, key: str) -> dict:
         records = [r for r in (self.records[i] for i in self.record_rows.all_rows(key)) if r.video == key]
         captions = [r.caption for r in records if r.caption]

@@ -20,7 +20,7 @@ import torch
 from evilm_core.checkpoints import files as ckpt
 from evilm_core.errors import EvilmError
 from evilm_core.export import towers as towers_mod
-from evilm_core.export.runtime import ExportedTowers, is_export_dir, trim_text
+from evilm_core.export.runtime import ExportedTowers, is_export_dir, length_groups, trim_text
 from evilm_core.export.towers import example_inputs, export_towers
 from evilm_core.models.config import EViLMConfig
 from evilm_core.models.evilm import EViLM
@@ -135,13 +135,26 @@ def test_text_tower_runs_trimmed_and_an_old_fixed_length_export_padded(exports, 
     padded = new._runner("text")(ids.numpy(), mask.numpy())
     got_new, got_short, got_old = new.embed_text(ids, mask), new.embed_text(ids[:, :real], mask[:, :real]), \
         old.embed_text(ids, mask)
-    assert runs == [24, real, real, 24]
+    groups = [int(mask[g].sum(1).max()) for g in length_groups(mask.sum(1).numpy())]  # each call at its longest
+    assert max(groups) == real and runs == [24] + groups + groups + [24]
     for got in (got_new, got_short, got_old):
         assert (got - torch.from_numpy(padded)).abs().max() <= 1e-5 and (got - want).abs().max() <= 1e-4
     with pytest.raises(EvilmError, match=r"takes ids and mask \[B, L\] with L 24, got \[3, 5\]"):
         old.embed_text(ids[:, :5], mask[:, :5])
     with pytest.raises(EvilmError, match=r"with L at most 24, got \[3, 25\]"):
         new.embed_text(torch.zeros(3, 25, dtype=torch.long), torch.zeros(3, 25, dtype=torch.long))
+
+
+def test_length_groups_split_a_batch_into_runs_of_similar_length():
+    """Rows sorted by length, cut where the padding saved outweighs one more call (hand-computed:
+    [3, 3, 9] at call cost 2 costs 3 x 9 + 2 = 29 as one call, 2 x 3 + 2 + 9 + 2 = 19 as two)."""
+    assert [g.tolist() for g in length_groups(np.array([9, 3, 3]), call_cost=2)] == [[1, 2], [0]]
+    assert [g.tolist() for g in length_groups(np.array([9, 3, 3]), call_cost=20)] == [[1, 2, 0]]
+    lengths = np.array([10, 17, 11, 16, 10, 11, 15, 11, 11, 10, 16, 11, 11, 16, 11, 10])
+    groups = length_groups(lengths, call_cost=6)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(16))  # every row once
+    assert [lengths[g].max() for g in groups] == [11, 17]  # 11 x 11 + 5 x 17 + 2 x 6 = 218 < 16 x 17 + 6
+    assert [g.tolist() for g in length_groups(np.array([7]))] == [[0]]
 
 
 def test_trim_text_keeps_the_longest_real_length_and_the_minimum():

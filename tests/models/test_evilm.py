@@ -41,6 +41,24 @@ def test_unimodal_embeddings_are_unit_vectors_of_the_retrieval_size(net):
     assert net.video_cls(pixels).shape == (B, D)  # the unimodal [CLS] before the projection
 
 
+def test_the_cls_only_last_block_gives_the_full_pass_at_cls(net):
+    """At inference the fusion's last block is computed for [CLS] alone (fusion.cls_block); its
+    output equals the full block's at [CLS] for text, video and joint inputs, padded keys included;
+    in training the full pass runs (the published runs stay bit-identical)."""
+    pixels, (ids, mask) = clips(B, T), texts(B, length=L)
+    mask[0, 5:] = 0  # a padded caption: its masked keys must stay unattended
+    video, text = net.video(pixels), net.text(ids, mask)
+    with torch.no_grad():
+        for args in ((text, mask, None), (None, None, video), (text, mask, video)):
+            full, alone = net.fusion(*args), net.fusion(*args, cls_only=True)
+            assert alone.shape == (B, 1, D)
+            torch.testing.assert_close(alone[:, 0], full[:, 0], atol=2e-6, rtol=0)
+        full = net._project("text", net.fusion(text, mask, None)[:, 0])
+        torch.testing.assert_close(net.embed_text(ids, mask), full, atol=2e-6, rtol=0)
+    assert net._cls_only and not net.train()._cls_only
+    net.eval()
+
+
 def test_per_frame_tokens_shared_between_windows_give_embed_video(net):
     """Windows that share a frame share its `video.frame_tokens` (docs/retrieval.md, "Moments"):
     frames encoded once, in any batch, then gathered per window, embed as embed_video does."""
