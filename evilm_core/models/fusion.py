@@ -56,8 +56,8 @@ class FusionDecoder(nn.Module):
 def cls_block(block: Block, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
     """timm `Block` on x [B, N, D] -> its output at [CLS] (position 0) alone, [B, 1, D]: keys and
     values from every token, but the query, attention output, projection and MLP for one row
-    instead of N. The same values as block(x)[:, :1] up to float rounding; it saves about a third
-    of the last block's work per token (docs/performance.md, "[CLS]-only last block")."""
+    instead of N. The same values as block(x)[:, :1] up to float rounding; of the block's 12 d^2
+    multiply-adds per token, 10 are saved (docs/performance.md, "[CLS]-only last block")."""
     attn = block.attn
     b, n, _ = x.shape
     heads, head_dim, width = attn.num_heads, attn.head_dim, attn.attn_dim

@@ -40,7 +40,8 @@ from evilm_core.serve.service import ServedIndex, Service
 log = logging.getLogger("evilm.serve")
 PUBLIC = ("/healthz", "/readyz", "/metrics")  # answered without the token (no data in them)
 SEARCH_PARAMETERS = [  # GET /api/search's query parameters, for the OpenAPI page (/docs)
-    {"name": "q", "in": "query", "required": True, "schema": {"type": "string"}, "description": "the words to search for"},
+    {"name": "q", "in": "query", "required": True, "schema": {"type": "string"},
+     "description": "the words to search for"},
     {"name": "k", "in": "query", "schema": {"type": "integer", "default": 10}, "description": "results per page"},
     {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}, "description": "results skipped"},
     {"name": "index", "in": "query", "schema": {"type": "string"}, "description": "the index (default: the first)"},
@@ -323,7 +324,8 @@ def _results(served: ServedIndex, query: str, hits, offset: int) -> str:
         moment = (f', "start": {_number(hit.start)}, "end": {_number(hit.end)}'
                   if hit.start is not None else "")  # a window index's moment
         rows.append(f'{{"rank": {rank}, "score": {score}, {served.catalog.described_json(hit.key)}{moment}}}')
-    return (f'{{"query": {json.dumps(query, ensure_ascii=False)}, "index": {json.dumps(served.name, ensure_ascii=False)}, '
+    query_json, index_json = json.dumps(query, ensure_ascii=False), json.dumps(served.name, ensure_ascii=False)
+    return (f'{{"query": {query_json}, "index": {index_json}, '
             f'"offset": {offset}, "results": [{", ".join(rows)}]}}')
 
 
