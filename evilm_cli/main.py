@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from evilm_core.workers import die_with_parent_when_spawned, mark_parent
+from evilm_core.workers import die_with_parent_when_spawned, loader_worker_death, mark_parent
 
 die_with_parent_when_spawned()  # first thing in a worker multiprocessing spawns (evilm_core/workers.py)
 
@@ -86,9 +86,12 @@ def main() -> None:
     except TrainingInterrupted as err:  # a checkpoint was written; say where
         console.print(f"[yellow]stopped:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except EvilmError as err:
-        if STATE["debug"]:
-            raise
+    except (EvilmError, RuntimeError) as err:
+        # a DataLoader's worker death can surface as PyTorch's RuntimeError outside the loader (its
+        # SIGCHLD handler raises wherever the main process is): the same paragraph, no traceback
+        err = err if isinstance(err, EvilmError) else loader_worker_death(err) or err
+        if STATE["debug"] or not isinstance(err, EvilmError):
+            raise err
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

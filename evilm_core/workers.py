@@ -126,6 +126,26 @@ def death_cause(exitcode: int | None) -> str:
     return f"the worker decoding it exited with code {exitcode}"
 
 
+def loader_worker_death(err: BaseException, pipe_errors: bool = False) -> EvilmError | None:
+    """The error a run ends with when a DataLoader worker died (a decoder's segfault, the
+    out-of-memory killer), or None when `err` is something else: PyTorch's "DataLoader worker ...
+    is killed by signal" RuntimeError, which its SIGCHLD handler may raise at any point of the main
+    process (also while another error unwinds), or, with `pipe_errors` (around the loader's own
+    iteration), the broken pipe to the dead worker that can come first. A DataLoader cannot give
+    the clip back (docs/reliability.md, "Workers"): `evilm data check` finds it."""
+    if isinstance(err, RuntimeError) and "DataLoader worker" in str(err):
+        detail = str(err).strip().splitlines()[0][:200]
+    elif pipe_errors and isinstance(err, (ConnectionResetError, BrokenPipeError, EOFError)):
+        detail = f"its pipe closed: {type(err).__name__}"
+    else:
+        return None
+    return EvilmError(f"a data loader worker process died ({detail}): a video whose decoder crashes, or the "
+                      "out-of-memory killer. `evilm data check INPUT` finds the clip (it decodes each in a process "
+                      "that may die and lists the one that kills it); drop it from the manifest, or build shards "
+                      "with `evilm data shards`, which skip it. The work done is kept: the same command (training: "
+                      "with --resume) continues")
+
+
 # ---------------------------------------------------------------------------- the pool
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from evilm_core.data.dataset import collate_clips
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
-from evilm_core.workers import WorkerInit
+from evilm_core.workers import WorkerInit, loader_worker_death
 
 log = logging.getLogger("evilm.engine")
 METRICS_FILE = "metrics.jsonl"
@@ -88,14 +88,11 @@ class WorkerDeath:
     def __iter__(self):
         try:
             yield from self.loader
-        except RuntimeError as err:
-            if "DataLoader worker" not in str(err):
+        except (RuntimeError, ConnectionResetError, BrokenPipeError, EOFError) as err:
+            death = loader_worker_death(err, pipe_errors=True)
+            if death is None:
                 raise
-            raise EvilmError(f"a data loader worker process died ({str(err).strip().splitlines()[0][:200]}): a video "
-                             "whose decoder crashes, or the out-of-memory killer. `evilm data check INPUT` finds the "
-                             "clip (it decodes each in a process that may die and lists the one that kills it); drop "
-                             "it from the manifest, or build shards with `evilm data shards`, which skip it. The work "
-                             "done is kept: the same command (training: with --resume) continues") from None
+            raise death from None
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, collate_fn: Callable = collate_clips,

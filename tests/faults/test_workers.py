@@ -159,3 +159,17 @@ def test_a_crashing_decoder_costs_its_clip_not_the_run(crash_manifest, crash_sit
                       tmp_path / "labels", "--workers", "1", "--batch-size", "2", env=env, check=False)
     assert label.returncode == 2 and "Traceback" not in label.stderr, label.stderr[-3000:]
     assert "a data loader worker process died" in label.stderr and "evilm data check" in label.stderr
+
+
+def test_a_loader_worker_death_is_told_apart_from_other_errors():
+    """PyTorch reports a dead DataLoader worker as a RuntimeError from its SIGCHLD handler, which
+    may fire anywhere in the main process, and sometimes first as the broken pipe to the worker:
+    each becomes the one paragraph (exit 2 in the CLI); anything else stays what it is."""
+    from evilm_core.workers import loader_worker_death
+
+    killed = RuntimeError("DataLoader worker (pid 123) is killed by signal: Segmentation fault. ")
+    assert "(DataLoader worker (pid 123) is killed by signal: Segmentation fault.)" in str(loader_worker_death(killed))
+    assert "its pipe closed: ConnectionResetError" in str(loader_worker_death(ConnectionResetError(104), True))
+    assert loader_worker_death(ConnectionResetError(104)) is None  # outside the loader: not ours to name
+    assert loader_worker_death(RuntimeError("CUDA out of memory")) is None
+    assert loader_worker_death(ValueError("DataLoader worker")) is None
