@@ -79,6 +79,14 @@ def _take_debug(argv: list[str]) -> list[str]:
     return argv
 
 
+def _fail(err: EvilmError) -> None:
+    """An EvilmError ends the command with its paragraph and exit 2 (--debug: the traceback)."""
+    if STATE["debug"]:
+        raise err
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
     mark_parent()  # the workers this command starts compare their parent with it (evilm_core/workers.py)
     try:
@@ -86,14 +94,15 @@ def main() -> None:
     except TrainingInterrupted as err:  # a checkpoint was written; say where
         console.print(f"[yellow]stopped:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except (EvilmError, RuntimeError) as err:
+    except EvilmError as err:
+        _fail(err)
+    except RuntimeError as err:
         # a DataLoader's worker death can surface as PyTorch's RuntimeError outside the loader (its
         # SIGCHLD handler raises wherever the main process is): the same paragraph, no traceback
-        err = err if isinstance(err, EvilmError) else loader_worker_death(err) or err
-        if STATE["debug"] or not isinstance(err, EvilmError):
-            raise err
-        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        death = loader_worker_death(err)
+        if death is None:
+            raise
+        _fail(death)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")
         sys.exit(130)

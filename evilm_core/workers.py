@@ -126,6 +126,9 @@ def death_cause(exitcode: int | None) -> str:
     return f"the worker decoding it exited with code {exitcode}"
 
 
+LOADER_PIPE_ERRORS = (ConnectionResetError, BrokenPipeError, EOFError)  # a dead loader worker's pipe
+
+
 def loader_worker_death(err: BaseException, pipe_errors: bool = False) -> EvilmError | None:
     """The error a run ends with when a DataLoader worker died (a decoder's segfault, the
     out-of-memory killer), or None when `err` is something else: PyTorch's "DataLoader worker ...
@@ -135,7 +138,7 @@ def loader_worker_death(err: BaseException, pipe_errors: bool = False) -> EvilmE
     the clip back (docs/reliability.md, "Workers"): `evilm data check` finds it."""
     if isinstance(err, RuntimeError) and "DataLoader worker" in str(err):
         detail = str(err).strip().splitlines()[0][:200]
-    elif pipe_errors and isinstance(err, (ConnectionResetError, BrokenPipeError, EOFError)):
+    elif pipe_errors and isinstance(err, LOADER_PIPE_ERRORS):
         detail = f"its pipe closed: {type(err).__name__}"
     else:
         return None

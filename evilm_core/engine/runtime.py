@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from evilm_core.data.dataset import collate_clips
 from evilm_core.errors import EvilmError
 from evilm_core.fs import atomic_write_text
-from evilm_core.workers import WorkerInit, loader_worker_death
+from evilm_core.workers import LOADER_PIPE_ERRORS, WorkerInit, loader_worker_death
 
 log = logging.getLogger("evilm.engine")
 METRICS_FILE = "metrics.jsonl"
@@ -88,7 +88,7 @@ class WorkerDeath:
     def __iter__(self):
         try:
             yield from self.loader
-        except (RuntimeError, ConnectionResetError, BrokenPipeError, EOFError) as err:
+        except (RuntimeError, *LOADER_PIPE_ERRORS) as err:
             death = loader_worker_death(err, pipe_errors=True)
             if death is None:
                 raise

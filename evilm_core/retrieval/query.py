@@ -71,7 +71,6 @@ class Searcher:
         if self.text.embed_dim != meta.embed_dim:
             raise EvilmError(f"index {self.index.directory} has {meta.embed_dim}-d embeddings but the model gives "
                              f"{self.text.embed_dim}-d")
-        self.precision = self.text.precision  # an export in onnxruntime computes in fp32
         self.tokens = TextTokens(self.text.directory, self.text.max_text_len)
         self.ann = None if exact else open_ann(self.index, threads=settings.threads)
 
@@ -82,7 +81,7 @@ class Searcher:
         import torch
 
         ids, mask = self.tokens.batch(texts)  # [Q, L]
-        with torch.no_grad(), autocast(self.precision, "cpu"):
+        with torch.no_grad(), autocast(self.text.precision, "cpu"):
             return self.text.embed_text(ids, mask).float().numpy()  # [Q, E]
 
     def search(self, texts: list[str], k: int) -> list[list[Hit]]:
@@ -96,9 +95,10 @@ class Searcher:
                             "it" if len(unknown) == 1 else "them")
         return self.rank(self.embed(read), texts, k)
 
-    def rank(self, queries: np.ndarray, texts: list[str], k: int) -> list[list[Hit]]:
+    def rank(self, queries: np.ndarray, texts: list[str], k: int, meta: bool = True) -> list[list[Hit]]:
         """The top-k clips (moments, on a window index) of each embedded query [Q, E]: through the
-        ANN index when there is one, else exactly."""
+        ANN index when there is one, else exactly. `meta`: each hit carries its clip's provenance
+        (a read per hit; the server, which shows its catalog's metadata, leaves it out)."""
         search = self.index.search if self.ann is None else self.ann.search
         if self.runs is not None:
             found = [find_moments(self.index, self.runs, query, k, self.per_video, search, self.merge)
@@ -111,7 +111,7 @@ class Searcher:
         if not np.isfinite(scores[rows >= 0]).all():  # the ANN index's scores (the exact scan checks its own)
             raise nonfinite_index(self.index)
         keys, index = self.index.keys, self.index
-        return [[Hit(q, r + 1, keys[int(i)], float(s), index.row_meta(int(i)))
+        return [[Hit(q, r + 1, keys[int(i)], float(s), index.row_meta(int(i)) if meta else None)
                  for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
                 for q, srow, irow in zip(texts, scores.tolist(), rows.tolist())]
 

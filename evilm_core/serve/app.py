@@ -84,9 +84,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz():
-        if service.error:
-            return _error(503, service.error)
-        return {"ready": True} if service.ready else _error(503, "index loading")
+        _ready(service)
+        return {"ready": True}
 
     @app.get("/metrics")
     async def prometheus():
@@ -215,10 +214,11 @@ class Guard:
 
 def _json(body: dict) -> Response:
     """A JSON response serialised directly (FastAPI's encoder walks every value: slow for many results)."""
-    return Response(json.dumps(body, ensure_ascii=False, allow_nan=False), media_type="application/json")
+    return _json_text(json.dumps(body, ensure_ascii=False, allow_nan=False))
 
 
 def _json_text(text: str) -> Response:
+    """A response of JSON text already written (a result page: _results)."""
     return Response(text, media_type="application/json")
 
 

@@ -39,6 +39,7 @@ class Catalog:
         self.index = index
         self.rows = KeyRows(list(index.keys))
         self.video_root, self.records, shards = _sources(index)  # records: a RecordTable (memory-mapped) or a list
+        self.real_root = None if self.video_root is None else os.path.realpath(self.video_root)  # symlinks followed
         self.record_rows = KeyRows([r.video for r in self.records])
         self.frames = FrameSource(index.meta.root, decoder)
         # what a model reads the clips from (--qa answers): the shard set's frames, else the videos
@@ -49,10 +50,13 @@ class Catalog:
         row = self.rows.row(key)
         return row if row is not None and self.index.keys[row] == key else None  # a hash collision is no match
 
+    def _records(self, key: str) -> list[ClipRecord]:
+        """The collection's records of the clip `key` (a manifest may caption a clip many times)."""
+        return [r for r in (self.records[i] for i in self.record_rows.all_rows(key)) if r.video == key]
+
     def sample(self, key: str) -> int | None:
         """The clip's sample in the shard set (None: the index was built from video files)."""
-        records = [self.records[i] for i in self.record_rows.all_rows(key)]
-        return next((r.sample for r in records if r.video == key), None)
+        return next((r.sample for r in self._records(key)), None)
 
     def describe(self, key: str) -> dict:
         """What a result shows of a clip: captions and the source's metadata fields (cached: the
@@ -67,7 +71,7 @@ class Catalog:
 
     @functools.lru_cache(maxsize=65_536)
     def _described(self, key: str) -> dict:
-        records = [r for r in (self.records[i] for i in self.record_rows.all_rows(key)) if r.video == key]
+        records = self._records(key)
         captions = [r.caption for r in records if r.caption]
         first = records[0].to_json() if records else {}
         extra = {k: v for k, v in first.items() if k not in ("video", "caption")}
@@ -76,9 +80,9 @@ class Catalog:
 
     def video_file(self, key: str) -> Path | None:
         """The clip's video file, only when it lies under the collection root (symlinks followed)."""
-        if self.video_root is None or self.row(key) is None:
+        if self.real_root is None or self.row(key) is None:
             return None
-        root = os.path.realpath(self.video_root)
+        root = self.real_root
         path = os.path.realpath(os.path.join(root, key))
         if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
             return None
@@ -100,7 +104,7 @@ def _sources(index: IndexView) -> tuple[str | None, Sequence[ClipRecord], ShardS
     root = index.meta.root
     shards = open_shards(root)
     if shards is not None:
-        built_from = _shard_input(root)
+        built_from = shards.meta.get("input", {})  # what the set was built from (its index.json)
         video_root = built_from.get("root") if built_from.get("kind") == "manifest" else None
         return video_root, shards.records, shards
     if "manifest" in source and Path(source["manifest"]).is_file():
@@ -110,10 +114,3 @@ def _sources(index: IndexView) -> tuple[str | None, Sequence[ClipRecord], ShardS
             log.warning("index %s: its manifest %s cannot be read (%s); serving keys without captions",
                         index.directory, source["manifest"], err)
     return root, [], None
-
-
-def _shard_input(root: str) -> dict:
-    try:
-        return json.loads((Path(root) / "index.json").read_text(encoding="utf-8")).get("input", {})
-    except (OSError, ValueError):
-        return {}

@@ -56,7 +56,7 @@ class ServedIndex:
         """One forward pass for the queries of every request in the batch, then each request's
         top-k (payload: (texts, k)); runs on the batcher's worker thread."""
         texts = [t for batch, _ in payloads for t in batch]
-        hits = self.searcher.rank(self.searcher.embed(texts), texts, max(k for _, k in payloads))
+        hits = self.searcher.rank(self.searcher.embed(texts), texts, max(k for _, k in payloads), meta=False)
         out, at = [], 0
         for batch, k in payloads:
             out.append([h[:k] for h in hits[at:at + len(batch)]])
@@ -69,7 +69,7 @@ class ServedIndex:
         if row is None:
             return None
         query = self.searcher.index.embedding(row)[None, :]  # [1, E]
-        return self.searcher.rank(np.ascontiguousarray(query), [key], k)[0]
+        return self.searcher.rank(np.ascontiguousarray(query), [key], k, meta=False)[0]
 
 
 @dataclass
@@ -78,7 +78,6 @@ class Service:
     indexes: dict[str, ServedIndex] = field(default_factory=dict)
     answerer: "ClipAnswerer | None" = None  # config.qa's model, loaded once
     error: str | None = None  # why loading failed (the server then answers 503 with it)
-    loaded: threading.Event = field(default_factory=threading.Event)  # load() ended (well or not)
     started: threading.Event = field(default_factory=threading.Event)  # the batchers run: queries are served
 
     @property
@@ -101,8 +100,6 @@ class Service:
         except EvilmError as err:
             self.error = str(err)
             log.error("serve: %s", err)
-        finally:
-            self.loaded.set()
 
     def index(self, name: str | None) -> ServedIndex:
         """The index `name` (default: the first); an unknown name is an EvilmError naming the known ones."""
