@@ -31,6 +31,8 @@ IN_WORDS = {label: words for words, label in MOTIONS.items()}
 LABELS = {  # name -> (labels, template, the gold label of a test record)
     "action classes as named": ("|".join(MOTIONS.values()), "a video of {}", lambda r: r["label"]),
     "action classes in the captions' words": ("|".join(MOTIONS), "a {}", lambda r: IN_WORDS[r["label"]]),
+    "action classes in a caption's frame": ("|".join(MOTIONS), "a red circle {} on a black background",
+                                            lambda r: IN_WORDS[r["label"]]),
     "background colour (control)": ("black|gray|brown|navy", "a red circle moves left on a {} background",
                                     lambda r: re.search(r"on a (\w+) background", r["caption"]).group(1)),
 }

@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from evilm_core.recipes import load_recipe  # noqa: E402
-from evilm_core.data.records.manifest import video_root  # noqa: E402
-from evilm_core.data.records.manifest import read_manifest  # noqa: E402
+from evilm_core.data.clips import open_clips  # noqa: E402
+from evilm_core.data.video.read import resolve_decoder  # noqa: E402
 from evilm_core.errors import EvilmError  # noqa: E402
 from evilm_core.finetune.config import ProbeConfig  # noqa: E402
 from evilm_core.engine.runtime import eval_batches  # noqa: E402
@@ -49,8 +49,9 @@ FEATURES = ("cls", "frames", "grid")
 
 def load_split(data, manifest: Path, labels: list[str]) -> dict:
     """Decode a split once (evaluation frames) -> {pixels [N, T, 3, H, W], labels [N], one_shape [N]}."""
-    records = read_manifest(manifest)
-    dataset = probe_dataset(records, video_root(None, manifest), data, labels, seed=0)
+    source = open_clips(manifest)  # a shard set (the recipe's default) or a manifest of videos
+    records = list(source.records)
+    dataset = probe_dataset(records, source, data, labels, seed=0, decoder=resolve_decoder("auto"))
     pixels, ys = [], []
     for batch in eval_batches(dataset, data.batch_size, data.num_workers, torch.device("cpu"), {}):
         pixels.append(batch["pixels"])
@@ -91,6 +92,14 @@ SUPERVISED = {  # row -> (readout, backbone frozen, frame/region embeddings at t
 }
 
 
+def init_token_scale(net: EViLM) -> None:
+    """Frame and region embeddings drawn at the std of the projected region features they are
+    added to (0.02 * sqrt(C), unit-variance features through a 0.02-std linear) instead of 0.02."""
+    std = 0.02 * net.video.backbone.num_features ** 0.5
+    for p in (net.video.frame_embed, net.video.region_embed):
+        nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+
+
 def supervised(cfg, train: dict, test: dict, classes: int, epochs: int, row: str) -> float:
     """A readout + linear, end to end from random init (AdamW 5e-4, batch 16) -> test top-1.
     cls: the video-only [CLS]; tokens: the flattened video tokens e^V (the decoder unused).
@@ -102,9 +111,7 @@ def supervised(cfg, train: dict, test: dict, classes: int, epochs: int, row: str
     tokens = train["pixels"].shape[1] * cfg.grid * cfg.grid  # T * g * g
     head = nn.Linear(cfg.fusion_dim * (tokens if readout == "tokens" else 1), classes)
     if token_scale:
-        std = 0.02 * net.video.backbone.num_features ** 0.5
-        for p in (net.video.frame_embed, net.video.region_embed):
-            nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+        init_token_scale(net)
     net.video.backbone.requires_grad_(not frozen)
     modules = [net.video] + ([net.fusion] if readout == "cls" else []) + [head]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -149,7 +156,7 @@ def main() -> None:
     parser.add_argument("--skip-frozen", action="store_true", help="only the end-to-end check")
     args = parser.parse_args()
     data = load_recipe(args.recipe).data
-    labels = label_vocab([r.label for r in read_manifest(data.train)])
+    labels = label_vocab([r.label for r in open_clips(data.train).records])
     train, test = (load_split(data, Path(m), labels) for m in (data.train, data.test))
     pretrained = load_checkpoint(args.checkpoint).model
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -36,8 +37,9 @@ def _timed(args: list[str], threads: int) -> tuple[float, str, dict]:
     proc = subprocess.run([EXE, *args, "--threads", str(threads), "--json"], capture_output=True, text=True, env=env,
                           check=True)
     wall = time.perf_counter() - t
-    chosen = next((line.split("torch threads: ")[1].split(" ")[0] for line in proc.stderr.splitlines()
-                   if "torch threads: " in line), "?")
+    # the run's settings line (evilm_core/settings.py): "run settings: cpu, fp32, 2 threads, decoder pyav (...)"
+    found = (re.search(r"run settings: [^,]+, [^,]+, (\d+) threads?\b", line) for line in proc.stderr.splitlines())
+    chosen = next((m.group(1) for m in found if m), "?")
     return round(wall, 1), chosen, json.loads(proc.stdout.splitlines()[-1])
 
 

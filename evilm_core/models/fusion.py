@@ -68,8 +68,13 @@ def cls_block(block: Block, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.T
     q = q.reshape(b, 1, heads, head_dim).transpose(1, 2)  # [B, H, 1, hd]
     k, v = kv.reshape(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, hd] each
     q, k = attn.q_norm(q), attn.k_norm(k)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                       dropout_p=attn.attn_drop.p if attn.training else 0.0)  # [B, H, 1, hd]
+    # The attention of one query written out: PyTorch's CPU scaled_dot_product_attention with a
+    # single query splits the keys across threads, so its result changed with the thread count
+    # (~6e-8), and `predict` (one thread per worker) then differed from `evaluate` in the last
+    # printed digit of a score; this product and softmax give the same values at any count.
+    scores = (q * head_dim ** -0.5) @ k.transpose(-2, -1)  # [B, H, 1, N]
+    weights = F.dropout(scores.masked_fill(~attn_mask, float("-inf")).softmax(-1), attn.attn_drop.p, attn.training)
+    o = weights @ v  # [B, H, 1, hd]
     o = attn.norm(o.transpose(1, 2).reshape(b, 1, width))
     if attn.gate is not None:
         o = o * attn.gate(h[:, :1]).sigmoid()

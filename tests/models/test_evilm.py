@@ -59,6 +59,28 @@ def test_the_cls_only_last_block_gives_the_full_pass_at_cls(net):
     net.eval()
 
 
+def test_inference_passes_do_not_depend_on_the_thread_count(net):
+    """`predict` runs one thread per worker and `evaluate` several: their scores must agree to
+    the bit. PyTorch's CPU attention with a single query splits the keys across threads (its
+    result moved by ~1e-7 with the count), so cls_block writes that attention out."""
+    pixels, (ids, mask) = clips(B, T), texts(B, length=L)
+    mask[0, 5:] = 0
+    before = torch.get_num_threads()
+
+    def passes(threads: int) -> list[torch.Tensor]:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            video = net.video(pixels)
+            return [net.embed_text(ids, mask), net.embed_video(pixels),
+                    net.fusion(net.text(ids, mask), mask, video, cls_only=True)]
+
+    try:
+        for one, two in zip(passes(1), passes(2)):
+            assert torch.equal(one, two)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_per_frame_tokens_shared_between_windows_give_embed_video(net):
     """Windows that share a frame share its `video.frame_tokens` (docs/retrieval.md, "Moments"):
     frames encoded once, in any batch, then gathered per window, embed as embed_video does."""
