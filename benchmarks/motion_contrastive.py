@@ -56,8 +56,7 @@ def embed_both(net: EViLM, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """pixels [B, T, 3, H, W] -> retrieval embeddings of the clips and of the clips reversed [B, E]."""
     b, t = pixels.shape[:2]
     tokens = net.video.frame_tokens(pixels.flatten(0, 1)).unflatten(0, (b, t))  # [B, T, g*g, D]
-    return (net._video_embedding(net.video.place(tokens)),
-            net._video_embedding(net.video.place(tokens.flip(1))))
+    return net.embed_frame_tokens(tokens), net.embed_frame_tokens(tokens.flip(1))
 
 
 @torch.no_grad()
@@ -118,9 +117,7 @@ def main() -> None:
     labels = label_vocab([r.label for r in open_clips(data.train).records])
     splits = {}
     for name in ("train", "test"):
-        records = list(open_clips(getattr(data, name)).records)
         split = load_split(data, Path(getattr(data, name)), labels)
-        split["captions"] = [r.caption for r in records]
         split["ids"], split["mask"] = tok.batch(split["captions"])
         splits[name] = split
     torch.manual_seed(0)

@@ -48,7 +48,8 @@ FEATURES = ("cls", "frames", "grid")
 
 
 def load_split(data, manifest: Path, labels: list[str]) -> dict:
-    """Decode a split once (evaluation frames) -> {pixels [N, T, 3, H, W], labels [N], one_shape [N]}."""
+    """Decode a split once (evaluation frames) -> {pixels [N, T, 3, H, W], labels [N], one_shape [N],
+    captions}."""
     source = open_clips(manifest)  # a shard set (the recipe's default) or a manifest of videos
     records = list(source.records)
     dataset = probe_dataset(records, source, data, labels, seed=0, decoder=resolve_decoder("auto"))
@@ -56,8 +57,9 @@ def load_split(data, manifest: Path, labels: list[str]) -> dict:
     for batch in eval_batches(dataset, data.batch_size, data.num_workers, torch.device("cpu"), {}):
         pixels.append(batch["pixels"])
         ys.append(batch["label"])
-    one_shape = torch.tensor([" while " not in (r.caption or "") for r in records])
-    return {"pixels": torch.cat(pixels), "labels": torch.cat(ys), "one_shape": one_shape}
+    captions = [r.caption or "" for r in records]
+    one_shape = torch.tensor([" while " not in c for c in captions])
+    return {"pixels": torch.cat(pixels), "labels": torch.cat(ys), "one_shape": one_shape, "captions": captions}
 
 
 @torch.no_grad()

@@ -94,8 +94,9 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/api/indexes")
     async def indexes():
         _ready(service)
-        return {"indexes": [{"name": s.name, "clips": len(s.searcher.index), "directory": str(s.searcher.index.directory),
-                             "text_side": s.searcher.text.kind} for s in service.indexes.values()],
+        return {"indexes": [{"name": s.name, "clips": len(s.searcher.index),
+                             "directory": str(s.searcher.index.directory), "text_side": s.searcher.text.kind}
+                            for s in service.indexes.values()],
                 "qa": None if service.answerer is None else {"checkpoint": service.answerer.info.describe(),
                                                              "takes": service.answerer.takes}}
 
@@ -156,7 +157,8 @@ def create_app(service: Service) -> FastAPI:
         if service.answerer is None:
             raise HTTPException(404, "this server answers no questions (start it with --qa CHECKPOINT)")
         question, options, k = body.get("question"), body.get("options"), body.get("k", 5)
-        if question is not None and not isinstance(question, str) or options is not None and not isinstance(options, list):
+        if (question is not None and not isinstance(question, str)
+                or options is not None and not isinstance(options, list)):
             raise HTTPException(422, 'expected {"question": "...", "options": ["...", ...], "k": 5}')
         if question is not None:
             _checked_query(question, config)

@@ -5,8 +5,9 @@ at most `max_batch` items (a payload counts `size(payload)` items), and the batc
 worker thread (one model, its intra-op threads the run's `--threads`), so the event loop keeps
 accepting requests meanwhile. Up to `in_flight` batches run at once (the model's runtimes release
 the GIL): while one computes, the next gathers and starts, instead of every caller waiting for
-the whole round trip of the batch before it (docs/serving.md, "Batching"). Each caller gets its own result; a failed batch fails its own
-callers only, and a caller that went away is dropped from the batch before it runs.
+the whole round trip of the batch before it (docs/serving.md, "Batching"). Each caller gets its
+own result; a failed batch fails its own callers only, and a caller that went away is dropped
+from the batch before it runs.
 """
 
 from __future__ import annotations

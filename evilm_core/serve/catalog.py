@@ -82,8 +82,7 @@ class Catalog:
         """The clip's video file, only when it lies under the collection root (symlinks followed)."""
         if self.real_root is None or self.row(key) is None:
             return None
-        root = self.real_root
-        path = os.path.realpath(os.path.join(root, key))
+        root, path = self.real_root, os.path.realpath(os.path.join(self.real_root, key))
         if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
             return None
         return Path(path)

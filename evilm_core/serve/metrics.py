@@ -4,8 +4,6 @@ per app, so two apps in one process (tests) do not collide."""
 
 from __future__ import annotations
 
-import functools
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -27,17 +25,18 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_seconds = Histogram("evilm_batch_seconds", "Time to embed and rank one batch",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._series: dict[tuple, tuple] = {}  # (route, method, status) -> its two series: labels() per request is slow
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        count, latency = self._series(route, method, status)
+        series = self._series.get((route, method, status))
+        if series is None:  # routes x methods x statuses: few
+            series = self._series[route, method, status] = (self.requests.labels(route, method, str(status)),
+                                                             self.latency.labels(route))
+        count, latency = series
         count.inc()
         latency.observe(seconds)
         if status >= 500:
             self.errors.labels(route).inc()
-
-    @functools.lru_cache(maxsize=1024)  # routes x methods x statuses: few; labels() per request is slow
-    def _series(self, route: str, method: str, status: int):
-        return self.requests.labels(route, method, str(status)), self.latency.labels(route)
 
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
